@@ -1,0 +1,309 @@
+"""The one configuration object: argparse defaults < YAML file < flags given on the command line.
+
+Every option is declared once in ``OPTIONS``; the command-line parser, the YAML validation and
+the types all come from that table. YAML keys are strict: an unknown key, a value of the wrong
+type or a value outside the allowed choices is a ``UserError`` naming the key and the fix.
+"""
+import argparse
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from src.repvgg import ARCH_NAMES
+from src.tools.cli import UserError
+
+
+# ----------------------------------------------------------------------------- value types
+def _is_bool(value):
+    return isinstance(value, bool)
+
+
+def to_int(value):
+    """An integer; '8', 8 and 8.0 pass, 8.5, True and 'eight' do not."""
+    if _is_bool(value):
+        raise ValueError('expected an integer, got a boolean')
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f'expected an integer, got {value!r}') from None
+
+
+def to_float(value):
+    """A real number; YAML's '1e-4' (read as a string by PyYAML) passes."""
+    if _is_bool(value):
+        raise ValueError('expected a number, got a boolean')
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'expected a number, got {value!r}') from None
+
+
+def to_flag(value):
+    """A switch written 0/1 (as in the reference) or true/false."""
+    text = str(value).strip().lower()
+    if text in ('1', 'true', 'yes', 'on'):
+        return True
+    if text in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError(f'expected 0/1 or true/false, got {value!r}')
+
+
+def to_path(value):
+    """A filesystem path; '' and null mean 'not set'."""
+    if value is None or str(value) == '':
+        return None
+    return Path(str(value)).expanduser()
+
+
+def to_str(value):
+    if isinstance(value, (dict, list)):
+        raise ValueError(f'expected a string, got {type(value).__name__}')
+    return str(value)
+
+
+_TYPE_NAMES = {to_int: 'an integer', to_float: 'a number', to_flag: '0/1 or true/false',
+               to_path: 'a path', to_str: 'a string'}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key; ``nullable`` allows YAML null / unset."""
+    name: str
+    type: callable
+    default: object
+    help: str
+    choices: tuple = None
+    nargs: int = None
+    aliases: tuple = ()
+    nullable: bool = False
+    yaml: bool = True  # False: command line only
+
+    def convert(self, value):
+        if value is None or (self.type is to_path and value == ''):
+            if self.type is to_path:  # '' / null: not set, which for train_url means its default
+                return self.default
+            if self.nullable or self.default is None:
+                return None
+            raise ValueError('must not be null')
+        if self.nargs:
+            if not isinstance(value, (list, tuple)) or len(value) != self.nargs:
+                raise ValueError(f'expected a list of {self.nargs} values, got {value!r}')
+            return [self.type(item) for item in value]
+        converted = self.type(value)
+        if self.choices is not None and converted not in self.choices:
+            close = difflib.get_close_matches(str(converted), self.choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ''
+            raise ValueError(f"got {value!r}{hint}; choose one of: {', '.join(map(str, self.choices))}")
+        return converted
+
+
+def _opt(name, type_, default, help_, **kwargs):
+    return Option(name, type_, default, help_, **kwargs)
+
+
+OPTIONS = (
+    # main
+    _opt('config', to_path, None, 'YAML config file (see src/configs).', yaml=False),
+    _opt('train_url', to_path, Path('.'), 'Folder for training runs (one sub-folder per run).'),
+    _opt('data_url', to_path, None, 'ImageNet-style data folder with train/ and val/.'),
+    # continue training or model inference
+    _opt('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded).'),
+    _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
+    _opt('exclude_epoch_state', to_flag, False, 'Ignore epoch/step/lr/optimizer state of pretrained.'),
+    # checkpoints
+    _opt('keep_checkpoint_max', to_int, 10, 'Keep the N latest periodic checkpoints.'),
+    _opt('save_every', to_int, 5000, 'Steps between periodic checkpoints and loss log lines.'),
+    _opt('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.'),
+    # model
+    _opt('arch', to_str, 'RepVGG-B0', 'Architecture name.', choices=ARCH_NAMES, aliases=('-a',)),
+    _opt('num_classes', to_int, 1000, 'Number of classes.'),
+    _opt('image_size', to_int, 224, 'Input image size (size x size).'),
+    _opt('deploy', to_flag, False, 'Build the network directly in deploy (re-parameterized) form.'),
+    # training duration
+    _opt('epochs', to_int, 120, 'Number of epochs.'),
+    _opt('batch_size', to_int, 32, 'Batch size per device.'),
+    _opt('start_epoch', to_int, 0, 'Epoch to start from (restarts).'),
+    _opt('start_step', to_int, 0, 'Step of the start epoch to start from (restarts).'),
+    # optimizer and schedule
+    _opt('optimizer', to_str, 'momentum', 'Optimizer.', choices=('momentum', 'adamw')),
+    _opt('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.'),
+    _opt('warmup_lr', to_float, 5e-7, 'Learning rate at the start of warm-up.'),
+    _opt('base_lr', to_float, 0.1, 'Learning rate after warm-up.'),
+    _opt('min_lr', to_float, 1e-7, 'Lower bound of the learning rate.'),
+    _opt('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.'),
+    _opt('beta', to_float, [0.9, 0.999], 'AdamW betas.', nargs=2),
+    _opt('eps', to_float, 1e-8, 'AdamW epsilon.'),
+    _opt('lr_scheduler', to_str, 'cosine_lr', 'Learning-rate schedule.',
+         choices=('constant_lr', 'cosine_lr', 'multistep_lr', 'exp_lr')),
+    _opt('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).'),
+    _opt('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).'),
+    _opt('weight_decay', to_float, 0.05, 'Weight decay of conv and dense kernels.', aliases=('--wd',)),
+    # train one step (loss scale, EMA)
+    _opt('loss_scale', to_float, 1024.0, 'Loss scale (initial value when dynamic).'),
+    _opt('is_dynamic_loss_scale', to_flag, True, 'Adapt the loss scale to overflows.'),
+    _opt('with_ema', to_flag, False, 'Keep an exponential moving average of the weights.'),
+    _opt('ema_decay', to_float, 0.9999, 'EMA decay.'),
+    _opt('amp_level', to_str, 'O0', 'Mixed-precision level (BN stays fp32).', choices=('O0', 'O1', 'O2', 'O3')),
+    # hardware
+    _opt('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
+    _opt('device_num', to_int, 1, 'Number of devices (distributed training).'),
+    _opt('device_id', to_int, 0, 'Device id (standalone runs).'),
+    # data loading
+    _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',)),
+    _opt('prefetch', to_int, 10, 'Prefetched batches per worker.'),
+    _opt('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
+    _opt('use_data_sink', to_flag, False, 'Use data sink mode.'),
+    # augmentation
+    _opt('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
+    _opt('auto_augment', to_str, 'rand-m9-mstd0.5-inc1', 'Policy string for aug_type auto.', nullable=True),
+    _opt('interpolation', to_str, 'bilinear', 'Resize interpolation.', choices=('bilinear', 'bicubic')),
+    _opt('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).'),
+    _opt('re_mode', to_str, 'pixel', 'Random erasing fill.', choices=('pixel', 'rand', 'const')),
+    _opt('re_count', to_int, 1, 'Random erasing regions per image.'),
+    _opt('mixup_prob', to_float, 0.0, 'Probability of applying mixup or cutmix.'),
+    _opt('mix_up', to_float, 0.0, 'Mixup alpha (active when > 0).'),
+    _opt('cutmix', to_float, 0.0, 'CutMix alpha (active when > 0).'),
+    _opt('switch_prob', to_float, 0.0, 'Probability of CutMix instead of mixup when both are active.'),
+    _opt('mixup_mode', to_str, 'batch', 'Mixup parameters per batch, pair or element.',
+         choices=('batch', 'pair', 'elem')),
+    _opt('label_smoothing', to_float, 0.0, 'Label smoothing.'),
+    # other
+    _opt('brief', to_str, None, 'Suffix of the run folder name.'),
+    _opt('seed', to_int, 0, 'Random seed.'),
+    _opt('file_format', to_str, 'MINDIR', 'Export format.', choices=('AIR', 'MINDIR', 'ONNX'), yaml=False),
+    _opt('export_path', to_path, Path('model'), 'Exported file (suffix added by the format).', yaml=False),
+    _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
+    _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
+    _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),
+)
+OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+# ----------------------------------------------------------------------------- parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        if message.startswith('unrecognized arguments'):
+            hints = []
+            for arg in message.split(':', 1)[1].split():
+                if arg.startswith('-'):
+                    close = nearest_key(arg.lstrip('-').split('=')[0])
+                    if close:
+                        hints.append(f'{arg} -> --{close}')
+            if hints:
+                message += f" (did you mean {', '.join(hints)}?)"
+        raise UserError(message)
+
+
+def nearest_key(name):
+    close = difflib.get_close_matches(name, OPTION_BY_NAME, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _argparse_type(option):
+    def convert(text):
+        try:
+            return option.type(text) if option.nargs else option.convert(text)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = _TYPE_NAMES[option.type]
+    return convert
+
+
+def build_parser(description='RepVGG', suppress_defaults=False, require_config=True):
+    """The command-line parser; with ``suppress_defaults`` only flags actually given appear."""
+    parser = _Parser(description=description, allow_abbrev=False,
+                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
+    for option in OPTIONS:
+        kwargs = dict(dest=option.name, help=option.help, type=_argparse_type(option))
+        if option.nargs:
+            kwargs['nargs'] = option.nargs
+        if not suppress_defaults:
+            kwargs['default'] = option.default
+        if option.name == 'config':
+            kwargs['required'] = require_config
+        parser.add_argument(f'--{option.name}', *option.aliases, **kwargs)
+    return parser
+
+
+def read_yaml(path):
+    """The YAML file as a validated dict of converted values."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'config file {path} does not exist; pass --config with a YAML file '
+                        f'such as src/configs/RepVGG.yaml')
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except yaml.YAMLError as error:
+        mark = getattr(error, 'problem_mark', None)
+        where = f' line {mark.line + 1}' if mark else ''
+        problem = getattr(error, 'problem', None) or 'invalid YAML'
+        raise UserError(f'config file {path}{where}: {problem}') from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f'config file {path} must be a mapping of key: value lines')
+    values = {}
+    for key, value in loaded.items():
+        option = OPTION_BY_NAME.get(key)
+        if option is None or not option.yaml:
+            if option is not None:
+                raise UserError(f"config file {path}: '{key}' is a command-line option; "
+                                f"remove it from the file and pass --{key}")
+            close = nearest_key(str(key))
+            hint = f"; did you mean '{close}'?" if close else ''
+            raise UserError(f"config file {path}: unknown key '{key}'{hint}")
+        try:
+            values[key] = option.convert(value)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"config file {path}: key '{key}': {error}") from None
+    return values
+
+
+def parse_config(argv=None, description='RepVGG', require_config=True):
+    """Parse ``argv`` (default: sys.argv) into the config Namespace: defaults < YAML < CLI."""
+    config = build_parser(description, require_config=require_config).parse_args(argv)
+    explicit = vars(build_parser(description, suppress_defaults=True, require_config=False).parse_args(argv))
+    if config.config is not None:
+        vars(config).update(read_yaml(config.config))
+        vars(config).update(explicit)
+    return config
+
+
+def make_config(yaml_path=None, **overrides):
+    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``."""
+    config = argparse.Namespace(**{option.name: option.default for option in OPTIONS})
+    if yaml_path is not None:
+        config.config = Path(yaml_path)
+        vars(config).update(read_yaml(yaml_path))
+    for key, value in overrides.items():
+        option = OPTION_BY_NAME.get(key)
+        if option is None:
+            close = nearest_key(key)
+            raise UserError(f"unknown config key '{key}'" + (f"; did you mean '{close}'?" if close else ''))
+        try:
+            setattr(config, key, option.convert(value))
+        except (TypeError, ValueError) as error:
+            raise UserError(f"config key '{key}': {error}") from None
+    return config
+
+
+def config_to_dict(config):
+    """Plain YAML-serialisable values (paths as strings) for logs and run folders."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()}
+
+
+def _main():
+    """``python -m src.config --config FILE [--key value ...]``: print the resolved config."""
+    config = parse_config(description='Print the configuration that a run would use.')
+    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end='')
+
+
+if __name__ == '__main__':
+    from src.tools.cli import user_entry_point  # pylint: disable=ungrouped-imports
+    user_entry_point(_main)()

@@ -1,0 +1,353 @@
+"""RepVGG (Ding et al., CVPR 2021): three-branch blocks for training, plain 3x3 convs for deploy.
+
+Parameter names follow the official PyTorch layout so that weights map by name alone:
+``stage0.rbr_dense.conv.weight``, ``stage1.0.rbr_1x1.bn.gamma``, ``stage2.3.rbr_identity.moving_mean``,
+``stage4.0.rbr_reparam.bias``, ``stage0.se.down.weight``, ``linear.weight``. BN tensors use
+MindSpore's names (gamma, beta, moving_mean, moving_variance). A network converted with
+``switch_net_to_deploy`` and one built with ``deploy=True`` have exactly the same names.
+"""
+import difflib
+import time
+
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+ARCH_NAMES = (
+    'RepVGG-A0', 'RepVGG-A1', 'RepVGG-A2', 'RepVGG-B0', 'RepVGG-B1', 'RepVGG-B1g2', 'RepVGG-B1g4',
+    'RepVGG-B2', 'RepVGG-B2g2', 'RepVGG-B2g4', 'RepVGG-B3', 'RepVGG-B3g2', 'RepVGG-B3g4',
+    'RepVGG-D2se',
+)
+_A_DEPTHS = (2, 4, 14, 1)
+_B_DEPTHS = (4, 6, 16, 1)
+_GROUPED_LAYERS = tuple(range(2, 27, 2))  # layers are numbered from 1 over stages 1-4
+
+# arch -> (blocks per stage 1-4, width multipliers of stages 1-4, groups of grouped layers, SE)
+ARCH_SPECS = {
+    'RepVGG-A0': (_A_DEPTHS, (0.75, 0.75, 0.75, 2.5), 1, False),
+    'RepVGG-A1': (_A_DEPTHS, (1, 1, 1, 2.5), 1, False),
+    'RepVGG-A2': (_A_DEPTHS, (1.5, 1.5, 1.5, 2.75), 1, False),
+    'RepVGG-B0': (_B_DEPTHS, (1, 1, 1, 2.5), 1, False),
+    'RepVGG-B1': (_B_DEPTHS, (2, 2, 2, 4), 1, False),
+    'RepVGG-B1g2': (_B_DEPTHS, (2, 2, 2, 4), 2, False),
+    'RepVGG-B1g4': (_B_DEPTHS, (2, 2, 2, 4), 4, False),
+    'RepVGG-B2': (_B_DEPTHS, (2.5, 2.5, 2.5, 5), 1, False),
+    'RepVGG-B2g2': (_B_DEPTHS, (2.5, 2.5, 2.5, 5), 2, False),
+    'RepVGG-B2g4': (_B_DEPTHS, (2.5, 2.5, 2.5, 5), 4, False),
+    'RepVGG-B3': (_B_DEPTHS, (3, 3, 3, 5), 1, False),
+    'RepVGG-B3g2': (_B_DEPTHS, (3, 3, 3, 5), 2, False),
+    'RepVGG-B3g4': (_B_DEPTHS, (3, 3, 3, 5), 4, False),
+    'RepVGG-D2se': ((8, 14, 24, 1), (2.5, 2.5, 2.5, 5), 1, True),
+}
+
+
+# ----------------------------------------------------------------------------- fusion math
+def fuse_conv_bn(kernel, gamma, beta, mean, var, eps):
+    """Fold an inference-mode BN into the preceding bias-free conv, in float64.
+
+    float64 because fusing in lower precision leaves a per-block error that compounds over
+    the 22-48 layers of the network.
+    """
+    kernel, gamma, beta, mean, var = (np.asarray(a, np.float64) for a in (kernel, gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + eps)
+    return kernel * scale.reshape(-1, 1, 1, 1), beta - mean * scale
+
+
+def pad_1x1_to_3x3(kernel):
+    """A 1x1 kernel as the equivalent 3x3 kernel (the centre tap; valid with padding 1 vs 0)."""
+    return np.pad(kernel, ((0, 0), (0, 0), (1, 1), (1, 1)))
+
+
+def identity_kernel(channels, groups=1):
+    """The 3x3 (grouped) conv kernel that copies its input: 1 at [i, i mod (C/groups), 1, 1]."""
+    in_per_group = channels // groups
+    kernel = np.zeros((channels, in_per_group, 3, 3), np.float64)
+    kernel[np.arange(channels), np.arange(channels) % in_per_group, 1, 1] = 1.0
+    return kernel
+
+
+def _bn_arrays(bn):
+    return (bn.gamma.asnumpy(), bn.beta.asnumpy(), bn.moving_mean.asnumpy(),
+            bn.moving_variance.asnumpy(), bn.eps)
+
+
+# ----------------------------------------------------------------------------- layers
+class ConvBN(nn.Cell):
+    """Bias-free conv followed by BN; the ``conv``/``bn`` names match the official layout."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, groups):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode='pad',
+                              padding=padding, group=groups, has_bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.9)
+
+    def construct(self, x):
+        return self.bn(self.conv(x))
+
+
+class SEBlock(nn.Cell):
+    """Squeeze-excitation of RepVGG-D2se; pools with a mean so any input shape works."""
+
+    def __init__(self, channels, internal_channels):
+        super().__init__()
+        self.down = nn.Conv2d(channels, internal_channels, 1, pad_mode='valid', has_bias=True)
+        self.up = nn.Conv2d(internal_channels, channels, 1, pad_mode='valid', has_bias=True)
+        self.relu = nn.ReLU()
+        self.sigmoid = nn.Sigmoid()
+
+    def construct(self, x):
+        weight = ops.mean(x, (2, 3), True)
+        weight = self.sigmoid(self.up(self.relu(self.down(weight))))
+        return x * weight
+
+
+class RepVGGBlock(nn.Cell):
+    """ReLU(SE(3x3 conv+BN + 1x1 conv+BN + BN)) for training; ReLU(SE(3x3 conv)) once deployed."""
+
+    def __init__(self, in_channels, out_channels, stride=1, groups=1, deploy=False, use_se=False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.groups = groups
+        self.deploy = deploy
+        self.use_se = use_se
+        self.se = SEBlock(out_channels, out_channels // 16) if use_se else nn.Identity()
+        self.relu = nn.ReLU()
+        self.rbr_reparam = None
+        self.rbr_dense = None
+        self.rbr_1x1 = None
+        self.rbr_identity = None
+        if deploy:
+            self.rbr_reparam = self._reparam_conv()
+        else:
+            self.rbr_dense = ConvBN(in_channels, out_channels, 3, stride, 1, groups)
+            self.rbr_1x1 = ConvBN(in_channels, out_channels, 1, stride, 0, groups)
+            if in_channels == out_channels and stride == 1:
+                self.rbr_identity = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.9)
+
+    def _reparam_conv(self):
+        return nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, pad_mode='pad',
+                         padding=1, group=self.groups, has_bias=True)
+
+    def construct(self, x):
+        if self.rbr_reparam is not None:
+            return self.relu(self.se(self.rbr_reparam(x)))
+        out = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            out = out + self.rbr_identity(x)
+        return self.relu(self.se(out))
+
+    def get_equivalent_kernel_bias(self):
+        """(kernel, bias) of the single 3x3 conv equal to this block's branches, float64 numpy.
+
+        Uses the BN moving statistics, so it equals the train-time block in eval mode only.
+        """
+        if self.deploy:
+            return (self.rbr_reparam.weight.asnumpy().astype(np.float64),
+                    self.rbr_reparam.bias.asnumpy().astype(np.float64))
+        kernel, bias = fuse_conv_bn(self.rbr_dense.conv.weight.asnumpy(), *_bn_arrays(self.rbr_dense.bn))
+        kernel_1x1, bias_1x1 = fuse_conv_bn(self.rbr_1x1.conv.weight.asnumpy(), *_bn_arrays(self.rbr_1x1.bn))
+        kernel = kernel + pad_1x1_to_3x3(kernel_1x1)
+        bias = bias + bias_1x1
+        if self.rbr_identity is not None:
+            kernel_id, bias_id = fuse_conv_bn(identity_kernel(self.in_channels, self.groups),
+                                              *_bn_arrays(self.rbr_identity))
+            kernel = kernel + kernel_id
+            bias = bias + bias_id
+        return kernel, bias
+
+    def switch_to_deploy(self):
+        """Replace the branches by one 3x3 conv with bias, keeping the parameter-name prefix."""
+        if self.deploy:
+            return
+        kernel, bias = self.get_equivalent_kernel_bias()
+        prefix = self.rbr_dense.conv.weight.name[:-len('rbr_dense.conv.weight')]
+        dtype = self.rbr_dense.conv.weight.dtype
+        conv = self._reparam_conv()
+        self.rbr_reparam = conv
+        for param, value in ((conv.weight, kernel), (conv.bias, bias)):
+            param.set_data(Tensor(value.astype(np.float32), dtype))
+            param.name = prefix + 'rbr_reparam.' + param.name.rsplit('.', 1)[-1]
+        self.rbr_dense = None
+        self.rbr_1x1 = None
+        self.rbr_identity = None
+        self.deploy = True
+
+
+# ----------------------------------------------------------------------------- network
+class RepVGG(nn.Cell):
+    """RepVGG classifier, or a backbone returning stage outputs when ``features_only``.
+
+    Stage 0 is one block (stride 2); stages 1-4 start with a stride-2 block. ``feature_info``
+    lists channels and total stride (reduction) of each stage for backbone use.
+    """
+
+    def __init__(self, num_blocks, num_classes=1000, width_multiplier=None, override_groups_map=None,
+                 deploy=False, use_se=False, features_only=False, out_indices=(1, 2, 3, 4)):
+        super().__init__()
+        if len(num_blocks) != 4 or len(width_multiplier) != 4:
+            raise ValueError('num_blocks and width_multiplier need 4 entries (stages 1-4)')
+        override_groups_map = override_groups_map or {}
+        if 0 in override_groups_map:
+            raise ValueError('stage0 (layer 0) is never grouped')
+        self.deploy = deploy
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        if not set(self.out_indices) <= {0, 1, 2, 3, 4}:
+            raise ValueError(f'out_indices must be stage numbers 0-4, got {out_indices}')
+
+        widths = [min(64, int(64 * width_multiplier[0]))] + [
+            int(base * mult) for base, mult in zip((64, 128, 256, 512), width_multiplier)]
+        self.stage0 = RepVGGBlock(3, widths[0], stride=2, deploy=deploy, use_se=use_se)
+        layer_index = 1
+        stages = []
+        for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:]):
+            blocks = []
+            for j in range(stage_blocks):
+                blocks.append(RepVGGBlock(in_ch if j == 0 else out_ch, out_ch, stride=2 if j == 0 else 1,
+                                          groups=override_groups_map.get(layer_index, 1),
+                                          deploy=deploy, use_se=use_se))
+                layer_index += 1
+            stages.append(nn.SequentialCell(blocks))
+        self.stage1, self.stage2, self.stage3, self.stage4 = stages
+        self.feature_info = [dict(stage=i, channels=widths[i], reduction=2 ** (i + 1)) for i in range(5)]
+        self.num_features = widths[4]
+        if not features_only:
+            self.linear = nn.Dense(widths[4], num_classes)
+
+    def forward_stages(self, x):
+        """Outputs of stages 0-4."""
+        s0 = self.stage0(x)
+        s1 = self.stage1(s0)
+        s2 = self.stage2(s1)
+        s3 = self.stage3(s2)
+        s4 = self.stage4(s3)
+        return s0, s1, s2, s3, s4
+
+    def construct(self, x):
+        if self.features_only:
+            stages = self.forward_stages(x)
+            return tuple([stages[i] for i in self.out_indices])
+        x = self.stage4(self.stage3(self.stage2(self.stage1(self.stage0(x)))))
+        return self.linear(ops.mean(x, (2, 3)))
+
+
+def switch_net_to_deploy(net):
+    """Re-parameterize every RepVGGBlock of ``net`` in place and return ``net``.
+
+    Exact only with the BN moving statistics (the network's eval-mode behaviour).
+    """
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, RepVGGBlock):
+            cell.switch_to_deploy()
+        if isinstance(cell, RepVGG):
+            cell.deploy = True
+    _invalidate_compiled_graphs(net)
+    return net
+
+
+def _invalidate_compiled_graphs(net):
+    # MindSpore caches GRAPH_MODE compilations per cell under a key built from the cell's
+    # creation time; after the structure changed in place, a cached graph would still run the
+    # old branches. A new stamp forces recompilation (there is no public API for this).
+    stamp = time.time_ns()
+    for _, cell in net.cells_and_names():
+        object.__setattr__(cell, '_create_time', stamp)
+
+
+# ----------------------------------------------------------------------------- registry
+def check_arch(arch):
+    """Raise a ValueError naming the closest known arch when ``arch`` is not one."""
+    if arch not in ARCH_SPECS:
+        close = difflib.get_close_matches(str(arch), ARCH_NAMES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ValueError(f"unknown arch '{arch}'{hint}; choose one of: {', '.join(ARCH_NAMES)}")
+
+
+def create_model(arch, num_classes=1000, deploy=False, **kwargs):
+    """Build a registered RepVGG by name; ``kwargs`` go to ``RepVGG`` (e.g. features_only)."""
+    check_arch(arch)
+    depths, widths, groups, use_se = ARCH_SPECS[arch]
+    groups_map = {layer: groups for layer in _GROUPED_LAYERS} if groups > 1 else None
+    return RepVGG(depths, num_classes=num_classes, width_multiplier=widths, override_groups_map=groups_map,
+                  deploy=deploy, use_se=use_se, **kwargs)
+
+
+def _constructor(arch):
+    def build(num_classes=1000, deploy=False, **kwargs):
+        return create_model(arch, num_classes=num_classes, deploy=deploy, **kwargs)
+    build.__name__ = 'create_' + arch.replace('-', '_')
+    build.__doc__ = f'{arch}.'
+    return build
+
+
+func_dict = {arch: _constructor(arch) for arch in ARCH_NAMES}
+
+
+def get_RepVGG_func_by_name(arch):  # pylint: disable=invalid-name  (reference name)
+    """The constructor of ``arch`` (taking ``num_classes=1000, deploy=False``)."""
+    check_arch(arch)
+    return func_dict[arch]
+
+
+def get_model(args):
+    """The network that ``args`` (the config) describes: arch, num_classes, deploy."""
+    return create_model(args.arch, num_classes=args.num_classes, deploy=bool(args.deploy))
+
+
+# ----------------------------------------------------------------------------- summary
+def count_params(net):
+    """Trainable parameters (BN moving statistics excluded)."""
+    return sum(int(np.prod(p.shape)) for p in net.trainable_params())
+
+
+def count_macs(net, height, width):
+    """Multiply-accumulates of one image, counted from the network's own layers.
+
+    Train form counts the 3x3 and 1x1 convs (BN excluded); deploy form the single 3x3 conv.
+    """
+    macs = 0
+    blocks = [net.stage0] + [block for stage in (net.stage1, net.stage2, net.stage3, net.stage4)
+                             for block in stage]
+    for block in blocks:
+        height = (height + 2 - 3) // block.stride + 1
+        width = (width + 2 - 3) // block.stride + 1
+        per_pixel = block.out_channels * block.in_channels // block.groups
+        taps = 9 if block.deploy else 9 + 1
+        macs += per_pixel * taps * height * width
+        if block.use_se:
+            macs += 2 * block.out_channels * (block.out_channels // 16)
+    if not net.features_only:
+        macs += net.linear.in_channels * net.linear.out_channels
+    return macs
+
+
+def summary(image_size=224, num_classes=1000, archs=ARCH_NAMES):
+    """Rows of (arch, train params, deploy params, train GMACs, deploy GMACs)."""
+    rows = []
+    for arch in archs:
+        train_net = create_model(arch, num_classes=num_classes)
+        deploy_net = create_model(arch, num_classes=num_classes, deploy=True)
+        rows.append((arch, count_params(train_net), count_params(deploy_net),
+                     count_macs(train_net, image_size, image_size) / 1e9,
+                     count_macs(deploy_net, image_size, image_size) / 1e9))
+    return rows
+
+
+def _main():
+    import argparse  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(description='Parameter counts and GMACs of every RepVGG.')
+    parser.add_argument('--summary', action='store_true', help='print the table (the default action)')
+    parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--num_classes', type=int, default=1000)
+    parser.add_argument('--arch', nargs='*', default=list(ARCH_NAMES), choices=ARCH_NAMES)
+    args = parser.parse_args()
+    print(f'{"arch":<12} {"train params":>14} {"deploy params":>14} '
+          f'{"train GMACs":>12} {"deploy GMACs":>13}   (input {args.image_size}x{args.image_size})')
+    for arch, train_params, deploy_params, train_gmacs, deploy_gmacs in summary(
+            args.image_size, args.num_classes, args.arch):
+        print(f'{arch:<12} {train_params:>14,} {deploy_params:>14,} {train_gmacs:>12.3f} {deploy_gmacs:>13.3f}')
+
+
+if __name__ == '__main__':
+    _main()
