@@ -1,0 +1,107 @@
+"""src/config.py: defaults < YAML < command line, strict keys, one-line errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import OPTIONS, make_config, parse_config, read_yaml
+from src.tools.cli import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'src' / 'configs'
+REFERENCE_KEYS = (
+    'train_url data_url exclude_epoch_state pretrained continues keep_checkpoint_max save_every '
+    'keep_best_checkpoints_max arch num_classes image_size deploy epochs batch_size start_epoch '
+    'start_step optimizer warmup_length warmup_lr base_lr min_lr momentum beta lr_scheduler lr_adjust '
+    'lr_gamma weight_decay eps loss_scale is_dynamic_loss_scale with_ema ema_decay amp_level '
+    'device_target device_num device_id num_parallel_workers prefetch cache_session_id use_data_sink '
+    'aug_type auto_augment interpolation re_prob re_mode re_count mixup_prob mix_up cutmix switch_prob '
+    'mixup_mode label_smoothing brief seed').split()
+CLI_ONLY = 'config file_format export_path pred_output dataset_path onnx_path'.split()
+
+
+def write(tmp_path, text):
+    path = tmp_path / 'c.yaml'
+    path.write_text(text)
+    return path
+
+
+def test_every_reference_key_is_declared():
+    names = {option.name for option in OPTIONS}
+    assert set(REFERENCE_KEYS) | set(CLI_ONLY) <= names
+    assert all(not option.yaml for option in OPTIONS if option.name in CLI_ONLY)
+
+
+def test_precedence_defaults_yaml_cli(tmp_path):
+    path = write(tmp_path, 'epochs: 7\nbase_lr: 1e-3\nlr_gamma: 0.5\n')
+    config = parse_config(['--config', str(path), '--base_lr', '0.2'])
+    assert config.epochs == 7            # YAML over default
+    assert config.base_lr == 0.2         # CLI over YAML
+    assert config.lr_gamma == 0.5 and isinstance(config.lr_gamma, float)
+    assert config.momentum == 0.9        # default
+    config = parse_config(['--config', str(path), '--epochs', '120'])
+    assert config.epochs == 120          # a flag equal to the default still wins over YAML
+
+
+def test_types_paths_flags_lists(tmp_path):
+    path = write(tmp_path, "deploy: 1\nwith_ema: true\ndata_url: ~/imagenet\npretrained: ''\n"
+                           'beta: [0.8, 0.99]\nweight_decay: 1e-4\n')
+    config = parse_config(['--config', str(path), '--pred_output', 'out/p.json', '-a', 'RepVGG-A0', '--wd', '0.5'])
+    assert config.deploy is True and config.with_ema is True
+    assert config.data_url == Path('~/imagenet').expanduser()
+    assert config.pretrained is None and config.pred_output == Path('out/p.json')
+    assert config.beta == [0.8, 0.99] and config.arch == 'RepVGG-A0' and config.weight_decay == 0.5
+
+
+@pytest.mark.parametrize('text, message', [
+    ('epochz: 3\n', "unknown key 'epochz'; did you mean 'epochs'?"),
+    ('epochs: 3.5\n', "key 'epochs': expected an integer, got 3.5"),
+    ('base_lr: fast\n', "key 'base_lr': expected a number, got 'fast'"),
+    ('deploy: maybe\n', "key 'deploy': expected 0/1 or true/false"),
+    ('optimizer: sgd\n', "key 'optimizer': got 'sgd'"),
+    ('arch: RepVGG-B00\n', "did you mean 'RepVGG-B0'?"),
+    ('beta: 0.9\n', "key 'beta': expected a list of 2 values"),
+    ('export_path: x\n', "'export_path' is a command-line option"),
+    ('arch: [\n', 'line 2'),
+    ('- a\n- b\n', 'must be a mapping'),
+])
+def test_bad_yaml_is_a_user_error(tmp_path, text, message):
+    with pytest.raises(UserError) as error:
+        read_yaml(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_bad_command_line_is_a_user_error(tmp_path):
+    path = write(tmp_path, 'epochs: 1\n')
+    for argv, message in ((['--config', str(path), '--epoch', '3'], '--epoch -> --epochs'),
+                          (['--config', str(path), '--epochs', 'x'], "expected an integer, got 'x'"),
+                          (['--epochs', '3'], 'required: --config'),
+                          (['--config', str(tmp_path / 'missing.yaml')], 'does not exist')):
+        with pytest.raises(UserError) as error:
+            parse_config(argv)
+        assert message in str(error.value)
+
+
+def test_make_config_validates_overrides():
+    assert make_config(epochs='3').epochs == 3
+    with pytest.raises(UserError, match="did you mean 'num_classes'"):
+        make_config(num_class=3)
+
+
+def test_shipped_configs_hold_the_reference_recipe():
+    b0 = make_config(CONFIGS / 'RepVGG-B0_experiment.yaml')
+    assert (b0.arch, b0.epochs, b0.batch_size, b0.device_num, b0.base_lr, b0.min_lr) == ('RepVGG-B0', 120, 32, 8, 0.1, 0.0)
+    assert (b0.lr_scheduler, b0.momentum, b0.weight_decay, b0.aug_type, b0.optimizer) == ('cosine_lr', 0.9, 1e-4, 'weak', 'momentum')
+    finetune = make_config(CONFIGS / 'RepVGG-B0_finetune.yaml')
+    assert (finetune.epochs, finetune.base_lr, finetune.exclude_epoch_state) == (50, 5e-4, True)
+    for path in CONFIGS.glob('*.yaml'):
+        read_yaml(path)  # every shipped config is valid
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    path = write(tmp_path, 'epochz: 3\n')
+    result = subprocess.run([sys.executable, '-m', 'src.config', '--config', str(path)],
+                            capture_output=True, text=True, cwd=CONFIGS.parents[1])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: config file {path}: unknown key 'epochz'; did you mean 'epochs'?"]
+    assert 'Traceback' not in result.stderr
