@@ -1,4 +1,25 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Evaluate a checkpoint (train or deploy form, re-parameterized first) or a MINDIR file.
 
-sys.exit('eval.py is not implemented yet (see the open issues); nothing was done.')
+python eval.py --config C --dataset_path VAL_FOLDER --pretrained CKPT_OR_MINDIR [--device_target CPU]
+"""
+from src.config import parse_config
+from src.tools.cli import user_entry_point
+from src.tools.device import set_device
+from src.tools.evaluation import evaluate_folder, format_results, validation_folder
+from src.tools.inference import load_predictor
+
+
+@user_entry_point
+def main(argv=None):
+    config = parse_config(argv, description='Evaluate a RepVGG checkpoint or MINDIR file on a '
+                                            'folder of class folders: Loss, Top1-Acc, Top5-Acc.')
+    folder = validation_folder(config.dataset_path, config.data_url)
+    set_device(config.device_target, config.device_id)
+    predictor = load_predictor(config)
+    print(f'=> {predictor.description}')
+    print(format_results(evaluate_folder(predictor, folder, config)))
+    print('=> eval success')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,4 +1,40 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Evaluate an ONNX model with ONNX Runtime: Top1-Acc, Top5-Acc.
 
-sys.exit('eval_onnx.py is not implemented yet (see the open issues); nothing was done.')
+python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target CPU|GPU] [--prefetch N]
+"""
+from pathlib import Path
+
+from src.config import OneLineParser, make_config
+from src.tools.cli import user_entry_point
+from src.tools.evaluation import evaluate_folder, format_results, validation_folder
+from src.tools.inference import load_onnx
+
+
+def parse_args(argv=None):
+    parser = OneLineParser(description='Evaluate an ONNX model (export.py --file_format ONNX) on a folder '
+                                       'of class folders with ONNX Runtime.')
+    parser.add_argument('dataset_path', metavar='DATASET', type=Path, help='validation folder, one sub-folder per class')
+    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
+    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
+    parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
+                        help='ONNX Runtime provider: CPU, or GPU (CUDA, needs onnxruntime-gpu)')
+    parser.add_argument('--prefetch', type=int, default=16, help='prefetched batches per data worker')
+    parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
+    parser.add_argument('-j', '--num_parallel_workers', type=int, default=4, help='data loading workers')
+    return parser.parse_args(argv)
+
+
+@user_entry_point
+def main(argv=None):
+    args = parse_args(argv)
+    folder = validation_folder(args.dataset_path)
+    predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
+    print(f'=> {predictor.description}')
+    config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,
+                         num_parallel_workers=args.num_parallel_workers, device_target=args.device_target)
+    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False)))
+    print('=> eval success')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,4 +1,29 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Export the deploy (re-parameterized) network of a checkpoint to MINDIR or ONNX, fp32.
 
-sys.exit('export.py is not implemented yet (see the open issues); nothing was done.')
+python export.py --config C --pretrained CKPT --file_format MINDIR|ONNX|AIR --export_path P [--ema 1]
+"""
+from src.config import parse_config
+from src.tools.cli import UserError, user_entry_point
+from src.tools.device import set_device
+from src.tools.export_model import check_export_format, export_network
+from src.tools.inference import load_deploy_network
+
+
+@user_entry_point
+def main(argv=None):
+    config = parse_config(argv, description='Export a RepVGG checkpoint, re-parameterized to its deploy '
+                                            'form, as MINDIR or ONNX (input Nx3xSxS float32).')
+    check_export_format(config.file_format, config.device_target)
+    if config.pretrained is None:
+        raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
+    set_device(config.device_target, config.device_id)
+    net, description = load_deploy_network(config.pretrained, config.arch, config.num_classes, ema=config.ema)
+    print(f'=> {description}')
+    path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path)
+    print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{config.image_size}x'
+          f'{config.image_size} float32; max relative difference to the network {difference:.2g})')
+    print('=> export success')
+
+
+if __name__ == '__main__':
+    main()

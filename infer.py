@@ -1,4 +1,25 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Predict the class of an image or of every image of a folder with a checkpoint or MINDIR file.
 
-sys.exit('infer.py is not implemented yet (see the open issues); nothing was done.')
+python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained CKPT_OR_MINDIR --pred_output OUT.json
+"""
+from src.config import parse_config
+from src.tools.cli import user_entry_point
+from src.tools.device import set_device
+from src.tools.inference import load_predictor
+from src.tools.prediction import check_output_path, list_inputs, run_inference
+
+
+@user_entry_point
+def main(argv=None):
+    config = parse_config(argv, description='Predict classes of an image or a folder of images with a '
+                                            'RepVGG checkpoint or MINDIR file; writes {path: class} JSON.')
+    check_output_path(config.pred_output)
+    inputs = list_inputs(config.dataset_path)
+    set_device(config.device_target, config.device_id)
+    predictor = load_predictor(config)
+    print(f'=> {predictor.description}')
+    run_inference(predictor, inputs, config.pred_output, config.interpolation)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,4 +1,40 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Predict classes with an ONNX model in ONNX Runtime; same printout and JSON as infer.py.
 
-sys.exit('infer_onnx.py is not implemented yet (see the open issues); nothing was done.')
+python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/--device_target CPU|GPU]
+"""
+from pathlib import Path
+
+from src.config import OneLineParser
+from src.tools.cli import user_entry_point
+from src.tools.inference import load_onnx
+from src.tools.prediction import check_output_path, list_inputs, run_inference
+
+
+def parse_args(argv=None):
+    parser = OneLineParser(description='Predict the class of an image or of every image of a folder with '
+                                       'an ONNX model; writes {path: class} JSON.')
+    parser.add_argument('dataset_path', metavar='IMAGE_OR_FOLDER', type=Path,
+                        help='an image, or a folder whose .png/.jpg/.jpeg files are predicted')
+    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
+    parser.add_argument('-o', '--output', type=Path, default=Path('predictions.json'), help='JSON file to write')
+    parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
+                        help='ONNX Runtime provider: CPU, or GPU (CUDA, needs onnxruntime-gpu)')
+    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
+    parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
+    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default='bilinear',
+                        help='resize interpolation (as in evaluation: bilinear)')
+    return parser.parse_args(argv)
+
+
+@user_entry_point
+def main(argv=None):
+    args = parse_args(argv)
+    check_output_path(args.output)
+    inputs = list_inputs(args.dataset_path)
+    predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
+    print(f'=> {predictor.description}')
+    run_inference(predictor, inputs, args.output, args.interpolation)
+
+
+if __name__ == '__main__':
+    main()

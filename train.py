@@ -1,4 +1,118 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
-import sys
+"""Train a RepVGG classifier: ``python train.py --config CONFIG.yaml [--key value ...]``.
 
-sys.exit('train.py is not implemented yet (see the open issues); nothing was done.')
+Standalone, or data parallel with the gradient mean under msrun (CPU or GPU) or mpirun (GPU);
+see scripts/. The demo: ``python train.py --config src/configs/RepVGG-A0_digits.yaml``.
+Reads top to bottom like torchvision's references/classification/train.py; the machinery lives
+in src/tools (loop, checkpoints, run folder) and src/ema.
+"""
+import time
+from pathlib import Path
+
+import mindspore as ms
+
+from src.config import parse_config
+from src.dataset import get_dataset, mixup_active
+from src.ema.ema import EMA
+from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
+from src.repvgg import get_model
+from src.tools.amp import cast_amp, loss_scale_cell
+from src.tools.checkpoint_saver import CheckpointSaver, remove_partial_files, restore_state
+from src.tools.cli import UserError, user_entry_point
+from src.tools.criterion import EvalMetrics, NetWithLoss, get_criterion
+from src.tools.demo_data import build_demo_data
+from src.tools.device import init_device, set_seed
+from src.tools.distributed import Ranks
+from src.tools.optimizer import get_optimizer
+from src.tools.run_folder import MetricsLog, new_run_folder, save_config
+from src.tools.schedulers import lr_schedule
+from src.tools.start import check_continues, starting_point
+from src.tools.trainer import Trainer
+
+
+def check_args(args):
+    """Stop on inputs that cannot work, before anything is built."""
+    if args.data_url is None:
+        raise UserError('set data_url (a folder with train/ and val/ class folders), e.g. --data_url /data/imagenet')
+    if args.eval_ema and not args.with_ema:
+        raise UserError('eval_ema needs the EMA: set with_ema: 1')
+    if args.save_every < 1:
+        raise UserError(f'save_every must be at least 1, got {args.save_every}')
+    check_continues(args)
+
+
+def main():
+    began = time.time()
+    args = parse_config(description='Train a RepVGG classifier (standalone, or under msrun / mpirun).')
+    check_args(args)
+    rank, group_size = init_device(args.device_target, args.device_id)
+    ranks = Ranks(rank, group_size)
+    set_seed(args.seed)
+    print(f'=> rank {rank} of {group_size}, {args.device_target}, {args.arch}, amp {args.amp_level}', flush=True)
+    if args.device_num != group_size:
+        print(f'=> note: device_num is {args.device_num}, {group_size} process(es) were launched; '
+              f'training on {group_size} (scripts/ start several)')
+    if args.use_data_sink:
+        print('=> note: use_data_sink is not used: batches are fed from the host so that a run can '
+              'resume mid-epoch')
+
+    # Data: this rank's shard of the training set, its part of the validation set.
+    if args.demo_data:
+        build_demo_data(args.data_url)
+    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size)
+    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size)
+    steps_per_epoch = train_ds.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise UserError(f'{args.data_url}/train gives no full batch of {args.batch_size} per rank; '
+                        f'lower batch_size or add images')
+
+    # Model, where training starts (pretrained / continues), the run folder.
+    net = cast_amp(get_model(args), args.amp_level)
+    start = starting_point(args, net, steps_per_epoch, rank, group_size)
+    folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
+    saver = CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
+
+    # Optimizer over a per-step learning-rate schedule, loss, EMA, one training step.
+    lr_values = lr_schedule(args, steps_per_epoch)
+    optimizer = get_optimizer(args, net, lr_values)
+    criterion = get_criterion(args.label_smoothing, soft_targets=mixup_active(args))
+    ema = EMA(net.get_parameters(), args.ema_decay) if args.with_ema else None
+    train_cell = TrainOneStepWithEMA(NetWithLoss(net, criterion), optimizer,
+                                     loss_scale_cell(args.amp_level, args.loss_scale, args.is_dynamic_loss_scale), ema)
+    if start.checkpoint is not None:
+        restore_state(train_cell, start.checkpoint)
+    global_step = start.epoch * steps_per_epoch + start.step
+    optimizer.global_step.set_data(ms.Tensor([global_step], optimizer.global_step.dtype))
+    if start.source:
+        print(f'=> starting from {start.source}: epoch {start.epoch + 1}, step {start.step} '
+              f'(global step {global_step}), lr {lr_values[global_step]:.6g}', flush=True)
+
+    # Run folder contents: config copy, metrics of the epochs that stay, no half-written files.
+    metrics_log = MetricsLog(folder)
+    if ranks.is_main:
+        remove_partial_files(folder)
+        save_config(folder, args)
+        metrics_log.keep_until(start.epoch)
+        saver.forget_after(start.epoch)
+    sample_log = (folder / f'samples_rank{rank}.txt').open('a', encoding='utf-8') if args.log_samples else None
+    print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
+          flush=True)
+
+    trainer = Trainer(args=args, train_cell=train_cell, metrics_cell=EvalMetrics(net, args.num_classes), ema=ema,
+                      saver=saver, metrics_log=metrics_log, ranks=ranks,
+                      steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log)
+    summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
+    if sample_log is not None:
+        sample_log.close()
+
+    last = summary['last']
+    print(f"=> final top-1 {last['acc']:.4f}, top-5 {last['top5']:.4f} (epoch {args.epochs})")
+    if summary['best'] is not None:
+        acc, epoch, path = summary['best']
+        print(f'=> best top-1 {acc:.4f} at epoch {epoch}: {path}')
+    epochs_run = args.epochs - start.epoch
+    print(f'=> {epochs_run} epoch{"s" if epochs_run != 1 else ""} in {time.time() - began:.0f} s')
+    print('train success', flush=True)
+
+
+if __name__ == '__main__':
+    user_entry_point(main)()

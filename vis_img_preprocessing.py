@@ -1,4 +1,40 @@
-"""Placeholder until its issue lands: says so instead of pretending to work."""
+"""Draw what the training pipeline does to a few images: originals next to augmented draws.
+
+    python vis_img_preprocessing.py --config src/configs/RepVGG.yaml --data_url DATA \
+        [--output preprocessing.png] [--num_images 4] [--num_draws 5]
+
+Reads ``num_images`` images of DATA/train (spread over the classes), runs the configured train
+transform (``aug_type``, ``auto_augment``, ``re_prob``, ``image_size``, ``interpolation``)
+``num_draws`` times on each, un-normalises the results and writes one PNG grid with matplotlib.
+Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
+"""
 import sys
 
-sys.exit('vis_img_preprocessing.py is not implemented yet (see the open issues); nothing was done.')
+from src.config import OneLineParser, parse_config
+from src.tools.cli import UserError, user_entry_point
+
+
+def _extra_flags(argv):
+    parser = OneLineParser(add_help=False, allow_abbrev=False)
+    parser.add_argument('--output', default='preprocessing.png', help='PNG file to write.')
+    parser.add_argument('--num_images', type=int, default=4, help='Images to show (rows).')
+    parser.add_argument('--num_draws', type=int, default=5, help='Augmented draws per image (columns).')
+    return parser.parse_known_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra, rest = _extra_flags(argv)
+    if extra.num_images < 1 or extra.num_draws < 1:
+        raise UserError('--num_images and --num_draws must be at least 1')
+    config = parse_config(rest, description=__doc__.split('\n', 1)[0] + ' Also: --output, --num_images, '
+                          '--num_draws.', require_config=False)
+    if config.data_url is None:
+        raise UserError('pass --data_url with a folder holding train/ (and a --config)')
+    from src.augment.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
+    output = draw_preprocessing(config, extra.output, extra.num_images, extra.num_draws)
+    print(f'=> wrote {output}')
+
+
+if __name__ == '__main__':
+    user_entry_point(main)()

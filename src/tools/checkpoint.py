@@ -96,10 +96,13 @@ def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, so
     return entries, dropped
 
 
-def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False):
-    """Load a checkpoint into ``net`` strictly; returns the names left out (a dropped head)."""
+def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, source=None):
+    """Load a checkpoint into ``net`` strictly; returns the names left out (a dropped head).
+
+    ``source`` names an already-read dict in messages (e.g. 'checkpoint <path>').
+    """
     if isinstance(path_or_dict, dict):
-        checkpoint, source = path_or_dict, 'checkpoint'
+        checkpoint, source = path_or_dict, source or 'checkpoint'
     else:
         checkpoint, source = read_checkpoint(path_or_dict), f'checkpoint {path_or_dict}'
     entries, dropped = match_checkpoint(net, checkpoint, prefix, drop_head_on_mismatch, source)

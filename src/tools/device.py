@@ -1,15 +1,26 @@
-"""Where and how MindSpore runs: device, execution mode, seeds."""
+"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group."""
+import os
 import random
 
 import mindspore as ms
 import numpy as np
+from mindspore.communication import get_group_size, get_rank, init
 
 
-def set_device(device_target, device_id=0, graph_mode=True):
-    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging)."""
+def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
+    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging).
+
+    On CPU the kernels get ``cpu_threads`` threads, by default one per core this process may use:
+    MindSpore's own default is 30 whatever the machine, and on 2 cores that oversubscription made
+    RepVGG inference 20-30 % slower (benchmarks/speed.py, README "Performance").
+    """
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target == 'CPU':
         ms.set_device('CPU')
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(cpu_threads or len(os.sched_getaffinity(0)))
+        except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
+            pass
     else:
         ms.set_device(device_target, device_id)
 
@@ -19,3 +30,36 @@ def set_seed(seed):
     ms.set_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def launcher_local_rank():
+    """This process's device index on its node when msrun or mpirun started it, else None.
+
+    msrun sets MS_ROLE/DEVICE_ID for each worker; Open MPI sets OMPI_COMM_WORLD_LOCAL_RANK.
+    """
+    if os.environ.get('MS_ROLE') == 'MS_WORKER':
+        return int(os.environ.get('DEVICE_ID', '0'))
+    if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+        return int(os.environ.get('OMPI_COMM_WORLD_LOCAL_RANK', '0'))
+    return None
+
+
+def init_device(device_target, device_id=0, graph_mode=True):
+    """Select the device and, under msrun/mpirun, join the data-parallel group; (rank, group size).
+
+    Data parallel averages the gradients over ranks (gradients_mean). A standalone run is (0, 1)
+    and uses ``device_id``; a launched worker uses its local rank as device.
+    """
+    if os.environ.get('MS_ROLE') == 'MS_SCHED':
+        # msrun also runs the script as its scheduler process: init() serves the cluster; never train.
+        init()
+        raise SystemExit(0)
+    local_rank = launcher_local_rank()
+    set_device(device_target, device_id if local_rank is None else local_rank, graph_mode)
+    if local_rank is None:
+        return 0, 1
+    init('nccl' if device_target == 'GPU' else None)
+    rank, group_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=group_size)
+    return rank, group_size

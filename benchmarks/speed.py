@@ -1,0 +1,264 @@
+"""Inference and training speed of RepVGG on this machine, every row measured in the same run.
+
+    python benchmarks/speed.py                      # A0 and B0, batch 1 and 8, 224x224
+    python benchmarks/speed.py --archs RepVGG-A0 --batches 8 --threads 2
+
+Rows: MindSpore train form and deploy form (GRAPH mode), ONNX Runtime on the exported deploy
+ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
+``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
+stack written here); then training images/s (forward, backward, momentum update). Each case runs
+in its own process, so the peak resident memory (VmHWM) is that case's alone. The same seeded
+input feeds every case. Not a test: it prints figures and asserts nothing.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+INFERENCE_CASES = ('ms-train', 'ms-deploy', 'onnxruntime', 'torch-eager')
+TRAINING_CASES = ('ms-train-step', 'torch-train-step')
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process (VmHWM), MiB."""
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024
+    return float('nan')
+
+
+def images(batch, size):
+    return np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+
+
+def timed(step, batch, min_iters, min_seconds):
+    """Images per second of ``step`` after two warm-up calls (the first one compiles)."""
+    step()
+    step()
+    iters, start = 0, time.perf_counter()
+    while iters < min_iters or time.perf_counter() - start < min_seconds:
+        step()
+        iters += 1
+    return batch * iters / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- MindSpore
+def mindspore_step(case, arch, batch, size, threads):
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
+    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    from src.tools.device import set_device  # pylint: disable=import-outside-toplevel
+    set_device('CPU', cpu_threads=threads)
+    x = Tensor(images(batch, size))
+    if case == 'ms-train-step':
+        net = create_model(arch, num_classes=1000)
+        loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction='mean'))
+        optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.01, momentum=0.9)
+        train_step = nn.TrainOneStepCell(loss_net, optimizer)
+        train_step.set_train(True)
+        labels = Tensor(np.arange(batch, dtype=np.int32) % 1000)
+        return lambda: train_step(x, labels).asnumpy()
+    net = create_model(arch, deploy=case == 'ms-deploy')
+    net.set_train(False)
+    return lambda: net(x).asnumpy()
+
+
+def onnx_step(onnx_path, batch, size, threads):
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
+    name, x = session.get_inputs()[0].name, images(batch, size)
+    return lambda: session.run(None, {name: x})
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def torch_model(arch, deploy):
+    """(model, label): timm's model when timm imports, else the same layers written in PyTorch."""
+    try:
+        import timm  # pylint: disable=import-outside-toplevel
+        from timm.utils.model import reparameterize_model  # pylint: disable=import-outside-toplevel
+        model = timm.create_model(arch.lower().replace('-', '_'), pretrained=False).eval()
+        return (reparameterize_model(model) if deploy else model), f'timm {timm.__version__}'
+    except ImportError:
+        pass
+    if deploy:
+        return plain_torch_stack(arch), 'plain conv+ReLU stack'
+    from src.repvgg import ARCH_SPECS  # pylint: disable=import-outside-toplevel
+    from tests.torch_repvgg import TorchRepVGG  # pylint: disable=import-outside-toplevel
+    return TorchRepVGG(*ARCH_SPECS[arch], num_classes=1000), 'official-layout PyTorch model'
+
+
+def plain_torch_stack(arch):
+    """The deploy-form RepVGG in PyTorch: the layers of timm's reparameterized model."""
+    import torch  # pylint: disable=import-outside-toplevel
+    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    ms_net = create_model(arch, deploy=True)
+    layers = []
+    blocks = [ms_net.stage0] + [b for s in (ms_net.stage1, ms_net.stage2, ms_net.stage3, ms_net.stage4) for b in s]
+    if any(block.use_se for block in blocks):
+        raise ValueError('the plain stack has no SE; install timm for D2se')
+    for block in blocks:
+        layers += [torch.nn.Conv2d(block.in_channels, block.out_channels, 3, block.stride, 1,
+                                   groups=block.groups), torch.nn.ReLU()]
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(blocks[-1].out_channels, 1000)]
+    return torch.nn.Sequential(*layers).eval()
+
+
+def torch_step(case, arch, batch, size, threads):
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(threads)
+    x = torch.from_numpy(images(batch, size))
+    if case == 'torch-train-step':
+        model, label = torch_model(arch, deploy=False)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        labels = torch.arange(batch) % 1000
+
+        def step():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), labels).backward()
+            optimizer.step()
+        return step, label
+    model, label = torch_model(arch, deploy=True)
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+    return infer, label
+
+
+# ----------------------------------------------------------------------------- one case (child process)
+def run_case(args):
+    note = ''
+    if args.case.startswith('ms-'):
+        step = mindspore_step(args.case, args.arch, args.batch, args.image_size, args.threads)
+    elif args.case == 'onnxruntime':
+        step = onnx_step(args.onnx, args.batch, args.image_size, args.threads)
+    else:
+        try:
+            step, note = torch_step(args.case, args.arch, args.batch, args.image_size, args.threads)
+        except ImportError:
+            step, note = None, 'torch not installed'
+    if step is None:
+        print(json.dumps({'skipped': note}))
+        return
+    speed = timed(step, args.batch, args.min_iters, args.min_seconds)
+    print(json.dumps({'images_per_s': speed, 'peak_rss_mb': peak_rss_mb(), 'note': note}))
+
+
+def child(case, arch, batch, args, onnx_path=''):
+    command = [sys.executable, __file__, '--case', case, '--arch', arch, '--batch', str(batch),
+               '--image_size', str(args.image_size), '--threads', str(args.threads),
+               '--min_iters', str(args.min_iters), '--min_seconds', str(args.min_seconds), '--onnx', onnx_path]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
+    if result.returncode or not lines:
+        return {'skipped': f'failed: {result.stderr.strip().splitlines()[-1:]}'}
+    return json.loads(lines[-1])
+
+
+def export_onnx(arch, image_size, folder):
+    """The deploy-form ONNX of a randomly initialised ``arch`` (speed does not depend on values)."""
+    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    from src.tools.device import set_device  # pylint: disable=import-outside-toplevel
+    from src.tools.export_model import export_network  # pylint: disable=import-outside-toplevel
+    set_device('CPU', graph_mode=True)
+    net = create_model(arch, deploy=True)
+    net.set_train(False)
+    path, _, _ = export_network(net, image_size, 'ONNX', Path(folder) / arch)
+    return str(path)
+
+
+def machine():
+    model = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
+                  if line.startswith('model name')), 'unknown CPU')
+    versions = []
+    for package in ('mindspore', 'onnxruntime', 'torch', 'timm'):
+        try:
+            versions.append(f'{package} {__import__(package).__version__}')
+        except ImportError:
+            pass
+    return f'{model}, {len(os.sched_getaffinity(0))} cores; ' + ', '.join(versions)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--archs', nargs='+', default=['RepVGG-A0', 'RepVGG-B0'])
+    parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
+    parser.add_argument('--train_arch', default='RepVGG-A0')
+    parser.add_argument('--train_batch', type=int, default=16)
+    parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument('--min_iters', type=int, default=5)
+    parser.add_argument('--min_seconds', type=float, default=2.0)
+    parser.add_argument('--repeats', type=int, default=3, help='runs per case; the median is shown')
+    parser.add_argument('--case', help=argparse.SUPPRESS)
+    parser.add_argument('--arch', help=argparse.SUPPRESS)
+    parser.add_argument('--batch', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--onnx', default='', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        run_case(args)
+        return
+
+    print(f'# {machine()}; {args.threads} threads, input {args.image_size}x{args.image_size}, '
+          f'median of {args.repeats} runs')
+    header = f'{"arch":<10} {"batch":>5}  {"case":<34} {"images/s":>9} {"peak RSS MiB":>13}'
+    print(header)
+    print('-' * len(header))
+    with tempfile.TemporaryDirectory() as folder:
+        for arch in args.archs:
+            onnx_path = export_onnx(arch, args.image_size, folder)
+            for batch in args.batches:
+                results = measure(INFERENCE_CASES, arch, batch, args, onnx_path)
+                for case, result in results.items():
+                    print_row(arch, batch, case, result)
+                train, deploy = (results[c].get('images_per_s') for c in ('ms-train', 'ms-deploy'))
+                ort_speed, torch_speed = (results[c].get('images_per_s') for c in ('onnxruntime', 'torch-eager'))
+                if train and deploy:
+                    print(f'{"":<17} MindSpore deploy / train form: {deploy / train:.2f}x')
+                if ort_speed and torch_speed:
+                    print(f'{"":<17} ONNX Runtime / PyTorch eager:  {ort_speed / torch_speed:.2f}x')
+    for case, result in measure(TRAINING_CASES, args.train_arch, args.train_batch, args).items():
+        print_row(args.train_arch, args.train_batch, case + ' (training)', result)
+
+
+def measure(cases, arch, batch, args, onnx_path=''):
+    """{case: result} with the median speed of ``args.repeats`` runs, the cases interleaved so
+    that a slow spell of a shared machine hits all of them alike."""
+    runs = {case: [] for case in cases}
+    for _ in range(args.repeats):
+        for case in cases:
+            runs[case].append(child(case, arch, batch, args, onnx_path))
+    results = {}
+    for case, case_runs in runs.items():
+        done = [run for run in case_runs if 'skipped' not in run]
+        if not done:
+            results[case] = case_runs[0]
+            continue
+        results[case] = dict(done[0], images_per_s=float(np.median([run['images_per_s'] for run in done])),
+                             peak_rss_mb=max(run['peak_rss_mb'] for run in done))
+    return results
+
+
+def print_row(arch, batch, case, result):
+    label = case + (f' [{result["note"]}]' if result.get('note') else '')
+    if 'skipped' in result:
+        print(f'{arch:<10} {batch:>5}  {case:<34} skipped: {result["skipped"]}')
+    else:
+        print(f'{arch:<10} {batch:>5}  {label:<34} {result["images_per_s"]:>9.1f} {result["peak_rss_mb"]:>13.0f}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,79 @@
+"""A picture of the training preprocessing: originals next to augmented, de-normalised draws."""
+from pathlib import Path
+
+import numpy as np
+
+from src.dataset import MEAN, STD, check_images, read_image_rgb, split_files, train_stages
+
+
+def pick_images(folder, count):
+    """Up to ``count`` (path, class name) pairs, taking the classes in turn."""
+    names, files = split_files(folder)
+    by_class = [[path for path, label in files if label == index] for index in range(len(names))]
+    chosen = []
+    for rank in range(max(len(paths) for paths in by_class)):
+        for index, paths in enumerate(by_class):
+            if rank < len(paths) and len(chosen) < count:
+                chosen.append((paths[rank], names[index]))
+    return chosen
+
+
+def denormalize(chw):
+    """Normalised (3, H, W) float -> (H, W, 3) in [0, 1] for display."""
+    image = np.asarray(chw, np.float32).transpose(1, 2, 0)
+    image = image * np.array(STD, np.float32) + np.array(MEAN, np.float32)
+    return np.clip(image, 0.0, 1.0)
+
+
+def _describe(config):
+    text = f'aug_type {config.aug_type}, {config.image_size}x{config.image_size}, {config.interpolation}'
+    if config.aug_type == 'auto':
+        text += f', policy {config.auto_augment}'
+        if config.re_prob > 0:
+            text += f', random erasing p={config.re_prob} {config.re_mode} x{config.re_count}'
+    return text
+
+
+def augmented_draws(paths, stages, num_draws):
+    """``num_draws`` runs of the train transform on each file, through a real pipeline (eager
+    random ops would repeat one draw once a seed is set). Returns [[CHW float32] per draw] per path."""
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    rows = [(np.fromfile(path, np.uint8),) for path in paths for _ in range(num_draws)]
+    pipeline = ds.GeneratorDataset(rows, column_names=['image'], shuffle=False)
+    for stage in stages:
+        pipeline = pipeline.map(stage.ops, input_columns='image', num_parallel_workers=1)
+    images = [row[0] for row in pipeline.create_tuple_iterator(output_numpy=True, num_epochs=1)]
+    return [images[i * num_draws:(i + 1) * num_draws] for i in range(len(paths))]
+
+
+def draw_preprocessing(config, output, num_images=4, num_draws=5):
+    """Write the grid for ``config.data_url``/train to ``output`` (PNG); returns its Path."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+
+    chosen = pick_images(Path(config.data_url) / 'train', num_images)
+    check_images([path for path, _ in chosen], show_progress=False)
+    ds.config.set_seed(config.seed)  # the same draws for the same seed
+    draws = augmented_draws([path for path, _ in chosen], train_stages(config), num_draws)
+    figure, axes = plt.subplots(len(chosen), num_draws + 1, squeeze=False,
+                                figsize=(1.9 * (num_draws + 1), 2.1 * len(chosen) + 0.6))
+    for row, (path, class_name) in enumerate(chosen):
+        original = read_image_rgb(path)
+        axes[row][0].imshow(np.asarray(original))
+        width, height = original.size
+        axes[row][0].set_title(f'class {class_name}: {path.name}\noriginal, {width}x{height}', fontsize=8)
+        for column, image in enumerate(draws[row], start=1):
+            axes[row][column].imshow(denormalize(image))
+            axes[row][column].set_title(f'draw {column}', fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f'Training preprocessing ({_describe(config)}); draws de-normalised', fontsize=9)
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+    return output

@@ -1,0 +1,379 @@
+"""ImageNet-folder data pipeline on ``mindspore.dataset``.
+
+Layout: ``split/<class>/<image>`` with the class index given by the sorted class folder names;
+``data_url/train`` and ``data_url/val`` are the two splits.
+
+- Train (``aug_type``): ``weak`` = RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) fused with the
+  JPEG decode + horizontal flip; ``none`` = resize the shorter side to ``image_size`` + centre crop;
+  ``auto`` = weak + the ``auto_augment`` policy + RandomErasing (``re_prob``). Then normalise (ImageNet
+  mean and std on [0, 1]) to CHW float32, shuffle, shard by (group_size, rank), batch with
+  drop_remainder, and, when mixup / cutmix is on, mix whole batches into soft targets.
+- Eval: resize the shorter side to int(size * 256 / 224), centre crop ``image_size``, normalise.
+  Rank r reads images r, r + R, r + 2R, ... so all ranks together score every image exactly once;
+  the last batch is kept.
+
+Decode, the random crop, flip, normalise and HWC2CHW are MindSpore's C++ ops. The shorter-side
+resize of evaluation (and of ``aug_type none``) is PIL's, antialiased, as in the torchvision
+pipeline the official weights were evaluated with: MindSpore's C++ bilinear resize does not
+antialias and differs from it by up to 4 grey levels at 500x375 -> 341x256 and by far more for
+larger reductions. The policies and random erasing are Python (src/augment) and run in worker
+processes.
+
+Bad images: before a pipeline is built, every file is checked cheaply (header, and for JPEG/PNG the
+end-of-image marker; files without it are decoded in full). Unreadable files stop the run before it
+starts with their paths listed. A file that still fails to decode later is skipped with MindSpore's
+warning, which names it (``ErrorSamplesMode.SKIP``).
+"""
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from src.tools.cli import UserError
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EVAL_RESIZE_RATIO = 256 / 224
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+# Formats MindSpore's C++ Decode reads (MPO: multi-picture JPEG written by some cameras).
+DECODABLE_FORMATS = ('JPEG', 'MPO', 'PNG', 'BMP', 'TIFF')
+_PIL_INTERPOLATION = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
+_MINDSPORE_DEFAULT_SEED = 5489  # MindSpore treats this seed as 'unset' and does not reseed workers
+
+
+def _warn(message):
+    print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- files and classes
+def list_images(folder):
+    """The image files (.png/.jpg/.jpeg, any case) directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f'{folder} is not a folder of images')
+    return sorted(entry for entry in folder.iterdir()
+                  if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.is_dir())
+
+
+def class_names(folder):
+    """Sorted class folder names of a split folder; a UserError that says what to fix otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f'data folder {folder} does not exist; it must hold one sub-folder of images per '
+                        f'class ({folder}/<class>/*.jpg); --data_url must hold train/ and val/ folders')
+    names, hidden = [], []
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            (hidden if entry.name.startswith('.') else names).append(entry.name)
+    names.sort()
+    if not names:
+        raise UserError(f'{folder} has no class sub-folders; put the images of each class in '
+                        f'{folder}/<class name>/ (png or jpg)')
+    for name in names:
+        if not list_images(folder / name):
+            raise UserError(f'class folder {folder / name} has no images ({", ".join(IMAGE_SUFFIXES)}); '
+                            f'add images or remove the folder')
+    for name in hidden:  # MindSpore's ImageFolderDataset would count these files as a class
+        if list_images(folder / name):
+            raise UserError(f'hidden folder {folder / name} holds images; move or remove it')
+    return names
+
+
+def split_files(folder):
+    """(class names, [(path, label), ...]) of a split folder, in class then file-name order."""
+    names = class_names(folder)
+    files = [(path, label) for label, name in enumerate(names) for path in list_images(Path(folder) / name)]
+    return names, files
+
+
+# ----------------------------------------------------------------------------- reading images
+def to_rgb(img):
+    """Any PIL image as RGB: grey, palette, CMYK converted, alpha dropped, 16-bit scaled to 8-bit
+    (as MindSpore's Decode does)."""
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+    elif img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    return img if img.mode == 'RGB' else img.convert('RGB')
+
+
+def read_image_rgb(path):
+    """The image at ``path`` as an RGB PIL image; a UserError naming the path if unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f'cannot read image {path}: {error}; fix or remove the file') from None
+
+
+def _ends_cleanly(path, image_format):
+    """Whether a JPEG / PNG file ends with its end-of-image marker (a cheap truncation test)."""
+    with open(path, 'rb') as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 1024))
+        tail = handle.read()
+    if image_format == 'PNG':
+        return tail.endswith(b'IEND\xaeB`\x82')
+    return b'\xff\xd9' in tail  # JPEG EOI; some writers append bytes after it
+
+
+def image_problem(path):
+    """Why ``path`` cannot be decoded, or None. Reads the header (and the tail of JPEG / PNG files);
+    only a file without an end marker, or of another format, is decoded in full."""
+    try:
+        if os.path.getsize(path) == 0:
+            return 'empty file'
+        with Image.open(path) as img:
+            image_format, (width, height) = img.format, img.size
+            if image_format not in DECODABLE_FORMATS:
+                return f'{image_format} data, which the decoder cannot read; convert it to PNG or JPEG'
+            if width == 0 or height == 0:
+                return 'image has no pixels'
+            marker_format = 'PNG' if image_format == 'PNG' else 'JPEG'
+            if image_format in ('JPEG', 'MPO', 'PNG') and _ends_cleanly(path, marker_format):
+                return None
+            img.load()  # no end marker (or BMP / TIFF): decode to be sure
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f'cannot be decoded: {error}'
+    return None
+
+
+def check_images(paths, show_progress=True, threads=8):
+    """Raise a UserError listing every unreadable image among ``paths`` (see ``image_problem``)."""
+    paths = list(paths)
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    with ThreadPoolExecutor(threads) as pool:
+        problems = list(tqdm(pool.map(image_problem, paths, chunksize=64), total=len(paths),
+                             desc='check images', unit='img', leave=False,
+                             disable=not show_progress or len(paths) < 2000))
+    bad = [(path, problem) for path, problem in zip(paths, problems) if problem]
+    if bad:
+        for path, problem in bad:
+            print(f'unreadable image: {path}: {problem}', file=sys.stderr)
+        shown = '; '.join(f'{path} ({problem})' for path, problem in bad[:3])
+        more = f'; and {len(bad) - 3} more (listed above)' if len(bad) > 3 else ''
+        raise UserError(f'{len(bad)} unreadable image(s): {shown}{more}; fix or remove them and run again')
+
+
+# ----------------------------------------------------------------------------- transforms
+def eval_resize_size(image_size):
+    """Shorter side before the centre crop: int(size * 256 / 224) (256 for 224)."""
+    return int(image_size * EVAL_RESIZE_RATIO)
+
+
+def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
+    """HWC uint8 array or PIL image -> HWC uint8 array: resize the shorter side to ``resize_to``
+    (the longer one to int(resize_to * long / short), as torchvision does) with PIL, centre crop
+    ``crop`` x ``crop`` (offsets rounded as torchvision does)."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    width, height = img.size
+    if width <= height:
+        size = (resize_to, int(resize_to * height / width))
+    else:
+        size = (int(resize_to * width / height), resize_to)
+    if size != img.size:
+        img = img.resize(size, _PIL_INTERPOLATION[interpolation])
+    top = int(round((size[1] - crop) / 2.0))
+    left = int(round((size[0] - crop) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop, top + crop)))
+
+
+def normalize_chw(image):
+    """HWC uint8 -> CHW float32 normalised with the ImageNet mean and std (on [0, 1])."""
+    mean = np.array(MEAN, np.float32) * 255
+    std = np.array(STD, np.float32) * 255
+    return ((np.asarray(image, np.float32) - mean) / std).transpose(2, 0, 1).copy()
+
+
+def preprocess_image(path, image_size, interpolation='bilinear'):
+    """The eval transform of one image file: float32 (3, S, S), as the eval pipeline produces it."""
+    image = read_image_rgb(path)
+    return normalize_chw(resize_center_crop(image, eval_resize_size(image_size), image_size, interpolation))
+
+
+class ResizeCenterCrop:
+    """``resize_center_crop`` as a pipeline op (picklable for worker processes)."""
+
+    def __init__(self, resize_to, crop, interpolation='bilinear'):
+        self.resize_to, self.crop, self.interpolation = resize_to, crop, interpolation
+
+    def __call__(self, image):
+        return resize_center_crop(image, self.resize_to, self.crop, self.interpolation)
+
+
+class OnPIL:
+    """Run a PIL-image transform (an augmentation policy) on an HWC uint8 array."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return np.asarray(self.transform(Image.fromarray(np.asarray(image))))
+
+
+@dataclass
+class Stage:
+    """Ops that run in one map. ``processes``: run them in worker processes, for random Python ops:
+    each process has its own seeded random stream, where threads would share one in a
+    nondeterministic order. Other stages use threads (C++ ops; PIL releases the GIL while resizing,
+    and threads measured faster than processes for the eval resize)."""
+    ops: list = field(default_factory=list)
+    processes: bool = False
+
+
+def _vision():
+    import mindspore.dataset.vision as vision  # pylint: disable=import-outside-toplevel
+    return vision
+
+
+def _normalize_ops():
+    vision = _vision()
+    return [vision.Normalize(mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD]), vision.HWC2CHW()]
+
+
+def _mindspore_interpolation(name):
+    vision = _vision()
+    return {'bilinear': vision.Inter.BILINEAR, 'bicubic': vision.Inter.BICUBIC}[name]
+
+
+def train_stages(args):
+    """Per-image train transform, raw file bytes -> CHW float32, as pipeline stages."""
+    vision = _vision()
+    size, interpolation = args.image_size, args.interpolation
+    if args.aug_type == 'none':
+        return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation)] + _normalize_ops())]
+    crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
+                                               interpolation=_mindspore_interpolation(interpolation)),
+                 vision.RandomHorizontalFlip(0.5)]
+    if args.aug_type == 'weak':
+        return [Stage(crop_flip + _normalize_ops())]
+    if args.aug_type != 'auto':
+        raise UserError(f"aug_type {args.aug_type!r}: choose none, weak or auto")
+    if not args.auto_augment:
+        raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
+    from src.augment import RandomErasing, policy_from_string  # pylint: disable=import-outside-toplevel
+    policy = policy_from_string(args.auto_augment, interpolation=interpolation)
+    stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
+    if args.re_prob > 0:
+        stages.append(Stage([RandomErasing(args.re_prob, args.re_mode, args.re_count)], processes=True))
+    return stages
+
+
+def eval_stages(image_size, interpolation='bilinear'):
+    """Per-image eval transform, raw file bytes -> CHW float32, as pipeline stages."""
+    return [Stage([_vision().Decode(), ResizeCenterCrop(eval_resize_size(image_size), image_size, interpolation)]
+                  + _normalize_ops())]
+
+
+# ----------------------------------------------------------------------------- pipelines
+def mixup_active(args):
+    """Whether the train set yields mixed images with soft (B, num_classes) float32 targets."""
+    return args.mixup_prob > 0 and (args.mix_up > 0 or args.cutmix > 0)
+
+
+def make_mixup(args, rank=0):
+    from src.augment import Mixup  # pylint: disable=import-outside-toplevel
+    return Mixup(args.num_classes, mixup_alpha=args.mix_up, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                 switch_prob=args.switch_prob, mode=args.mixup_mode, label_smoothing=args.label_smoothing,
+                 seed=[args.seed, rank])
+
+
+def _workers(args):
+    """Data workers: MindSpore refuses more than the machine's CPU count."""
+    return max(1, min(int(args.num_parallel_workers), os.cpu_count() or 1))
+
+
+def dataset_cache(args):
+    """A MindSpore cache client for ``cache_session_id`` (None when unset), cached at the file reader."""
+    if args.cache_session_id is None:
+        return None
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    return ds.DatasetCache(session_id=int(args.cache_session_id), size=0, prefetch_size=max(1, args.prefetch))
+
+
+def _check_settings(args, training):
+    if training and args.re_prob > 0 and args.aug_type != 'auto':
+        _warn(f're_prob {args.re_prob} has no effect with aug_type {args.aug_type}: random erasing is part '
+              f'of aug_type auto')
+    if training and not mixup_active(args) and (args.mix_up > 0 or args.cutmix > 0):
+        _warn('mix_up / cutmix are set but mixup_prob is 0: no mixing; set mixup_prob (e.g. 1.0)')
+    if training and args.seed == _MINDSPORE_DEFAULT_SEED:
+        _warn(f'seed {args.seed} is MindSpore\'s "unset" value: Python augmentation workers then share '
+              f'one random stream; choose another seed')
+    if args.batch_size < 1:
+        raise UserError(f'batch_size must be >= 1, got {args.batch_size}')
+
+
+def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1):
+    """The batched dataset of one split folder (one sub-folder per class); columns image, label.
+
+    image: float32 (B, 3, S, S); label: int32 (B,), or float32 (B, num_classes) soft targets when
+    training with mixup / cutmix (see ``mixup_active``).
+    """
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
+
+    folder = Path(dataset_dir)
+    if not 0 <= rank < group_size:
+        raise ValueError(f'rank {rank} outside group of {group_size}')
+    _check_settings(args, training)
+    names, files = split_files(folder)
+    if len(names) > args.num_classes:
+        raise UserError(f'{folder} has {len(names)} class folders but num_classes is {args.num_classes}; '
+                        f'set num_classes: {len(names)}')
+    if not training and len(files) < group_size:
+        raise UserError(f'{folder} has {len(files)} images, fewer than the {group_size} evaluating devices')
+    if training and -(-len(files) // group_size) < args.batch_size:
+        raise UserError(f'{folder} has {len(files)} images: less than one batch of {args.batch_size} per '
+                        f'device ({group_size} devices); lower batch_size')
+    # each rank checks its own slice, so together they check every file once
+    check_images([path for path, _ in files[rank::group_size]], show_progress=rank == 0)
+
+    workers = _workers(args)
+    stages = train_stages(args) if training else eval_stages(args.image_size, args.interpolation)
+    ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
+    ds.config.set_prefetch_size(max(1, args.prefetch))
+    source = dict(extensions=sorted({path.suffix for path, _ in files}),
+                  class_indexing={name: label for label, name in enumerate(names)},
+                  decode=False, num_parallel_workers=workers, cache=dataset_cache(args))
+    if training:
+        ds.config.set_seed(args.seed)  # same on every rank: the shards come from one shuffle
+        sharded = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
+        data = ds.ImageFolderDataset(str(folder), shuffle=True, **sharded, **source)
+    elif group_size > 1:  # rank r: images r, r + R, ...; no padding, so no image is scored twice
+        own_part = ds.SubsetSampler(list(range(rank, len(files), group_size)))
+        data = ds.ImageFolderDataset(str(folder), sampler=own_part, **source)
+    else:
+        data = ds.ImageFolderDataset(str(folder), shuffle=False, **source)
+
+    for stage in stages:
+        data = data.map(stage.ops, input_columns='image', num_parallel_workers=workers,
+                        python_multiprocessing=stage.processes and workers > 1)
+    data = data.map(transforms.TypeCast(ms.int32), input_columns='label')
+    data = data.batch(args.batch_size, drop_remainder=training, num_parallel_workers=workers)
+    if training and mixup_active(args):
+        # one worker in this process: the mixing draws come in a fixed order from the seeded generator
+        data = data.map(make_mixup(args, rank), input_columns=['image', 'label'],
+                        output_columns=['image', 'label'], num_parallel_workers=1)
+    if rank == 0:
+        transform = f'aug_type {args.aug_type}' if training else 'eval transform'
+        print(f'=> {"train" if training else "eval"} data {folder}: {len(files)} images, {len(names)} classes, '
+              f'{group_size} device(s), batch {args.batch_size}, {transform}', flush=True)
+    return data
+
+
+def get_dataset(args, training, rank=0, group_size=1):
+    """``args.data_url``/train (training) or /val as a batched dataset (see create_dataset_imagenet)."""
+    if args.data_url is None:
+        raise UserError('data_url is not set: pass --data_url with a folder holding train/ and val/ '
+                        '(python -m src.tools.demo_data DIR writes a small one)')
+    return create_dataset_imagenet(Path(args.data_url) / ('train' if training else 'val'), args,
+                                   training=training, rank=rank, group_size=group_size)

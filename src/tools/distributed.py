@@ -1,0 +1,72 @@
+"""What the ranks of a data-parallel run must agree on, beyond the gradients.
+
+- exact metrics: every rank scores its own part of the validation set; the sums of (loss, top-1,
+  top-5, count) over ranks give the metrics of the whole set.
+- one model: data parallel keeps the weights identical, but each rank's BN moving statistics
+  come from its own batches; they are averaged over ranks before each evaluation and checkpoint
+  (as timm's distribute_bn does), so every rank evaluates and saves the same model.
+- one run folder: rank 0's clock names it.
+With one process every operation is the identity and no communication op is built.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+
+class _AllReduceSum(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.all_reduce = ops.AllReduce()
+
+    def construct(self, x):
+        return self.all_reduce(x)
+
+
+class _AverageParams(nn.Cell):
+    def __init__(self, params, group_size):
+        super().__init__()
+        self.params = ms.ParameterTuple(params)
+        self.scale = Tensor(1.0 / group_size, ms.float32)
+        self.all_reduce = ops.AllReduce()
+
+    def construct(self):
+        for param in self.params:
+            ops.assign(param, self.all_reduce(param) * self.scale)
+        return self.scale
+
+
+class Ranks:
+    """Collective helpers for ``group_size`` ranks (all of them call each method together)."""
+
+    def __init__(self, rank=0, group_size=1):
+        self.rank = rank
+        self.group_size = group_size
+        self._sum = _AllReduceSum() if group_size > 1 else None
+        self._average_cells = {}
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def sum(self, values):
+        """Element-wise sum over ranks of a float vector (float32 on the wire)."""
+        if self._sum is None:
+            return np.asarray(values, np.float64)
+        return self._sum(Tensor(np.asarray(values, np.float32))).asnumpy().astype(np.float64)
+
+    def from_main(self, value):
+        """Rank 0's integer ``value`` on every rank (sent as two exact float32 halves)."""
+        if self._sum is None:
+            return int(value)
+        high, low = divmod(int(value), 1 << 16) if self.is_main else (0, 0)
+        high, low = self.sum([high, low])
+        return int(high) * (1 << 16) + int(low)
+
+    def average_params(self, key, params):
+        """Replace every rank's value of ``params`` by their mean over ranks (BN moving statistics);
+        ``key`` names the list so that its graph is compiled once."""
+        if self.group_size == 1 or not params:
+            return
+        if key not in self._average_cells:
+            self._average_cells[key] = _AverageParams(params, self.group_size)
+        self._average_cells[key]()

@@ -1,0 +1,103 @@
+"""Evaluation of any Predictor on a folder of class folders: Loss, Top1-Acc, Top5-Acc.
+
+The metrics are computed here from the logits (in float64), the same way for a checkpoint, a
+MINDIR and an ONNX file, so the three can be compared exactly.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.dataset import class_names, create_dataset_imagenet
+from src.tools.cli import UserError
+
+
+class ClassificationMetrics:
+    """Running mean cross-entropy and top-1 / top-k accuracy over every image seen.
+
+    A label counts as within the top k when fewer than k classes have a strictly larger logit, so
+    the result does not depend on how a sort breaks ties. k is 5, or the class count if smaller.
+    """
+
+    def __init__(self, num_classes, top_k=5):
+        self.num_classes = num_classes
+        self.top_k = min(top_k, num_classes)
+        self.count = 0
+        self.loss_sum = 0.0
+        self.top1 = 0
+        self.topk = 0
+
+    def update(self, logits, labels):
+        logits = np.asarray(logits, np.float64)
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if logits.shape != (len(labels), self.num_classes):
+            raise ValueError(f'logits of shape {logits.shape} for {len(labels)} labels and '
+                             f'{self.num_classes} classes')
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise UserError(f'label {labels.max()} is outside the {self.num_classes} classes of the model')
+        rows = np.arange(len(labels))
+        label_logits = logits[rows, labels]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1)) + logits.max(axis=1)
+        self.loss_sum += float((log_norm - label_logits).sum())
+        rank = (logits > label_logits[:, None]).sum(axis=1)
+        self.top1 += int((rank < 1).sum())
+        self.topk += int((rank < self.top_k).sum())
+        self.count += len(labels)
+
+    def result(self, with_loss=True):
+        """{'Loss': ..., 'Top1-Acc': ..., 'Top5-Acc': ...} as in the reference's printout."""
+        if self.count == 0:
+            raise UserError('no images were evaluated')
+        result = {'Loss': self.loss_sum / self.count} if with_loss else {}
+        result['Top1-Acc'] = self.top1 / self.count
+        result['Top5-Acc'] = self.topk / self.count
+        return result
+
+
+def evaluate(predictor, batches, num_batches=None, with_loss=True):
+    """Metrics of ``predictor`` over ``batches`` of (images, labels) numpy arrays."""
+    metrics = ClassificationMetrics(predictor.num_classes)
+    for images, labels in tqdm(batches, total=num_batches, desc='eval', unit='batch'):
+        metrics.update(predictor(images), labels)
+    return metrics.result(with_loss)
+
+
+def check_class_count(folder, num_classes):
+    """A UserError when the folder's class folders do not match the model's outputs."""
+    classes = class_names(folder)
+    if len(classes) != num_classes:
+        raise UserError(f'{folder} has {len(classes)} class folders but the model predicts {num_classes} '
+                        f'classes: evaluate on the validation folder of the data set it was trained on')
+    return classes
+
+
+def validation_folder(dataset_path, data_url=None):
+    """The folder to evaluate: ``dataset_path``, else ``data_url``/val; checked before any model loads."""
+    folder = dataset_path if dataset_path is not None else (data_url / 'val' if data_url else None)
+    if folder is None:
+        raise UserError('pass --dataset_path with the validation folder (one sub-folder per class)')
+    if not Path(folder).is_dir():
+        raise UserError(f'validation folder {folder} does not exist (expected one sub-folder per class)')
+    class_names(folder)
+    return folder
+
+
+def evaluate_folder(predictor, folder, config, with_loss=True):
+    """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py.
+
+    ``config`` supplies what the pipeline reads (batch_size, interpolation, workers, ...); image
+    size and class count are the predictor's, so the model always gets the size it was built for.
+    """
+    check_class_count(folder, predictor.num_classes)
+    config = argparse.Namespace(**{**vars(config), 'image_size': predictor.image_size,
+                                   'num_classes': predictor.num_classes})
+    dataset = create_dataset_imagenet(str(folder), config, training=False)
+    batches = dataset.create_tuple_iterator(columns=['image', 'label'], output_numpy=True, num_epochs=1)
+    return evaluate(predictor, batches, dataset.get_dataset_size(), with_loss)
+
+
+def format_results(results):
+    """The reference's result line: ``=> eval results:{'Loss': ..., 'Top1-Acc': ..., ...}``."""
+    return f'=> eval results:{results}'

@@ -1,0 +1,242 @@
+"""Model files behind one interface: float32 logits for a batch of preprocessed images.
+
+A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
+re-parameterized, so evaluation, export and inference always run the plain deploy form; a
+``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime. All three take
+the float32 (N, 3, S, S) batches of the one eval preprocessing (src/dataset.py), so their results
+can be compared number for number.
+"""
+import tempfile
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from mindspore import Tensor, nn
+from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR format
+
+from src.repvgg import count_params, create_model, switch_net_to_deploy
+from src.tools.checkpoint import load_weights, read_checkpoint
+from src.tools.checkpoint_saver import check_arch
+from src.tools.cli import UserError
+
+class Predictor:
+    """Logits (N, C) for images (N, 3, S, S), computed in chunks of at most ``batch_size``.
+
+    ``static_batch``: the backend accepts exactly that many images per call (a file exported with
+    a fixed batch); shorter chunks are padded with zeros and the padding's outputs dropped.
+    ``pad_to_seen``: pad a short last chunk to ``batch_size`` once a full chunk has run, because a
+    GRAPH_MODE network would otherwise compile a second graph for the new shape.
+    """
+
+    def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
+                 description=''):
+        if batch_size < 1:
+            raise UserError(f'batch_size must be at least 1, got {batch_size}')
+        self.run = run
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.batch_size = static_batch or batch_size
+        self.static_batch = static_batch
+        self.pad_to_seen = pad_to_seen
+        self.description = description
+        self._seen_full = False
+
+    def __call__(self, images):
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        expected = (3, self.image_size, self.image_size)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f'expected images of shape (N, {", ".join(map(str, expected))}), got {images.shape}')
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            count = len(chunk)
+            pad = self.static_batch is not None or (self.pad_to_seen and self._seen_full)
+            if pad and count < self.batch_size:
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - count, *expected), np.float32)])
+            self._seen_full |= len(chunk) == self.batch_size
+            outputs.append(np.asarray(self.run(chunk), dtype=np.float32)[:count])
+        if not outputs:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate(outputs)
+
+
+def _check_image_size(path, file_size, requested, flag='--image_size'):
+    if requested is not None and requested != file_size:
+        raise UserError(f'{path} takes {file_size}x{file_size} images, but image_size is {requested}: '
+                        f'set {flag} {file_size}')
+
+
+def _check_file(path, kind):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'{kind} {path} does not exist')
+    return path
+
+
+def _input_dims(dims, path):
+    """(batch or None when dynamic, image size) from an NCHW input shape; a UserError otherwise."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
+        raise UserError(f'{path} does not take Nx3xSxS images (its input is {dims}); '
+                        f'export it with export.py')
+    return dims[0], dims[2]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_is_deploy_form(checkpoint, prefix=''):
+    """True when the network tensors (under ``prefix``) are re-parameterized blocks (rbr_reparam)."""
+    return any('rbr_reparam' in name[len(prefix):] for name in checkpoint
+               if name.startswith(prefix) and name[len(prefix):].startswith('stage'))
+
+
+def load_deploy_network(path, arch, num_classes, ema=False):
+    """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
+
+    The form (train or deploy) is read from the checkpoint's names; ``ema`` takes the EMA copy
+    (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description).
+    """
+    checkpoint = read_checkpoint(path)
+    prefix = 'ema.' if ema else ''
+    if ema and not any(name.startswith(prefix) for name in checkpoint):
+        raise UserError(f'checkpoint {path} has no EMA weights (no ema.* entries): drop --ema, or use '
+                        f'a checkpoint of a run with with_ema: 1')
+    check_arch(checkpoint, arch, f'checkpoint {path}')  # training checkpoints record their arch
+    deploy = checkpoint_is_deploy_form(checkpoint, prefix)
+    try:
+        net = create_model(arch, num_classes=num_classes, deploy=deploy)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    load_weights(net, checkpoint, prefix=prefix, source=f'checkpoint {path}')
+    net.set_train(False)
+    params_before = count_params(net)
+    switch_net_to_deploy(net)
+    weights = 'EMA weights' if ema else 'weights'
+    if deploy:
+        form = f'deploy form, {params_before:,} parameters'
+    else:
+        form = (f'train form, {params_before:,} parameters, re-parameterized to deploy form, '
+                f'{count_params(net):,} parameters')
+    return net, f'{arch} {weights} from {path} ({form})'
+
+
+def network_predictor(net, image_size, num_classes, batch_size, description=''):
+    """A Predictor running a MindSpore network (already in eval mode)."""
+    return Predictor(lambda images: net(Tensor(images)).asnumpy(), image_size, num_classes, batch_size,
+                     pad_to_seen=True, description=description)
+
+
+# ----------------------------------------------------------------------------- MINDIR
+def read_mindir_signature(path):
+    """(input dims, output dims) recorded in a MINDIR file (-1 marks a dynamic dimension).
+
+    Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
+    error (mindspore.load would also print a C++ error log) and tells the input shape.
+    """
+    model = mind_ir_pb2.ModelProto()
+    try:
+        model.ParseFromString(Path(path).read_bytes())
+    except (DecodeError, RuntimeError, ValueError):
+        model = None
+    graph = model.graph if model is not None else None
+    if (graph is None or len(graph.input) != 1 or len(graph.output) != 1
+            or not graph.input[0].tensor or not graph.output[0].tensor):
+        raise UserError(f'{path} is not a MINDIR model with one input and one output '
+                        f'(corrupt, or not written by export.py)')
+    return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims)
+
+
+def load_mindir(path, batch_size, image_size=None):
+    """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
+    path = _check_file(path, 'MINDIR file')
+    input_dims, output_dims = read_mindir_signature(path)
+    static_batch, size = _input_dims(input_dims, path)
+    _check_image_size(path, size, image_size)
+    try:
+        cell = nn.GraphCell(ms.load(str(path)))
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
+    batch = 'batch' if static_batch is None else str(static_batch)
+    return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
+                     static_batch=static_batch,
+                     description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
+
+
+# ----------------------------------------------------------------------------- ONNX
+def onnx_providers(device_target):
+    """ONNX Runtime execution providers for CPU or GPU; a UserError when CUDA is not available."""
+    if device_target == 'CPU':
+        return ['CPUExecutionProvider']
+    if device_target != 'GPU':
+        raise UserError(f"device_target must be CPU or GPU, got '{device_target}'")
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
+                        '(matching your CUDA), or run with device target CPU')
+    return ['CUDAExecutionProvider', 'CPUExecutionProvider']
+
+
+def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
+    """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
+    path = _check_file(path, 'ONNX file')
+    if path.suffix.lower() != '.onnx':
+        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
+    providers = onnx_providers(device_target)
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime has its own error types)
+        raise UserError(f'{path} cannot be loaded by ONNX Runtime: '
+                        f'{str(error).strip().splitlines()[0]}') from None
+    if device_target == 'GPU' and 'CUDAExecutionProvider' not in session.get_providers():
+        raise UserError('ONNX Runtime could not start its CUDA provider (check the CUDA and cuDNN '
+                        'versions onnxruntime-gpu needs), or run with device target CPU')
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserError(f'{path} has {len(inputs)} inputs and {len(outputs)} outputs; expected one of each')
+    static_batch, size = _input_dims(inputs[0].shape, path)
+    _check_image_size(path, size, image_size)
+    num_classes = outputs[0].shape[-1]
+    if not isinstance(num_classes, int):
+        raise UserError(f'{path}: the number of classes of its output {outputs[0].shape} is not fixed')
+    name = inputs[0].name
+    batch = 'batch' if static_batch is None else str(static_batch)
+    return Predictor(lambda images: session.run(None, {name: images})[0], size, num_classes, batch_size,
+                     static_batch=static_batch,
+                     description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '
+                                  f'{session.get_providers()[0]})'))
+
+
+# ----------------------------------------------------------------------------- dispatch
+def load_predictor(config, suffixes=('.ckpt', '.mindir')):
+    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights."""
+    path = config.pretrained
+    if path is None:
+        raise UserError('pass --pretrained with a .ckpt or .mindir file: without trained weights the '
+                        'results would be those of a random network')
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        hint = '; for .onnx files use eval_onnx.py / infer_onnx.py' if suffix == '.onnx' else ''
+        raise UserError(f'--pretrained {path}: expected a {" or ".join(suffixes)} file{hint}')
+    if suffix != '.ckpt' and config.ema:
+        raise UserError(f'--ema selects the EMA weights of a .ckpt file; {path} has only one set of weights')
+    if suffix == '.mindir':
+        return load_mindir(path, config.batch_size, config.image_size)
+    if suffix == '.onnx':
+        return load_onnx(path, config.device_target, config.batch_size, config.image_size)
+    net, description = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
+    if config.fast:
+        return onnx_runtime_predictor(net, config, description)
+    return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description)
+
+
+def onnx_runtime_predictor(net, config, description):
+    """The deploy network run by ONNX Runtime: on CPU its kernels are about twice as fast as
+    MindSpore's oneDNN convolutions on this network (benchmarks/speed.py). The ONNX file lives
+    only while the session is created; the export checks it against the network first."""
+    from src.tools.export_model import export_network  # pylint: disable=import-outside-toplevel  (it imports us)
+    with tempfile.TemporaryDirectory() as folder:
+        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model')
+        predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)
+    predictor.description = f'{description}, run by ONNX Runtime (export checked: {difference:.1e} relative)'
+    return predictor

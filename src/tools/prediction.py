@@ -1,0 +1,102 @@
+"""Inference on an image or a folder of images: the reference's printout and a {path: class} JSON.
+
+infer.py (checkpoint, MINDIR) and infer_onnx.py (ONNX) both go through ``run_inference``, so the
+same images give the same lines and the same file whatever the model format.
+"""
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
+from src.tools.cli import UserError
+
+BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
+
+
+def list_inputs(path):
+    """('directory', images directly in the folder) or ('single', [path]); a UserError otherwise."""
+    if path is None:
+        raise UserError('pass an image or a folder of images to predict (--dataset_path)')
+    path = Path(path)
+    suffixes = {suffix.lower() for suffix in IMAGE_SUFFIXES}
+    kinds = '/'.join(sorted(suffixes))
+    if path.is_dir():
+        images = [Path(image) for image in list_images(path)]
+        others = sorted(entry.name for entry in path.iterdir()
+                        if entry.is_file() and entry.suffix.lower() not in suffixes)
+        if not images:
+            found = f' (it holds {len(others)} other files, e.g. {others[0]})' if others else ''
+            raise UserError(f'folder {path} has no {kinds} images{found}')
+        if others:
+            print(f'note: skipped {len(others)} files in {path} that are not {kinds} images '
+                  f'(e.g. {others[0]})', file=sys.stderr)
+        return 'directory', images
+    if path.is_file():
+        if path.suffix.lower() not in suffixes:
+            raise UserError(f'{path} is not a {kinds} image; pass one, or a folder of them')
+        return 'single', [path]
+    raise UserError(f'{path} does not exist; pass an image or a folder of images')
+
+
+def predict_classes(predictor, paths, interpolation='bilinear'):
+    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches."""
+    predictions = {}
+    with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
+        for start in range(0, len(paths), predictor.batch_size):
+            chunk = paths[start:start + predictor.batch_size]
+            images = np.stack([preprocess_image(path, predictor.image_size, interpolation) for path in chunk])
+            for path, label in zip(chunk, predictor(images).argmax(axis=1)):
+                predictions[str(path)] = int(label)
+            bar.update(len(chunk))
+    return predictions
+
+
+def check_output_path(path):
+    """A UserError now, before any work, if the JSON cannot be written at ``path``."""
+    if path is None:
+        raise UserError('pass the output JSON file')
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f'output {path} is a folder; pass a file name such as {path / "predictions.json"}')
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f'output {path} cannot be written ({parent} is not a writable folder)')
+    return path
+
+
+def write_json(data, path):
+    """Write ``data`` as JSON atomically: a temporary file beside ``path``, then a rename, so an
+    interrupted run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as file:
+            json.dump(data, file, indent=2)
+            file.write('\n')
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run_inference(predictor, inputs, output, interpolation='bilinear'):
+    """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
+    ``output``. Nothing is written unless every image was read and predicted.
+    """
+    output = check_output_path(output)
+    kind, paths = inputs
+    print(BANNERS[kind])
+    predictions = predict_classes(predictor, paths, interpolation)
+    for path, label in predictions.items():
+        print(f'{path} (class: {label})')
+    write_json(predictions, output)
+    print(f'=> {len(predictions)} prediction{"s" if len(predictions) != 1 else ""} written to {output}')
+    return predictions

@@ -1,0 +1,109 @@
+"""A training run's folder: its name, its config copy, its metrics file and curves.
+
+``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, the checkpoints
+(src/tools/checkpoint_saver.py), metrics.csv (one row per epoch) and curves.png.
+"""
+import csv
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from src.config import config_to_dict
+
+METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'eval_loss', 'top1', 'top5', 'epoch_time_s', 'eval_time_s',
+                 'overflow_steps')
+
+
+def run_folder_name(stamp, arch, brief=None):
+    """Folder name from a Unix time, the arch and the optional brief."""
+    name = time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp)) + f'_{arch}'
+    if brief:
+        name += '_' + str(brief).replace(os.sep, '-')
+    return name
+
+
+def new_run_folder(train_url, arch, brief, ranks):
+    """Create a new run folder; rank 0 picks an unused name from its clock, every rank gets it."""
+    train_url = Path(train_url)
+    stamp = int(time.time())
+    if ranks.is_main:
+        while (train_url / run_folder_name(stamp, arch, brief)).exists():
+            stamp += 1
+    stamp = ranks.from_main(stamp)
+    folder = train_url / run_folder_name(stamp, arch, brief)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_text_atomic(path, text):
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+    temporary.write_text(text, encoding='utf-8')
+    os.replace(temporary, path)
+
+
+def save_config(folder, args):
+    """config.yaml: the configuration this run used (a resumed run adds config_resumed_<n>.yaml)."""
+    path = Path(folder) / 'config.yaml'
+    if path.exists():
+        count = len(list(Path(folder).glob('config_resumed_*.yaml'))) + 1
+        path = Path(folder) / f'config_resumed_{count}.yaml'
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(args), sort_keys=False))
+    return path
+
+
+class MetricsLog:
+    """metrics.csv (one row per epoch, rewritten atomically) and curves.png of the same numbers."""
+
+    def __init__(self, folder):
+        self.csv_path = Path(folder) / 'metrics.csv'
+        self.png_path = Path(folder) / 'curves.png'
+        self.rows = []
+        if self.csv_path.exists():
+            with self.csv_path.open(encoding='utf-8', newline='') as handle:
+                self.rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+            for row in self.rows:
+                row['epoch'] = int(row['epoch'])
+
+    def keep_until(self, epoch):
+        """Drop rows of epochs after ``epoch`` (a resumed run redoes them)."""
+        self.rows = [row for row in self.rows if row['epoch'] <= epoch]
+
+    def add(self, row):
+        self.rows = [old for old in self.rows if old['epoch'] != row['epoch']] + [dict(row)]
+        self.rows.sort(key=lambda item: item['epoch'])
+        lines = [','.join(METRIC_FIELDS)]
+        lines += [','.join(_format(row.get(field, '')) for field in METRIC_FIELDS) for row in self.rows]
+        write_text_atomic(self.csv_path, '\n'.join(lines) + '\n')
+        self.plot()
+
+    def plot(self):
+        """Loss, accuracy and learning-rate curves per epoch."""
+        import matplotlib  # pylint: disable=import-outside-toplevel
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+        epochs = [row['epoch'] for row in self.rows]
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(epochs, [row['train_loss'] for row in self.rows], 'o-', label='train loss')
+        axes[0].plot(epochs, [row['eval_loss'] for row in self.rows], 's-', label='eval loss')
+        axes[1].plot(epochs, [row['top1'] for row in self.rows], 'o-', label='top-1')
+        axes[1].plot(epochs, [row['top5'] for row in self.rows], 's-', label='top-5')
+        axes[2].plot(epochs, [row['lr'] for row in self.rows], 'o-', label='learning rate')
+        for axis, title in zip(axes, ('loss', 'validation accuracy', 'learning rate (last step)')):
+            axis.set_title(title)
+            axis.set_xlabel('epoch')
+            axis.grid(alpha=0.3)
+            axis.legend()
+        figure.tight_layout()
+        temporary = self.png_path.with_name(f'.{self.png_path.name}.{os.getpid()}.partial.png')
+        figure.savefig(temporary, dpi=90)
+        plt.close(figure)
+        os.replace(temporary, self.png_path)
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    return str(value)

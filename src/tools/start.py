@@ -1,0 +1,76 @@
+"""Where a training run starts: from scratch, from ``pretrained`` weights, or ``continues`` a run.
+
+- ``continues RUN_FOLDER``: the newest periodic checkpoint of the folder (every rank at the same
+  position); weights, optimizer, loss scale and EMA are restored, training goes on at its epoch
+  and step (so at its learning rate) and writes into the same folder.
+- ``pretrained CKPT``: the weights; a classifier of another class count is dropped (transfer
+  learning). Unless ``exclude_epoch_state`` is set (or the head was dropped), the checkpoint's
+  epoch, step and optimizer/EMA state are taken too.
+- otherwise: fresh weights at ``start_epoch`` / ``start_step``.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.tools.checkpoint import load_weights
+from src.tools.checkpoint_saver import CheckpointSaver, read_training_checkpoint, start_position
+from src.tools.cli import UserError
+
+
+@dataclass
+class Start:
+    epoch: int                  # 0-based epoch to start in
+    step: int                   # steps of that epoch already taken
+    checkpoint: dict = None     # whose optimizer / EMA state to restore, if any
+    source: str = None          # for the log line
+
+
+def check_continues(args):
+    """UserError for a ``continues`` that cannot be a run folder, before anything is built."""
+    if args.continues is None:
+        return
+    if args.pretrained is not None:
+        raise UserError('set either continues (resume a run folder) or pretrained (start from weights), not both')
+    folder = Path(args.continues)
+    if folder.is_file():
+        raise UserError(f'continues takes the run folder, not a file: pass --continues {folder.parent}, '
+                        f'or --pretrained {folder} to start a new run from it')
+    if not folder.is_dir():
+        raise UserError(f'continues: run folder {folder} does not exist')
+
+
+def starting_point(args, net, steps_per_epoch, rank=0, group_size=1):
+    """Load what the run starts from into ``net`` and say where training begins."""
+    if args.continues is not None:
+        saver = CheckpointSaver(args.continues, args.arch, rank, args.keep_checkpoint_max,
+                                args.keep_best_checkpoints_max)
+        path = saver.resume_path(group_size)
+        source = f'checkpoint {path}'
+        checkpoint = read_training_checkpoint(path, args.arch, source)
+        load_weights(net, checkpoint, source=source)
+        position = start_position(checkpoint, steps_per_epoch)
+        if position is None:
+            raise UserError(f'{source} has no epoch_num/step_num; resume needs a checkpoint written by train.py')
+        return _checked(Start(*position, checkpoint, source), args, steps_per_epoch)
+    if args.pretrained is not None:
+        source = f'checkpoint {args.pretrained}'
+        checkpoint = read_training_checkpoint(args.pretrained, args.arch, source)
+        dropped = load_weights(net, checkpoint, drop_head_on_mismatch=True, source=source)
+        if dropped:
+            print(f'=> {source}: classifier of another class count dropped ({", ".join(dropped)}); '
+                  f'training starts at epoch 0 with a new {args.num_classes}-class head', flush=True)
+        position = None if (args.exclude_epoch_state or dropped) else start_position(checkpoint, steps_per_epoch)
+        if position is None:
+            return _checked(Start(args.start_epoch, args.start_step, None, source), args, steps_per_epoch)
+        return _checked(Start(*position, checkpoint, source), args, steps_per_epoch)
+    return _checked(Start(args.start_epoch, args.start_step), args, steps_per_epoch)
+
+
+def _checked(start, args, steps_per_epoch):
+    where = start.source or 'start_epoch'
+    if not 0 <= start.epoch < args.epochs:
+        raise UserError(f'{where} starts at epoch {start.epoch + 1}, but epochs is {args.epochs}: nothing to '
+                        f'train; raise epochs, or set exclude_epoch_state: 1 to start counting from 0')
+    if not 0 <= start.step < steps_per_epoch:
+        raise UserError(f'start_step is {start.step}, but an epoch has {steps_per_epoch} steps; '
+                        f'set start_step between 0 and {steps_per_epoch - 1}')
+    return start

@@ -1,0 +1,210 @@
+"""Read PyTorch ``.pth`` and ``.safetensors`` files as numpy arrays, without torch installed.
+
+A ``.pth`` file written by ``torch.save`` (PyTorch >= 1.6) is a zip archive: ``<name>/data.pkl``
+is a pickle of the saved object, and every tensor's storage is a raw little-endian file
+``<name>/data/<key>`` that the pickle names through a persistent id
+``('storage', storage type, key, location, numel)``. Unpickling normally imports whatever
+globals the pickle asks for, which lets a crafted file run code; ``SafeUnpickler`` instead
+resolves only the handful of names that rebuild tensors and containers, and refuses anything
+else with an error that names the global.
+
+safetensors files are read here too (an 8-byte header size, a JSON header, raw data) because the
+safetensors package's numpy API cannot represent bfloat16.
+"""
+import io
+import json
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from src.tools.cli import UserError
+
+# storage class named in the pickle -> numpy dtype of its raw bytes (bfloat16 handled apart)
+_STORAGE_DTYPES = {
+    'FloatStorage': np.float32,
+    'HalfStorage': np.float16,
+    'BFloat16Storage': 'bfloat16',
+    'DoubleStorage': np.float64,
+    'LongStorage': np.int64,
+}
+_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': 'bfloat16', 'F64': np.float64,
+                       'I64': np.int64}
+_PICKLE_MAGIC = 0x1950a86a20f9469cfc6c  # first object of the legacy (pre-zip) torch format
+
+
+class UnsafeCheckpointError(UserError):
+    """The file asks for a Python global that rebuilding tensors does not need."""
+
+
+def bfloat16_to_float32(raw):
+    """bfloat16 bits (uint16) as float32: they are the upper half of the float32 bits."""
+    return (np.asarray(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _decode(buffer, dtype, byteorder='<'):
+    if dtype == 'bfloat16':
+        return bfloat16_to_float32(np.frombuffer(buffer, np.dtype(np.uint16).newbyteorder(byteorder)))
+    return np.frombuffer(buffer, np.dtype(dtype).newbyteorder(byteorder)).astype(np.dtype(dtype))
+
+
+class _Storage:
+    """One tensor storage of the archive, decoded once and shared by all its views."""
+
+    def __init__(self, values):
+        self.values = values
+
+
+class _StorageType:
+    """Stands for ``torch.FloatStorage`` etc. in the pickle; only its name (element type) matters."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    """``torch._utils._rebuild_tensor_v2``: a strided view of a storage, copied out."""
+    if not isinstance(storage, _Storage):
+        raise UserError('corrupt .pth file: a tensor does not refer to a storage')
+    values = storage.values
+    offset, size, stride = int(offset), tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    if 0 in size:
+        return np.zeros(size, values.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if offset < 0 or min(stride, default=0) < 0 or last >= len(values):
+        raise UserError('corrupt .pth file: a tensor reaches outside its storage')
+    view = np.lib.stride_tricks.as_strided(values[offset:], size, [s * values.itemsize for s in stride])
+    return np.array(view)
+
+
+def _rebuild_parameter(data, *_ignored):
+    """``torch._utils._rebuild_parameter(_with_state)``: a Parameter is its data here."""
+    return data
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles ``data.pkl`` of a torch archive, resolving only tensor-rebuilding globals."""
+
+    _ALLOWED = {
+        ('collections', 'OrderedDict'): OrderedDict,
+        ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+        ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+        ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
+    }
+
+    def __init__(self, file, read_record, byteorder):
+        super().__init__(file)
+        self._read_record = read_record
+        self._byteorder = byteorder
+        self._storages = {}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module == 'torch' and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsafeCheckpointError(
+            f"refusing to load: the file's pickle asks for the Python global '{module}.{name}', and "
+            f'only tensors and plain containers are allowed (unpickling can call any function a file '
+            f'names). If you trust the file, load it with torch (weights_only=False) and save only its '
+            f"state dict: torch.save(state_dict, 'weights.pth')")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'):
+            raise UserError(f'corrupt .pth file: unknown persistent id {pid!r:.80}')
+        _, storage_type, key, _location, numel = pid
+        dtype = _STORAGE_DTYPES.get(getattr(storage_type, 'name', None))
+        if not isinstance(storage_type, _StorageType) or dtype is None:
+            raise UnsafeCheckpointError(f'refusing to load: storage of unsupported type {storage_type!r:.80}')
+        key = str(key)
+        if key not in self._storages:
+            values = _decode(self._read_record(key), dtype, self._byteorder)
+            if len(values) < int(numel):
+                raise UserError(f'corrupt .pth file: storage {key} holds {len(values)} values, not {numel}')
+            self._storages[key] = _Storage(values)
+        return self._storages[key]
+
+
+def read_pth(path):
+    """The object saved in a torch zip archive at ``path``, with numpy arrays for tensors."""
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        if _is_legacy_torch(path):
+            raise UserError(f'{path} uses the legacy PyTorch format (torch < 1.6 or '
+                            f'_use_new_zipfile_serialization=False), which can only be read by '
+                            f'unpickling with torch; re-save it with torch >= 1.6: '
+                            f'torch.save(torch.load(f, weights_only=True), g)') from None
+        raise UserError(f'{path} is not a PyTorch checkpoint (not a torch zip archive), nor a '
+                        f'safetensors or MindSpore .ckpt file') from None
+    with archive:
+        pickles = [name for name in archive.namelist() if name.endswith('/data.pkl') or name == 'data.pkl']
+        if len(pickles) != 1:
+            raise UserError(f'{path} is a zip file but not a PyTorch checkpoint (no single data.pkl)')
+        prefix = pickles[0][:-len('data.pkl')]
+        names = set(archive.namelist())
+        byteorder = '<'
+        if prefix + 'byteorder' in names and archive.read(prefix + 'byteorder').strip() == b'big':
+            byteorder = '>'
+
+        def read_record(key):
+            record = f'{prefix}data/{key}'
+            if record not in names:
+                raise UserError(f'corrupt .pth file {path}: storage {record} is missing')
+            return archive.read(record)
+
+        unpickler = SafeUnpickler(io.BytesIO(archive.read(pickles[0])), read_record, byteorder)
+        try:
+            return unpickler.load()
+        except UserError:
+            raise
+        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
+                IndexError, AttributeError, MemoryError) as error:
+            raise UserError(f'corrupt .pth file {path}: {error}') from None
+
+
+def _is_legacy_torch(path):
+    # The legacy format starts with the magic number pickled with protocol 2; compare the bytes
+    # rather than unpickling anything from an untrusted file.
+    magic = pickle.dumps(_PICKLE_MAGIC, protocol=2)
+    with open(path, 'rb') as file:
+        return file.read(len(magic)) == magic
+
+
+def is_safetensors(path):
+    """Whether ``path`` starts like a safetensors file (header size, then a JSON object)."""
+    with open(path, 'rb') as file:
+        head = file.read(9)
+    if len(head) < 9:
+        return False
+    size = struct.unpack('<Q', head[:8])[0]
+    return head[8:9] == b'{' and 0 < size < Path(path).stat().st_size
+
+
+def read_safetensors(path):
+    """{name: numpy array} of a safetensors file; bfloat16 becomes float32."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        size = struct.unpack('<Q', data[:8])[0]
+        header = json.loads(data[8:8 + size])
+    except (struct.error, ValueError) as error:
+        raise UserError(f'{path} is not a valid safetensors file ({error})') from None
+    body = memoryview(data)[8 + size:]
+    tensors = {}
+    for name, info in header.items():
+        if name == '__metadata__':
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info.get('dtype'))
+        if dtype is None:
+            raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+        start, end = info['data_offsets']
+        if not 0 <= start <= end <= len(body):
+            raise UserError(f'{path}: tensor {name} reaches past the end of the file')
+        values = _decode(body[start:end], dtype)
+        tensors[name] = values.reshape(info['shape'])
+    return tensors

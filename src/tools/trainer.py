@@ -1,0 +1,145 @@
+"""The training loop: steps, loss lines, periodic checkpoints, per-epoch validation, best checkpoints.
+
+Why not ``mindspore.train.Model.train``: it starts only at an epoch boundary (``initial_epoch``),
+while a run killed mid-epoch must resume at its step; and validation here is sharded over ranks
+with exact summed metrics. The step itself is MindSpore's ``TrainOneStepWithLossScaleCell``
+(src/ema/train_one_step_with_ema.py); the log lines are those of the reference's LossMonitor,
+TimeMonitor and evaluation callback:
+
+    epoch: 1 step: 1000, loss is 6.1155386            (every save_every global steps)
+    Eval epoch time: 471432.161 ms, per step time: 9.429 ms
+    Result metrics epoch 1: {'acc': 0.20744, 'eval_loss': 4.5398, 'loss': 3.9532}
+    Train epoch time: 1501689.509 ms, per step time: 300.098 ms
+    Eval result: epoch 1, metrics: {'acc': 0.20744, 'top5': 0.4521, 'eval_loss': 4.5398, 'loss': 3.9532}
+
+('loss' is the epoch's mean training loss, 'acc' the validation top-1.)
+"""
+import contextlib
+import hashlib
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from src.tools.checkpoint_saver import train_state
+
+
+def evaluate(metrics_cell, dataset, ranks, desc='eval'):
+    """Validation over this rank's shard, summed over ranks: loss, top-1, top-5, count, time."""
+    metrics_cell.set_train(False)
+    sums = np.zeros(4)
+    steps = 0
+    begin = time.time()
+    batches = dataset.create_tuple_iterator(num_epochs=1)
+    for images, labels in tqdm(batches, total=dataset.get_dataset_size(), desc=desc, leave=False,
+                               disable=None if ranks.is_main else True):
+        loss_sum, top1, top5 = metrics_cell(images, labels)
+        sums += (float(loss_sum.asnumpy()), float(top1.asnumpy()), float(top5.asnumpy()), labels.shape[0])
+        steps += 1
+    loss_sum, top1, top5, count = ranks.sum(sums)
+    count = max(count, 1.0)
+    return {'top1': top1 / count, 'top5': top5 / count, 'loss': loss_sum / count, 'count': int(count),
+            'steps': steps, 'time': time.time() - begin}
+
+
+class Trainer:
+    """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
+
+    def __init__(self, *, args, train_cell, metrics_cell, ema, saver, metrics_log, ranks,
+                 steps_per_epoch, lr_values, sample_log=None):
+        self.args = args
+        self.train_cell = train_cell
+        self.metrics_cell = metrics_cell
+        self.ema = ema
+        self.saver = saver
+        self.metrics_log = metrics_log
+        self.ranks = ranks
+        self.steps_per_epoch = steps_per_epoch
+        self.lr_values = lr_values
+        self.sample_log = sample_log
+        self.bn_statistics = [p for p in train_cell.get_parameters()
+                              if p.name.endswith(('moving_mean', 'moving_variance'))]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch_num, step_num):
+        return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
+                           self.args.num_classes)
+
+    def save_periodic(self, epoch_num, step_num):
+        return self.saver.save_periodic(*self._state(epoch_num, step_num))
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, train_ds, val_ds, start_epoch, start_step):
+        """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}."""
+        args = self.args
+        batches = train_ds.create_tuple_iterator(num_epochs=args.epochs - start_epoch)
+        last = None
+        for epoch in range(start_epoch, args.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            train_loss, overflows, train_time, steps_run = self._train_epoch(batches, epoch, skip)
+            last = self._end_epoch(epoch, val_ds, train_loss, overflows, train_time, steps_run)
+        best = self.saver.best()[0] if self.ranks.is_main and self.saver.best() else None
+        return {'best': best, 'last': last}
+
+    def _train_epoch(self, batches, epoch, skip):
+        self.train_cell.set_train(True)
+        losses, overflows, steps_run = [], 0, 0
+        begin = time.time()
+        for step, (images, labels) in enumerate(batches, 1):
+            if step <= skip:
+                continue  # the steps the resumed checkpoint had already taken
+            loss, overflow, _ = self.train_cell(images, labels)
+            loss = np.float32(loss.asnumpy())  # printed as the reference's LossMonitor does
+            steps_run += 1
+            if bool(overflow.asnumpy()):
+                overflows += 1
+                print('=============Over Flow, skipping=============', flush=True)
+            elif np.isfinite(loss):
+                losses.append(float(loss))
+            if self.sample_log is not None:
+                self._log_samples(epoch + 1, step, images)
+            global_step = epoch * self.steps_per_epoch + step
+            if global_step % self.args.save_every == 0:
+                print(f"epoch: {epoch + 1} step: {step}, loss is {loss!s}", flush=True)
+                if step < self.steps_per_epoch:  # the epoch's end is saved after validation
+                    self.save_periodic(epoch + 1, step)
+        train_time = time.time() - begin
+        total, count = self.ranks.sum([sum(losses), len(losses)])
+        return total / max(count, 1.0), overflows, train_time, steps_run
+
+    def _end_epoch(self, epoch, val_ds, train_loss, overflows, train_time, steps_run):
+        """Validate, print the reference's lines, keep the best, log the row, save the epoch's end."""
+        args = self.args
+        # Each rank's BN statistics come from its own batches: one model for everyone first.
+        self.ranks.average_params('bn', self.bn_statistics)
+        swap = self.ema.applied() if args.eval_ema else contextlib.nullcontext()
+        with swap:
+            result = evaluate(self.metrics_cell, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
+            best_path = None
+            if self.ranks.is_main:
+                best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
+                                                 result['top1'])
+        per_eval = 1000 * result['time'] / max(result['steps'], 1)
+        print(f"Eval epoch time: {1000 * result['time']:.3f} ms, per step time: {per_eval:.3f} ms")
+        summary = {'acc': result['top1'], 'eval_loss': result['loss'], 'loss': train_loss}
+        print(f'Result metrics epoch {epoch + 1}: {summary}')
+        per_step = 1000 * train_time / max(steps_run, 1)
+        print(f'Train epoch time: {1000 * train_time:.3f} ms, per step time: {per_step:.3f} ms')
+        metrics = {'acc': result['top1'], 'top5': result['top5'], 'eval_loss': result['loss'], 'loss': train_loss}
+        print(f'Eval result: epoch {epoch + 1}, metrics: {metrics}', flush=True)
+        if best_path is not None:
+            print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
+        if self.ranks.is_main:
+            self.metrics_log.add({
+                'epoch': epoch + 1, 'lr': float(self.lr_values[(epoch + 1) * self.steps_per_epoch - 1]),
+                'train_loss': train_loss, 'eval_loss': result['loss'], 'top1': result['top1'],
+                'top5': result['top5'], 'epoch_time_s': train_time, 'eval_time_s': result['time'],
+                'overflow_steps': overflows})
+        self.save_periodic(epoch + 1, self.steps_per_epoch)
+        return metrics
+
+    def _log_samples(self, epoch_num, step, images):
+        for image in images.asnumpy():
+            fingerprint = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).hexdigest()
+            self.sample_log.write(f'{epoch_num} {step} {fingerprint}\n')
+        self.sample_log.flush()

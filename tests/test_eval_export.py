@@ -1,0 +1,429 @@
+"""eval.py, export.py, eval_onnx.py, infer.py, infer_onnx.py and src/tools/{inference,evaluation,
+prediction,export_model}.py: a checkpoint, its MINDIR and its ONNX export give the same results.
+
+The "small trained model" is RepVGG-A0 with 10 classes whose BN statistics and affine parameters
+are randomised (so predictions vary from image to image); the data set is 10 class folders of
+small PNG/JPEG images. Most runs call the scripts' main() in-process (each MindSpore process start
+costs seconds); a few run as real processes.
+"""
+import ast
+import collections
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from mindspore import Tensor
+from PIL import Image
+
+from src.dataset import preprocess_image
+from src.repvgg import create_model, switch_net_to_deploy
+from src.tools.cli import UserError
+from src.tools.evaluation import ClassificationMetrics
+from src.tools.export_model import make_onnx_batch_dynamic
+from src.tools.inference import Predictor, load_mindir, load_onnx
+from tests.helpers import randomize_bn, relative_error
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH, NUM_CLASSES, SIZE = 'RepVGG-A0', 10, 32
+A0_BLOCKS = 1 + 2 + 4 + 14 + 1
+
+
+# ----------------------------------------------------------------------------- helpers
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f'script_{name[:-3]}', ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(capsys, name, *argv):
+    """(exit status, stdout, stderr) of script ``name``'s main(argv), run in this process."""
+    try:
+        load_script(name).main([str(arg) for arg in argv])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_process(*argv):
+    result = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def assert_one_line_error(status, err, *fragments):
+    """Exit status 2 and one line 'error: ...' on stderr, as a terminal shows it (a progress bar
+    that had started is overwritten through carriage returns, on the same line)."""
+    lines = [line.rsplit('\r', 1)[-1] for line in err.split('\n')]
+    lines = [line for line in lines if line.strip()]
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert 'Traceback' not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def eval_results(out):
+    line = next(line for line in out.splitlines() if line.startswith('=> eval results:'))
+    return ast.literal_eval(line[len('=> eval results:'):])
+
+
+def deploy_twin(train_net):
+    """A copy of ``train_net`` converted to deploy form (the reference for every file's logits)."""
+    net = create_model(ARCH, num_classes=NUM_CLASSES)
+    ms.load_param_into_net(net, {p.name: ms.Parameter(p.data.copy(), name=p.name)
+                                 for p in train_net.get_parameters()}, strict_load=True)
+    net.set_train(False)
+    return switch_net_to_deploy(net)
+
+
+def write_images(folder, rng):
+    """10 class folders of 2 images each (one JPEG), non-square so that resize and crop matter."""
+    for label in range(NUM_CLASSES):
+        class_dir = folder / f'class_{label:02d}'
+        class_dir.mkdir(parents=True)
+        for index in range(2):
+            base = rng.uniform(0, 255, size=3)
+            pixels = np.clip(base + rng.normal(0, 60, size=(40, 48, 3)), 0, 255).astype(np.uint8)
+            suffix = '.jpg' if (label, index) == (3, 1) else '.png'
+            Image.fromarray(pixels).save(class_dir / f'img_{index}{suffix}')
+
+
+def center_logits(net, files):
+    """Shift the classifier bias so that the mean logits over ``files`` are zero.
+
+    Random BN statistics alone leave one class winning for every image; centred logits make the
+    prediction depend on the image, so agreement between formats is tested on varied answers.
+    """
+    net.set_train(False)
+    logits = net(Tensor(np.stack([preprocess_image(path, SIZE) for path in files]))).asnumpy()
+    net.linear.bias.set_data(Tensor(net.linear.bias.asnumpy() - logits.mean(axis=0)))
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    """Checkpoints (train form, deploy form, with EMA), exported MINDIR and ONNX, data, config."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device('CPU')
+    root = tmp_path_factory.mktemp('eval_export')
+    rng = np.random.default_rng(0)
+    net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=1)
+    ema_net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=2)
+    paths = dict(root=root, train=root / 'train_form.ckpt', deploy=root / 'deploy_form.ckpt',
+                 ema=root / 'with_ema.ckpt', val=root / 'val', config=root / 'a0.yaml')
+    write_images(paths['val'], rng)
+    center_logits(net, sorted(paths['val'].glob('*/*')))
+    ms.save_checkpoint(net, str(paths['train']))
+    deploy = deploy_twin(net)
+    ms.save_checkpoint(deploy, str(paths['deploy']))
+    # A training checkpoint: network tensors, their EMA copy, and optimizer state to be ignored.
+    entries = [{'name': p.name, 'data': p.data} for p in net.get_parameters()]
+    entries += [{'name': 'ema.' + p.name, 'data': p.data} for p in ema_net.get_parameters()]
+    entries += [{'name': 'moments.linear.weight', 'data': Tensor(np.ones((NUM_CLASSES, 1280), np.float32))},
+                {'name': 'global_step', 'data': Tensor(np.array([7], np.int32))}]
+    ms.save_checkpoint(entries, str(paths['ema']), append_dict={'arch': ARCH, 'num_classes': NUM_CLASSES})
+    paths['config'].write_text(f'arch: {ARCH}\nnum_classes: {NUM_CLASSES}\nimage_size: {SIZE}\n'
+                               f'batch_size: 8\ndevice_target: CPU\nnum_parallel_workers: 1\n')
+    return dict(paths=paths, net=deploy, ema_net=deploy_twin(ema_net))
+
+
+@pytest.fixture(scope='module')
+def exported(work):
+    """The train-form checkpoint exported by export.py as ONNX and MINDIR (plus the EMA as ONNX)."""
+    paths = work['paths']
+    files = {}
+    for name, fmt, source, flags in (('onnx', 'ONNX', paths['train'], ()), ('mindir', 'MINDIR', paths['train'], ()),
+                                     ('ema_onnx', 'ONNX', paths['ema'], ('--ema', '1'))):
+        load_script('export.py').main(['--config', str(paths['config']), '--pretrained', str(source),
+                                       '--file_format', fmt, '--export_path', str(paths['root'] / name), *flags])
+        files[name] = paths['root'] / f'{name}.{fmt.lower()}'
+    return files
+
+
+@pytest.fixture(scope='module')
+def images(work):
+    """The data set's images, preprocessed by the shared eval transform, and their labels."""
+    files = sorted(work['paths']['val'].glob('*/*'))
+    batch = np.stack([preprocess_image(path, SIZE) for path in files])
+    labels = np.array([int(path.parent.name.split('_')[1]) for path in files])
+    return batch, labels
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def test_metrics_by_hand():
+    logits = np.array([[5, 1, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [2, 2, 2, 2, 2, 2]], float)
+    labels = np.array([0, 0, 1, 3])  # rank 0 (top-1), rank 5 (outside top-5), rank 4, a tie (rank 0)
+    metrics = ClassificationMetrics(6)
+    metrics.update(logits[:2], labels[:2])
+    metrics.update(logits[2:], labels[2:])
+    result = metrics.result()
+    expected_loss = np.mean([np.log(np.exp(row).sum()) - row[label] for row, label in zip(logits, labels)])
+    assert result['Top1-Acc'] == 2 / 4 and result['Top5-Acc'] == 3 / 4
+    assert abs(result['Loss'] - expected_loss) < 1e-12
+    three = ClassificationMetrics(3)  # fewer than 5 classes: top-k is top-3, always right
+    three.update(np.array([[0.0, 1.0, 2.0]]), np.array([0]))
+    assert three.result(with_loss=False) == {'Top1-Acc': 0.0, 'Top5-Acc': 1.0}
+    with pytest.raises(UserError, match='outside the 6 classes'):
+        ClassificationMetrics(6).update(np.zeros((1, 6)), np.array([6]))
+
+
+def test_predictor_chunks_pads_and_drops_padding():
+    calls = []
+
+    def run(images):
+        calls.append(len(images))
+        return images.mean(axis=(2, 3))[:, :2] + np.arange(len(images))[:, None] * 0
+
+    images = np.random.default_rng(0).normal(size=(10, 3, 4, 4)).astype(np.float32)
+    expected = images.mean(axis=(2, 3))[:, :2]
+    fixed = Predictor(run, 4, 2, batch_size=32, static_batch=4)
+    assert np.allclose(fixed(images), expected) and calls == [4, 4, 4]  # last chunk: 2 real + 2 padding
+    calls.clear()
+    graph = Predictor(run, 4, 2, batch_size=4, pad_to_seen=True)
+    assert np.allclose(graph(images[:3]), expected[:3]) and calls == [3]  # no full batch compiled yet
+    assert np.allclose(graph(images), expected) and calls == [3, 4, 4, 4]
+    with pytest.raises(ValueError, match='shape'):
+        graph(images[:, :, :2])
+
+
+def test_onnx_batch_stays_fixed_unless_every_op_is_per_sample():
+    def model(ops):
+        nodes = [onnx.helper.make_node(op, ['x'], ['y']) for op in ops]
+        value = onnx.helper.make_tensor_value_info
+        graph = onnx.helper.make_graph(nodes, 'g', [value('x', onnx.TensorProto.FLOAT, [1, 3, 2, 2])],
+                                       [value('y', onnx.TensorProto.FLOAT, [1, 3, 2, 2])])
+        return onnx.helper.make_model(graph)
+
+    plain = model(['Relu'])
+    assert make_onnx_batch_dynamic(plain)
+    assert plain.graph.input[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
+    assert plain.graph.output[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
+    reshaped = model(['Reshape'])
+    assert not make_onnx_batch_dynamic(reshaped)
+    assert reshaped.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+# ----------------------------------------------------------------------------- export
+def test_onnx_export_is_the_plain_conv_stack(work, exported):
+    model = onnx.load(str(exported['onnx']))
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    assert 'BatchNormalization' not in ops and 'Add' not in ops and 'Sum' not in ops
+    assert ops == {'Conv': A0_BLOCKS, 'Relu': A0_BLOCKS, 'ReduceMean': 1, 'Gemm': 1}
+    initializers = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == 'Conv':
+            assert len(node.input) == 3 and 'rbr_reparam' in node.input[1]  # one 3x3 conv with bias
+            assert initializers[node.input[1]][2:] == (3, 3)
+    assert not any('bn' in name or 'rbr_1x1' in name or 'rbr_dense' in name for name in initializers)
+    dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            for value in (model.graph.input[0], model.graph.output[0])]
+    assert dims == [['batch', 3, SIZE, SIZE], ['batch', NUM_CLASSES]]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_exported_files_match_the_network_for_any_batch(work, exported):
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(5, 3, SIZE, SIZE)).astype(np.float32)
+    expected = work['net'](Tensor(images)).asnumpy()
+    for predictor in (load_onnx(exported['onnx'], 'CPU', batch_size=5), load_mindir(exported['mindir'], 5)):
+        assert predictor.static_batch is None and predictor.num_classes == NUM_CLASSES
+        for count in (5, 3, 1):
+            assert relative_error(predictor(images[:count]), expected[:count]) < 1e-4
+
+
+def test_export_ema_weights(work, exported):
+    images = np.random.default_rng(4).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    ema_logits = load_onnx(exported['ema_onnx'], 'CPU', 2)(images)
+    assert relative_error(ema_logits, work['ema_net'](Tensor(images)).asnumpy()) < 1e-4
+    assert relative_error(ema_logits, work['net'](Tensor(images)).asnumpy()) > 1e-2
+
+
+def test_air_and_bad_checkpoints_are_refused(work, capsys):
+    paths = work['paths']
+    base = ['--config', paths['config'], '--export_path', paths['root'] / 'refused']
+    corrupt = paths['root'] / 'corrupt.ckpt'
+    corrupt.write_bytes(b'\x00not a checkpoint' * 10)
+    cases = (
+        (['--pretrained', paths['train'], '--file_format', 'AIR'], ('AIR', 'Ascend')),
+        (['--pretrained', paths['root'] / 'missing.ckpt', '--file_format', 'ONNX'], ('does not exist',)),
+        (['--pretrained', corrupt, '--file_format', 'ONNX'], ('cannot be read',)),
+        (['--pretrained', paths['train'], '--file_format', 'ONNX', '--arch', 'RepVGG-A1'], ('check arch',)),
+        (['--pretrained', paths['ema'], '--file_format', 'ONNX', '--arch', 'RepVGG-B0'],
+         ('trained as RepVGG-A0', 'RepVGG-B0')),
+        (['--pretrained', paths['train'], '--file_format', 'MINDIR', '--num_classes', '5'],
+         ('has 10 classes', 'num_classes: 10')),
+        (['--pretrained', paths['train'], '--file_format', 'ONNX', '--ema', '1'], ('no EMA weights',)),
+        (['--file_format', 'ONNX'], ('--pretrained',)),
+    )
+    for argv, fragments in cases:
+        status, _, err = run_main(capsys, 'export.py', *base, *argv)
+        assert_one_line_error(status, err, *fragments)
+    assert not list(paths['root'].glob('refused*')) and not list(paths['root'].glob('.refused*'))
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
+    paths = work['paths']
+    batch, labels = images
+    expected = work['net'](Tensor(batch)).asnumpy()
+    assert len(set(expected.argmax(axis=1))) > 1  # predictions vary across images
+    metrics = ClassificationMetrics(NUM_CLASSES)
+    metrics.update(expected, labels)
+    reference = metrics.result()
+
+    results = {}
+    for name, model, fast in (('train ckpt', paths['train'], 0), ('deploy ckpt', paths['deploy'], 0),
+                              ('mindir', exported['mindir'], 0), ('train ckpt --fast', paths['train'], 1)):
+        status, out, err = run_main(capsys, 'eval.py', '--config', paths['config'], '--dataset_path',
+                                    paths['val'], '--pretrained', model, '--fast', fast)
+        assert status == 0, err
+        assert ('run by ONNX Runtime' in out) == bool(fast)
+        assert out.rstrip().endswith('=> eval success')
+        results[name] = eval_results(out)
+    status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
+                                SIZE, '-m', 'CPU', '--prefetch', 2, '-b', 8, '-j', 1)
+    assert status == 0, err
+    results['onnx'] = eval_results(out)
+    assert set(results['onnx']) == {'Top1-Acc', 'Top5-Acc'}
+    for name, result in results.items():
+        assert result['Top1-Acc'] == reference['Top1-Acc'], name
+        assert result['Top5-Acc'] == reference['Top5-Acc'], name
+        if 'Loss' in result:
+            assert abs(result['Loss'] - reference['Loss']) <= 1e-4 * reference['Loss'], name
+    assert 0 < reference['Top5-Acc'] < 1  # the check is not about a trivial case
+
+
+def test_logits_agree_across_formats(work, exported, images):
+    batch, _ = images
+    expected = work['net'](Tensor(batch)).asnumpy()
+    for predictor in (load_onnx(exported['onnx'], 'CPU', 8), load_mindir(exported['mindir'], 8)):
+        assert relative_error(predictor(batch), expected) < 1e-4
+
+
+def test_eval_refuses_bad_input(work, exported, capsys):
+    paths = work['paths']
+    empty = paths['root'] / 'empty_val'
+    empty.mkdir(exist_ok=True)
+    three_classes = paths['root'] / 'three_classes'
+    for label in range(3):
+        shutil.copytree(paths['val'] / f'class_{label:02d}', three_classes / f'class_{label:02d}', dirs_exist_ok=True)
+    bad_mindir = paths['root'] / 'bad.mindir'
+    bad_mindir.write_bytes(b'garbage' * 20)
+    base = ['--config', paths['config']]
+    cases = (
+        ([*base, '--dataset_path', paths['val']], ('--pretrained', 'random')),
+        ([*base, '--dataset_path', paths['val'], '--pretrained', paths['root'] / 'gone.ckpt'], ('does not exist',)),
+        ([*base, '--dataset_path', paths['val'], '--pretrained', bad_mindir], ('not a MINDIR',)),
+        ([*base, '--dataset_path', paths['val'], '--pretrained', exported['onnx']], ('eval_onnx.py',)),
+        ([*base, '--dataset_path', paths['root'] / 'nowhere', '--pretrained', paths['train']], ('nowhere',)),
+        ([*base, '--dataset_path', empty, '--pretrained', paths['train']], ('empty_val',)),
+        ([*base, '--dataset_path', three_classes, '--pretrained', exported['mindir']],
+         ('3 class folders', 'predicts 10')),
+        ([*base, '--dataset_path', paths['val'], '--pretrained', exported['mindir'], '--image_size', '64'],
+         ('--image_size 32',)),
+    )
+    for argv, fragments in cases:
+        status, _, err = run_main(capsys, 'eval.py', *argv)
+        assert_one_line_error(status, err, *fragments)
+    status, _, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', bad_mindir)
+    assert_one_line_error(status, err, '.onnx')
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():  # the CPU build of onnxruntime
+        status, _, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '-m', 'GPU')
+        assert_one_line_error(status, err, 'onnxruntime-gpu')
+
+
+# ----------------------------------------------------------------------------- inference
+def test_infer_ckpt_mindir_onnx_write_identical_json(work, exported, capsys):
+    paths = work['paths']
+    folder = paths['val'] / 'class_03'
+    outputs = {name: paths['root'] / f'pred_{name}.json' for name in ('ckpt', 'mindir', 'onnx', 'fast')}
+    for name, model in (('ckpt', paths['train']), ('mindir', exported['mindir']), ('fast', paths['train'])):
+        status, out, err = run_main(capsys, 'infer.py', '--config', paths['config'], '--dataset_path', folder,
+                                    '--pretrained', model, '--pred_output', outputs[name],
+                                    '--fast', int(name == 'fast'))
+        assert status == 0, err
+        assert '===== Load directory =====' in out
+    status, onnx_out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', exported['onnx'],
+                                     '--output', outputs['onnx'])
+    assert status == 0, err
+    predictions = [json.loads(path.read_text()) for path in outputs.values()]
+    assert predictions[0] == predictions[1] == predictions[2] == predictions[3]
+    files = sorted(folder.iterdir())
+    assert list(predictions[0]) == [str(path) for path in files]
+    batch = np.stack([preprocess_image(path, SIZE) for path in files])
+    classes = work['net'](Tensor(batch)).asnumpy().argmax(axis=1)
+    lines = [line for line in onnx_out.splitlines() if '(class:' in line]
+    assert lines == [f'{path} (class: {label})' for path, label in zip(files, classes)]
+
+    single = files[0]
+    status, out, err = run_main(capsys, 'infer_onnx.py', single, '-c', exported['onnx'],
+                                '--output', paths['root'] / 'single.json')
+    assert status == 0, err
+    assert '===== Load single image =====' in out and f'{single} (class: {classes[0]})' in out
+    assert json.loads((paths['root'] / 'single.json').read_text()) == {str(single): int(classes[0])}
+
+
+def test_infer_refuses_bad_input_and_writes_nothing(work, exported, capsys):
+    paths = work['paths']
+    root = paths['root'] / 'bad_inputs'
+    (root / 'empty').mkdir(parents=True)
+    (root / 'texts').mkdir()
+    (root / 'texts' / 'notes.txt').write_text('not an image')
+    (root / 'corrupt').mkdir()
+    Image.new('RGB', (8, 8)).save(root / 'corrupt' / 'a.png')
+    (root / 'corrupt' / 'b.png').write_bytes(b'not a png at all')
+    Image.new('RGB', (8, 8)).save(root / 'picture.bmp')
+    output = root / 'out.json'
+    cases = (
+        (root / 'empty', ('has no',)),
+        (root / 'texts', ('has no', 'notes.txt')),
+        (root / 'corrupt', ('b.png',)),
+        (root / 'picture.bmp', ('picture.bmp',)),
+        (root / 'missing.png', ('does not exist',)),
+    )
+    for data, fragments in cases:
+        status, _, err = run_main(capsys, 'infer_onnx.py', data, '-c', exported['onnx'], '--output', output)
+        assert_one_line_error(status, err, *fragments)
+        assert not output.exists() and not list(root.glob('.out.json*'))
+    status, _, err = run_main(capsys, 'infer.py', '--config', paths['config'], '--dataset_path', root / 'corrupt',
+                              '--pretrained', paths['train'], '--pred_output', output)
+    assert_one_line_error(status, err, 'b.png')
+    status, _, err = run_main(capsys, 'infer.py', '--config', paths['config'], '--dataset_path',
+                              paths['val'] / 'class_01', '--pred_output', output)
+    assert_one_line_error(status, err, '--pretrained')
+    assert not output.exists()
+
+
+# ----------------------------------------------------------------------------- real processes
+def test_scripts_as_processes(work, exported):
+    paths = work['paths']
+    status, out, err = run_process('eval.py', '--config', paths['config'], '--dataset_path', paths['val'],
+                                   '--pretrained', exported['mindir'])
+    assert status == 0, err
+    assert '=> eval results:' in out and out.rstrip().endswith('=> eval success')
+    status, out, err = run_process('eval.py', '--config', paths['config'], '--dataset_path', paths['val'],
+                                   '--pretrained', paths['root'] / 'nothing.ckpt')
+    assert_one_line_error(status, err, 'nothing.ckpt')
+    log_dir = paths['root'] / 'logs'
+    log_dir.mkdir()
+    output = paths['root'] / 'script.json'
+    result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_infer_onnx.sh'), exported['onnx'],
+                             paths['val'] / 'class_01', output, 'CPU'], cwd=log_dir, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert len(json.loads(output.read_text())) == 2
+    assert '===== Load directory =====' in (log_dir / 'infer_onnx.log').read_text()
+    result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_eval_gpu.sh'), paths['config']],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0 and 'Usage' in result.stderr

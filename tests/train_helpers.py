@@ -1,0 +1,55 @@
+"""Shared by the training tests: a tiny image-folder data set and the train.py command line."""
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_image_folder(root, classes=3, train_per_class=8, val_per_class=2, size=16, seed=0):
+    """root/train/<c>/*.png and root/val/<c>/*.png; every image distinct (random noise on a class tint)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (('train', train_per_class), ('val', val_per_class)):
+        for label in range(classes):
+            folder = Path(root) / split / f'class{label}'
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                tint = np.zeros(3)
+                tint[label % 3] = 120
+                pixels = np.clip(rng.normal(100, 40, (size, size, 3)) + tint, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f'{index:03d}.png')
+    return Path(root)
+
+
+def train_args(data, runs, **overrides):
+    """Command-line flags for a tiny CPU run of RepVGG-A0 (values as strings)."""
+    flags = dict(config=REPO / 'src/configs/RepVGG.yaml', arch='RepVGG-A0', num_classes=3, image_size=16,
+                 batch_size=2, epochs=2, device_target='CPU', data_url=data, train_url=runs, aug_type='none',
+                 num_parallel_workers=1, prefetch=2, base_lr=0.01, warmup_length=0.5, save_every=4,
+                 keep_checkpoint_max=3, keep_best_checkpoints_max=1, brief='test')
+    flags.update(overrides)
+    args = []
+    for key, value in flags.items():
+        args += [f'--{key}', str(value)]
+    return args
+
+
+def command(*args):
+    return [sys.executable, str(REPO / 'train.py'), *args]
+
+
+def environment():
+    env = dict(os.environ)
+    env['PYTHONUNBUFFERED'] = '1'
+    env['GLOG_v'] = '3'  # MindSpore: errors only
+    return env
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
