@@ -52,12 +52,14 @@ def timed(step, batch, min_iters, min_seconds):
 
 
 # ----------------------------------------------------------------------------- MindSpore
-def mindspore_step(case, arch, batch, size, threads):
+def mindspore_step(case, arch, batch, size, threads, jit_level=''):
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
     from src.tools.device import set_device  # pylint: disable=import-outside-toplevel
-    set_device('CPU', cpu_threads=threads)
+    set_device('CPU', cpu_threads=threads)  # 0: MindSpore's own thread count
+    if jit_level:
+        ms.set_context(jit_config={'jit_level': jit_level})
     x = Tensor(images(batch, size))
     if case == 'ms-train-step':
         net = create_model(arch, num_classes=1000)
@@ -72,11 +74,11 @@ def mindspore_step(case, arch, batch, size, threads):
     return lambda: net(x).asnumpy()
 
 
-def onnx_step(onnx_path, batch, size, threads):
+def onnx_step(onnx_path, batch, size, threads, level='ORT_ENABLE_ALL'):
     import onnxruntime as ort  # pylint: disable=import-outside-toplevel
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = max(threads, 0)  # 0: ONNX Runtime's default
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     session = ort.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
     name, x = session.get_inputs()[0].name, images(batch, size)
     return lambda: session.run(None, {name: x})
@@ -139,12 +141,45 @@ def torch_step(case, arch, batch, size, threads):
 
 
 # ----------------------------------------------------------------------------- one case (child process)
+def run_profile(args):
+    """One timed forward after warm-up, between markers, so that oneDNN's verbose lines
+    (DNNL_VERBOSE=1, set by the parent) of that forward alone can be summed."""
+    step = mindspore_step(args.case.replace('-profile', ''), args.arch, args.batch, args.image_size, args.threads)
+    step()
+    step()
+    print('PROFILE-BEGIN', flush=True)
+    begin = time.perf_counter()
+    step()
+    print(f'PROFILE-END {1000 * (time.perf_counter() - begin):.1f}', flush=True)
+
+
+def onednn_breakdown(case, arch, batch, args):
+    """(forward ms, {oneDNN primitive and implementation: (calls, ms)}) of one MindSpore forward."""
+    command = [sys.executable, __file__, '--case', case, '--arch', arch, '--batch', str(batch),
+               '--image_size', str(args.image_size), '--threads', str(args.threads)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False,
+                         env=dict(os.environ, DNNL_VERBOSE='1')).stdout.splitlines()
+    begin = out.index('PROFILE-BEGIN')
+    end = next(i for i, line in enumerate(out) if line.startswith('PROFILE-END'))
+    totals = {}
+    for line in out[begin + 1:end]:
+        fields = line.split(',')
+        if len(fields) > 5 and fields[1] == 'exec':
+            key = f'{fields[3]} ({fields[4]})'
+            calls, ms_total = totals.get(key, (0, 0.0))
+            totals[key] = (calls + 1, ms_total + float(fields[-1]))
+    return float(out[end].split()[1]), totals
+
+
 def run_case(args):
     note = ''
+    if args.case.endswith('-profile'):
+        run_profile(args)
+        return
     if args.case.startswith('ms-'):
-        step = mindspore_step(args.case, args.arch, args.batch, args.image_size, args.threads)
+        step = mindspore_step(args.case, args.arch, args.batch, args.image_size, args.threads, args.jit_level)
     elif args.case == 'onnxruntime':
-        step = onnx_step(args.onnx, args.batch, args.image_size, args.threads)
+        step = onnx_step(args.onnx, args.batch, args.image_size, args.threads, args.ort_level)
     else:
         try:
             step, note = torch_step(args.case, args.arch, args.batch, args.image_size, args.threads)
@@ -157,10 +192,11 @@ def run_case(args):
     print(json.dumps({'images_per_s': speed, 'peak_rss_mb': peak_rss_mb(), 'note': note}))
 
 
-def child(case, arch, batch, args, onnx_path=''):
+def child(case, arch, batch, args, onnx_path='', threads=None, jit_level='', ort_level='ORT_ENABLE_ALL'):
     command = [sys.executable, __file__, '--case', case, '--arch', arch, '--batch', str(batch),
-               '--image_size', str(args.image_size), '--threads', str(args.threads),
-               '--min_iters', str(args.min_iters), '--min_seconds', str(args.min_seconds), '--onnx', onnx_path]
+               '--image_size', str(args.image_size), '--threads', str(args.threads if threads is None else threads),
+               '--min_iters', str(args.min_iters), '--min_seconds', str(args.min_seconds), '--onnx', onnx_path,
+               '--jit_level', jit_level, '--ort_level', ort_level]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
     if result.returncode or not lines:
@@ -206,15 +242,23 @@ def main():
     parser.add_argument('--case', help=argparse.SUPPRESS)
     parser.add_argument('--arch', help=argparse.SUPPRESS)
     parser.add_argument('--batch', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--study', action='store_true',
+                        help='instead of the table: the settings investigated (threads, jit level, ONNX Runtime '
+                             'graph optimisation) on the first arch and the largest batch')
     parser.add_argument('--onnx', default='', help=argparse.SUPPRESS)
+    parser.add_argument('--jit_level', default='', help=argparse.SUPPRESS)
+    parser.add_argument('--ort_level', default='ORT_ENABLE_ALL', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         run_case(args)
         return
+    if args.study:
+        study(args)
+        return
 
     print(f'# {machine()}; {args.threads} threads, input {args.image_size}x{args.image_size}, '
           f'median of {args.repeats} runs')
-    header = f'{"arch":<10} {"batch":>5}  {"case":<34} {"images/s":>9} {"peak RSS MiB":>13}'
+    header = f'{"arch":<10} {"batch":>5}  {"case":<58} {"images/s":>9} {"peak RSS MiB":>13}'
     print(header)
     print('-' * len(header))
     with tempfile.TemporaryDirectory() as folder:
@@ -252,12 +296,50 @@ def measure(cases, arch, batch, args, onnx_path=''):
     return results
 
 
+STUDY = (  # (label, case, child keyword arguments); threads=0 means the library's own default
+    ('MindSpore deploy, MindSpore default threads (30)', 'ms-deploy', dict(threads=0)),
+    ('MindSpore deploy, one thread per core (the table\'s setting)', 'ms-deploy', {}),
+    ('MindSpore deploy, jit_level O1', 'ms-deploy', dict(jit_level='O1')),
+    ('MindSpore deploy, jit_level O2', 'ms-deploy', dict(jit_level='O2')),
+    ('MindSpore train form, MindSpore default threads (30)', 'ms-train', dict(threads=0)),
+    ('MindSpore train form, one thread per core', 'ms-train', {}),
+    ('ONNX Runtime, ORT_ENABLE_BASIC', 'onnxruntime', dict(ort_level='ORT_ENABLE_BASIC')),
+    ('ONNX Runtime, ORT_ENABLE_EXTENDED', 'onnxruntime', dict(ort_level='ORT_ENABLE_EXTENDED')),
+    ('ONNX Runtime, ORT_ENABLE_ALL (the default)', 'onnxruntime', {}),
+    ('ONNX Runtime, ORT_ENABLE_ALL, 1 thread', 'onnxruntime', dict(threads=1)),
+)
+
+
+def study(args):
+    """One row per setting, interleaved over repeats, medians (see STUDY)."""
+    arch, batch = args.archs[0], max(args.batches)
+    print(f'# {machine()}; {arch}, batch {batch}, input {args.image_size}x{args.image_size}, '
+          f'median of {args.repeats} runs')
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = export_onnx(arch, args.image_size, folder)
+        runs = {label: [] for label, _, _ in STUDY}
+        for _ in range(args.repeats):
+            for label, case, kwargs in STUDY:
+                runs[label].append(child(case, arch, batch, args, onnx_path, **kwargs).get('images_per_s'))
+    for label, speeds in runs.items():
+        speeds = [speed for speed in speeds if speed]
+        print(f'{label:<55} {np.median(speeds) if speeds else float("nan"):>8.1f} images/s')
+    print(f'\n# Where one MindSpore forward spends its time (oneDNN verbose, {arch}, batch {batch})')
+    for case in ('ms-train-profile', 'ms-deploy-profile'):
+        wall, totals = onednn_breakdown(case, arch, batch, args)
+        inside = sum(ms_total for _, ms_total in totals.values())
+        print(f'{case.replace("-profile", ""):<10} forward {wall:7.1f} ms; in oneDNN {inside:7.1f} ms; '
+              f'elsewhere (bias, ReLU, adds, ...) {wall - inside:6.1f} ms')
+        for key, (calls, ms_total) in sorted(totals.items(), key=lambda item: -item[1][1]):
+            print(f'{"":<12}{key:<40} {calls:>4} calls {ms_total:8.1f} ms')
+
+
 def print_row(arch, batch, case, result):
     label = case + (f' [{result["note"]}]' if result.get('note') else '')
     if 'skipped' in result:
-        print(f'{arch:<10} {batch:>5}  {case:<34} skipped: {result["skipped"]}')
+        print(f'{arch:<10} {batch:>5}  {case:<58} skipped: {result["skipped"]}')
     else:
-        print(f'{arch:<10} {batch:>5}  {label:<34} {result["images_per_s"]:>9.1f} {result["peak_rss_mb"]:>13.0f}')
+        print(f'{arch:<10} {batch:>5}  {label:<58} {result["images_per_s"]:>9.1f} {result["peak_rss_mb"]:>13.0f}')
 
 
 if __name__ == '__main__':

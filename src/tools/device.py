@@ -10,17 +10,17 @@ from mindspore.communication import get_group_size, get_rank, init
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
     """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging).
 
-    On CPU the kernels get ``cpu_threads`` threads, by default one per core this process may use:
-    MindSpore's own default is 30 whatever the machine, and on 2 cores that oversubscription made
-    RepVGG inference 20-30 % slower (benchmarks/speed.py, README "Performance").
+    ``cpu_threads`` sets MindSpore's CPU kernel threads (its default is 30 whatever the machine;
+    on 2 cores one per core measured the same speed, so the default stays unless asked).
     """
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target == 'CPU':
         ms.set_device('CPU')
-        try:
-            ms.device_context.cpu.op_tuning.threads_num(cpu_threads or len(os.sched_getaffinity(0)))
-        except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
-            pass
+        if cpu_threads:
+            try:
+                ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
+            except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
+                pass
     else:
         ms.set_device(device_target, device_id)
 
