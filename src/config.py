@@ -192,23 +192,21 @@ OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 # ----------------------------------------------------------------------------- parsing
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting; also used
+    by the scripts with their own flags (eval_onnx.py, infer_onnx.py, convert.py)."""
 
     def error(self, message):
         if message.startswith('unrecognized arguments'):
+            flags = [flag for action in self._actions for flag in action.option_strings]
             hints = []
             for arg in message.split(':', 1)[1].split():
-                if arg.startswith('-'):
-                    close = nearest_key(arg.lstrip('-').split('=')[0])
-                    if close:
-                        hints.append(f'{arg} -> --{close}')
+                close = difflib.get_close_matches(arg.split('=')[0], flags, n=1, cutoff=0.6)
+                if arg.startswith('-') and close:
+                    hints.append(f'{arg} -> {close[0]}')
             if hints:
                 message += f" (did you mean {', '.join(hints)}?)"
         raise UserError(message)
-
-
-OneLineParser = _Parser  # for scripts with their own flags (eval_onnx.py, infer_onnx.py)
 
 
 def nearest_key(name):
@@ -228,7 +226,7 @@ def _argparse_type(option):
 
 def build_parser(description='RepVGG', suppress_defaults=False, require_config=True):
     """The command-line parser; with ``suppress_defaults`` only flags actually given appear."""
-    parser = _Parser(description=description, allow_abbrev=False,
+    parser = OneLineParser(description=description, allow_abbrev=False,
                      argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for option in OPTIONS:
         kwargs = dict(dest=option.name, help=option.help, type=_argparse_type(option))
