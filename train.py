@@ -16,11 +16,12 @@ from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
 from src.tools.amp import cast_amp, loss_scale_cell
-from src.tools.checkpoint_saver import CheckpointSaver, remove_partial_files, restore_state
+from src.tools.checkpoint_saver import CheckpointSaver, restore_state
 from src.tools.cli import UserError, user_entry_point
 from src.tools.criterion import EvalMetrics, NetWithLoss, get_criterion
 from src.tools.demo_data import build_demo_data
 from src.tools.device import init_device, set_seed
+from src.tools.files import remove_partial_files
 from src.tools.distributed import Ranks
 from src.tools.optimizer import get_optimizer
 from src.tools.run_folder import MetricsLog, new_run_folder, save_config

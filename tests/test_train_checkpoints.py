@@ -14,11 +14,12 @@ from src.repvgg import create_model
 from src.tools import checkpoint_saver
 from src.tools.amp import loss_scale_cell
 from src.tools.checkpoint import load_weights
-from src.tools.checkpoint_saver import (CheckpointSaver, remove_partial_files, restore_state, save_atomic,
+from src.tools.checkpoint_saver import (CheckpointSaver, restore_state, save_atomic,
                                         start_position, train_state)
 from src.tools.cli import UserError
 from src.tools.criterion import CrossEntropy, NetWithLoss
 from src.tools.distributed import Ranks
+from src.tools.files import remove_partial_files
 from src.tools.optimizer import get_optimizer
 from src.tools.run_folder import MetricsLog, new_run_folder, run_folder_name
 from src.tools.start import check_continues, starting_point

@@ -22,7 +22,6 @@ Names, in the run folder:
 Every file is written to a hidden temporary name in the same folder and moved into place with
 ``os.replace``, so a run killed at any moment leaves only complete checkpoints.
 """
-import os
 import re
 from pathlib import Path
 
@@ -30,12 +29,12 @@ import mindspore as ms
 
 from src.tools.checkpoint import read_checkpoint
 from src.tools.cli import UserError
+from src.tools.files import atomic_path
 
 # Train-cell parameters that are derived from the config, not state: rebuilt, never restored.
 _NOT_SAVED = ('learning_rate',)
 _RESTORED_PREFIXES = ('moments.', 'adam_m.', 'adam_v.', 'ema.')
 _RESTORED_NAMES = ('scale_sense', 'current_iterator_step', 'last_overflow_iterator_step')
-_PARTIAL = '.partial'
 
 
 def save_atomic(entries, path, append_dict=None):
@@ -44,22 +43,9 @@ def save_atomic(entries, path, append_dict=None):
     MindSpore's writer happens to rename its own temporary file too, but only as an undocumented
     detail and after deleting an existing file of the same name; this keeps the guarantee ours.
     """
-    path = Path(path)
-    temporary = path.with_name(f'.{path.stem}.{os.getpid()}{_PARTIAL}.ckpt')
-    try:
+    with atomic_path(path, '.ckpt') as temporary:
         ms.save_checkpoint(entries, str(temporary), append_dict=append_dict)
-        os.replace(temporary, path)
-    finally:
-        for leftover in (temporary, temporary.with_suffix('.tmp')):
-            if leftover.exists():
-                leftover.unlink()
-    return path
-
-
-def remove_partial_files(folder):
-    """Delete temporary files that a killed run left behind (hidden ``.*.partial.*``)."""
-    for path in Path(folder).glob(f'.*{_PARTIAL}.*'):
-        path.unlink(missing_ok=True)
+    return Path(path)
 
 
 def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes):

@@ -16,7 +16,6 @@ from the file; anything else is an error that names the tensors. A conversion ch
 it loads strictly, compares train-time and deploy logits when it re-parameterizes, and reloads
 the written file into a fresh network.
 """
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from src.repvgg import ARCH_NAMES, ARCH_SPECS, check_arch, create_model, switch_
 from src.tools.checkpoint import load_weights, read_checkpoint
 from src.tools.cli import UserError
 from src.tools.torch_pickle import is_safetensors, read_pth, read_safetensors
+from src.tools.files import atomic_path
 
 NETWORK_ROOTS = ('stage0', 'stage1', 'stage2', 'stage3', 'stage4', 'linear')
 EMA_PREFIX = 'ema.'
@@ -357,18 +357,10 @@ def save_checkpoint_atomic(params, path, verify=None):
     path = Path(path)
     if path.suffix != '.ckpt':
         raise UserError(f'output {path} must end with .ckpt')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # save_checkpoint appends '.ckpt' to names without it, so the temporary name keeps the suffix
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp.ckpt')
-    try:
+    with atomic_path(path) as temporary:
         ms.save_checkpoint([{'name': name, 'data': ms.Tensor(value)} for name, value in params.items()],
                            str(temporary))
-        result = verify(temporary) if verify is not None else None
-        os.replace(temporary, path)
-        return result
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+        return verify(temporary) if verify is not None else None
 
 
 def verify_written(path, build, conversion, source_tensors, source_form, name):

@@ -6,7 +6,6 @@ same images give the same lines and the same file whatever the model format.
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from tqdm import tqdm
 
 from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
 from src.tools.cli import UserError
+from src.tools.files import write_text_atomic
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
 
@@ -74,17 +74,7 @@ def check_output_path(path):
 def write_json(data, path):
     """Write ``data`` as JSON atomically: a temporary file beside ``path``, then a rename, so an
     interrupted run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as file:
-            json.dump(data, file, indent=2)
-            file.write('\n')
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
 def run_inference(predictor, inputs, output, interpolation='bilinear'):

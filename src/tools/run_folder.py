@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from src.config import config_to_dict
+from src.tools.files import atomic_path, write_text_atomic
 
 METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'eval_loss', 'top1', 'top5', 'epoch_time_s', 'eval_time_s',
                  'overflow_steps')
@@ -35,13 +36,6 @@ def new_run_folder(train_url, arch, brief, ranks):
     folder = train_url / run_folder_name(stamp, arch, brief)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def write_text_atomic(path, text):
-    path = Path(path)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.partial')
-    temporary.write_text(text, encoding='utf-8')
-    os.replace(temporary, path)
 
 
 def save_config(folder, args):
@@ -97,10 +91,9 @@ class MetricsLog:
             axis.grid(alpha=0.3)
             axis.legend()
         figure.tight_layout()
-        temporary = self.png_path.with_name(f'.{self.png_path.name}.{os.getpid()}.partial.png')
-        figure.savefig(temporary, dpi=90)
+        with atomic_path(self.png_path) as temporary:
+            figure.savefig(temporary, dpi=90)
         plt.close(figure)
-        os.replace(temporary, self.png_path)
 
 
 def _format(value):
