@@ -18,7 +18,7 @@ from src.repvgg import get_model
 from src.tools.amp import cast_amp, loss_scale_cell
 from src.tools.checkpoint_saver import CheckpointSaver, restore_state
 from src.tools.cli import UserError, user_entry_point
-from src.tools.criterion import EvalMetrics, NetWithLoss, get_criterion
+from src.tools.criterion import NetWithLoss, get_criterion
 from src.tools.demo_data import build_demo_data
 from src.tools.device import init_device, set_seed
 from src.tools.files import remove_partial_files
@@ -98,7 +98,7 @@ def main():
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 
-    trainer = Trainer(args=args, train_cell=train_cell, metrics_cell=EvalMetrics(net, args.num_classes), ema=ema,
+    trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema,
                       saver=saver, metrics_log=metrics_log, ranks=ranks,
                       steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log)
     summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)

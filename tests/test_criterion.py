@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.tools.criterion import CrossEntropy, EvalMetrics, NetWithLoss, get_criterion
+from src.tools.criterion import CrossEntropy, NetWithLoss, get_criterion
 
 
 @pytest.fixture(autouse=True)
@@ -50,29 +50,3 @@ def test_loss_is_float32_for_float16_logits():
     net = nn.Dense(4, 3).to_float(ms.float16)
     loss = NetWithLoss(net, CrossEntropy())(Tensor(np.ones((2, 4), np.float32)), Tensor(np.array([0, 2], np.int32)))
     assert loss.dtype == ms.float32
-
-
-class _Fixed(nn.Cell):
-    """A 'network' that returns its input: the metrics see chosen logits."""
-
-    def construct(self, x):
-        return x
-
-
-def test_eval_metrics_are_sums_with_tie_independent_top_k():
-    logits = np.array([[5, 1, 1, 0, 0, 0, 0],      # label 0: top-1
-                       [1, 5, 4, 3, 2, 0, 0],      # label 5: 5 larger -> not top-5
-                       [1, 5, 4, 3, 2, 0, 0],      # label 4: 3 larger -> top-5
-                       [2, 2, 0, 0, 0, 0, 0]],     # label 1: ties the max -> top-1
-                      np.float32)
-    labels = np.array([0, 5, 4, 1], np.int32)
-    loss_sum, top1, top5 = EvalMetrics(_Fixed(), num_classes=7)(Tensor(logits), Tensor(labels))
-    assert float(top1.asnumpy()) == 2 and float(top5.asnumpy()) == 3
-    assert float(loss_sum.asnumpy()) == pytest.approx(4 * numpy_ce(logits, np.eye(7)[labels]), rel=1e-5)
-
-
-def test_top_k_is_capped_by_the_class_count():
-    logits = RNG.normal(size=(5, 3)).astype(np.float32)
-    labels = np.array([0, 1, 2, 0, 1], np.int32)
-    _, _, top5 = EvalMetrics(_Fixed(), num_classes=3)(Tensor(logits), Tensor(labels))
-    assert float(top5.asnumpy()) == 5

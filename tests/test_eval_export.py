@@ -171,6 +171,9 @@ def test_metrics_by_hand():
     expected_loss = np.mean([np.log(np.exp(row).sum()) - row[label] for row, label in zip(logits, labels)])
     assert result['Top1-Acc'] == 2 / 4 and result['Top5-Acc'] == 3 / 4
     assert abs(result['Loss'] - expected_loss) < 1e-12
+    # the sums that training adds over ranks
+    assert (metrics.top1, metrics.topk, metrics.count) == (2, 3, 4)
+    assert abs(metrics.loss_sum - 4 * expected_loss) < 1e-12
     three = ClassificationMetrics(3)  # fewer than 5 classes: top-k is top-3, always right
     three.update(np.array([[0.0, 1.0, 2.0]]), np.array([0]))
     assert three.result(with_loss=False) == {'Top1-Acc': 0.0, 'Top5-Acc': 1.0}

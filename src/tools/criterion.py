@@ -1,4 +1,4 @@
-"""Training loss (soft-target, label-smoothing or plain cross-entropy) and the eval metrics cell.
+"""Training loss: soft-target, label-smoothing or plain cross-entropy (eval metrics: src/tools/evaluation.py).
 
 The loss is always computed in float32: logits are cast before the softmax, so AMP levels that
 run the network in float16 do not compute the log-sum-exp in float16.
@@ -38,27 +38,3 @@ class NetWithLoss(nn.Cell):
 
     def construct(self, images, labels):
         return self.criterion(self.network(images), labels)
-
-
-class EvalMetrics(nn.Cell):
-    """Per batch: (summed float32 CE, top-1 hits, top-k hits) as float32 scalars.
-
-    Sums, not means, so that batches of any size and shards of any rank add up exactly. A label
-    is within the top k when fewer than k logits are strictly larger than its own (ties do not
-    depend on a sort order; eval.py counts the same way). k is 5, or the class count if smaller.
-    """
-
-    def __init__(self, network, num_classes, top_k=5):
-        super().__init__(auto_prefix=False)
-        self.network = network
-        self.loss = CrossEntropy(reduction='sum')
-        self.top_k = min(top_k, num_classes)
-
-    def construct(self, images, labels):
-        logits = ops.cast(self.network(images), ms.float32)
-        loss_sum = self.loss(logits, labels)
-        label_logits = ops.gather_elements(logits, 1, ops.expand_dims(ops.cast(labels, ms.int32), 1))
-        larger = ops.cast(logits > label_logits, ms.float32).sum(axis=1)
-        top1 = ops.cast(larger < 1, ms.float32).sum()
-        top_k = ops.cast(larger < self.top_k, ms.float32).sum()
-        return loss_sum, top1, top_k

@@ -22,21 +22,25 @@ import numpy as np
 from tqdm import tqdm
 
 from src.tools.checkpoint_saver import train_state
+from src.tools.evaluation import ClassificationMetrics
 
 
-def evaluate(metrics_cell, dataset, ranks, desc='eval'):
-    """Validation over this rank's shard, summed over ranks: loss, top-1, top-5, count, time."""
-    metrics_cell.set_train(False)
-    sums = np.zeros(4)
+def evaluate(net, num_classes, dataset, ranks, desc='eval'):
+    """Validation over this rank's shard, summed over ranks: loss, top-1, top-5, count, time.
+
+    The metrics are eval.py's (ClassificationMetrics, from the logits), so a checkpoint scores
+    the same in training and in eval.py.
+    """
+    net.set_train(False)
+    metrics = ClassificationMetrics(num_classes)
     steps = 0
     begin = time.time()
     batches = dataset.create_tuple_iterator(num_epochs=1)
     for images, labels in tqdm(batches, total=dataset.get_dataset_size(), desc=desc, leave=False,
                                disable=None if ranks.is_main else True):
-        loss_sum, top1, top5 = metrics_cell(images, labels)
-        sums += (float(loss_sum.asnumpy()), float(top1.asnumpy()), float(top5.asnumpy()), labels.shape[0])
+        metrics.update(net(images).asnumpy(), labels.asnumpy())
         steps += 1
-    loss_sum, top1, top5, count = ranks.sum(sums)
+    loss_sum, top1, top5, count = ranks.sum([metrics.loss_sum, metrics.top1, metrics.topk, metrics.count])
     count = max(count, 1.0)
     return {'top1': top1 / count, 'top5': top5 / count, 'loss': loss_sum / count, 'count': int(count),
             'steps': steps, 'time': time.time() - begin}
@@ -45,11 +49,11 @@ def evaluate(metrics_cell, dataset, ranks, desc='eval'):
 class Trainer:
     """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
 
-    def __init__(self, *, args, train_cell, metrics_cell, ema, saver, metrics_log, ranks,
+    def __init__(self, *, args, train_cell, net, ema, saver, metrics_log, ranks,
                  steps_per_epoch, lr_values, sample_log=None):
         self.args = args
         self.train_cell = train_cell
-        self.metrics_cell = metrics_cell
+        self.net = net
         self.ema = ema
         self.saver = saver
         self.metrics_log = metrics_log
@@ -114,7 +118,7 @@ class Trainer:
         self.ranks.average_params('bn', self.bn_statistics)
         swap = self.ema.applied() if args.eval_ema else contextlib.nullcontext()
         with swap:
-            result = evaluate(self.metrics_cell, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
+            result = evaluate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
             best_path = None
             if self.ranks.is_main:
                 best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
