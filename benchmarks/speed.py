@@ -3,8 +3,9 @@
     python benchmarks/speed.py                      # A0 and B0, batch 1 and 8, 224x224
     python benchmarks/speed.py --archs RepVGG-A0 --batches 8 --threads 2
 
-Rows: MindSpore train form and deploy form (GRAPH mode), ONNX Runtime on the exported deploy
-ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
+Rows: MindSpore train form and deploy form (GRAPH mode), each with MindSpore's own Conv2D and
+with the oneDNN blocked-layout kernel of src/kernels (``+onednn``), ONNX Runtime on the exported
+deploy ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
 ``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
 stack written here); then training images/s (forward, backward, momentum update). Each case runs
 in its own process, so the peak resident memory (VmHWM) is that case's alone. The same seeded
@@ -24,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-INFERENCE_CASES = ('ms-train', 'ms-deploy', 'onnxruntime', 'torch-eager')
+INFERENCE_CASES = ('ms-train', 'ms-train+onednn', 'ms-deploy', 'ms-deploy+onednn', 'onnxruntime', 'torch-eager')
 TRAINING_CASES = ('ms-train-step', 'torch-train-step')
 
 
@@ -69,8 +70,11 @@ def mindspore_step(case, arch, batch, size, threads, jit_level=''):
         train_step.set_train(True)
         labels = Tensor(np.arange(batch, dtype=np.int32) % 1000)
         return lambda: train_step(x, labels).asnumpy()
-    net = create_model(arch, deploy=case == 'ms-deploy')
+    net = create_model(arch, deploy=case.startswith('ms-deploy'))
     net.set_train(False)
+    if case.endswith('+onednn'):
+        from src.kernels.onednn import use_onednn_convs  # pylint: disable=import-outside-toplevel
+        use_onednn_convs(net)
     return lambda: net(x).asnumpy()
 
 
@@ -154,21 +158,28 @@ def run_profile(args):
 
 
 def onednn_breakdown(case, arch, batch, args):
-    """(forward ms, {oneDNN primitive and implementation: (calls, ms)}) of one MindSpore forward."""
+    """(forward ms, forward ms while oneDNN logs, {oneDNN primitive and implementation: (calls, ms)})
+    of one MindSpore forward. Logging slows oneDNN down (for the brgconv kernel about 2x), so the
+    forward is timed once more without it."""
     command = [sys.executable, __file__, '--case', case, '--arch', arch, '--batch', str(batch),
                '--image_size', str(args.image_size), '--threads', str(args.threads)]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False,
-                         env=dict(os.environ, DNNL_VERBOSE='1')).stdout.splitlines()
-    begin = out.index('PROFILE-BEGIN')
-    end = next(i for i, line in enumerate(out) if line.startswith('PROFILE-END'))
+    results = []
+    for verbose in ('0', '1'):
+        env = dict(os.environ, DNNL_VERBOSE=verbose, REPVGG_ONEDNN_THREADS=str(args.threads))
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env).stdout
+        results.append(out.splitlines())
+    plain, logged = results
+    wall = float(next(line for line in plain if line.startswith('PROFILE-END')).split()[1])
+    begin = logged.index('PROFILE-BEGIN')
+    end = next(i for i, line in enumerate(logged) if line.startswith('PROFILE-END'))
     totals = {}
-    for line in out[begin + 1:end]:
+    for line in logged[begin + 1:end]:
         fields = line.split(',')
         if len(fields) > 5 and fields[1] == 'exec':
             key = f'{fields[3]} ({fields[4]})'
             calls, ms_total = totals.get(key, (0, 0.0))
             totals[key] = (calls + 1, ms_total + float(fields[-1]))
-    return float(out[end].split()[1]), totals
+    return wall, float(logged[end].split()[1]), totals
 
 
 def run_case(args):
@@ -197,7 +208,9 @@ def child(case, arch, batch, args, onnx_path='', threads=None, jit_level='', ort
                '--image_size', str(args.image_size), '--threads', str(args.threads if threads is None else threads),
                '--min_iters', str(args.min_iters), '--min_seconds', str(args.min_seconds), '--onnx', onnx_path,
                '--jit_level', jit_level, '--ort_level', ort_level]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    threads = args.threads if threads is None else threads
+    env = dict(os.environ, REPVGG_ONEDNN_THREADS=str(threads)) if threads > 0 else None  # src/kernels' pool
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
     if result.returncode or not lines:
         return {'skipped': f'failed: {result.stderr.strip().splitlines()[-1:]}'}
@@ -233,7 +246,7 @@ def main():
     parser.add_argument('--archs', nargs='+', default=['RepVGG-A0', 'RepVGG-B0'])
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
     parser.add_argument('--train_arch', default='RepVGG-A0')
-    parser.add_argument('--train_batch', type=int, default=16)
+    parser.add_argument('--train_batch', type=int, default=16, help='0: no training rows')
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--min_iters', type=int, default=5)
@@ -268,14 +281,26 @@ def main():
                 results = measure(INFERENCE_CASES, arch, batch, args, onnx_path)
                 for case, result in results.items():
                     print_row(arch, batch, case, result)
-                train, deploy = (results[c].get('images_per_s') for c in ('ms-train', 'ms-deploy'))
-                ort_speed, torch_speed = (results[c].get('images_per_s') for c in ('onnxruntime', 'torch-eager'))
-                if train and deploy:
-                    print(f'{"":<17} MindSpore deploy / train form: {deploy / train:.2f}x')
-                if ort_speed and torch_speed:
-                    print(f'{"":<17} ONNX Runtime / PyTorch eager:  {ort_speed / torch_speed:.2f}x')
+                print_ratios(results)
+    if args.train_batch < 1:
+        return
     for case, result in measure(TRAINING_CASES, args.train_arch, args.train_batch, args).items():
         print_row(args.train_arch, args.train_batch, case + ' (training)', result)
+
+
+def print_ratios(results):
+    speed = {case: result.get('images_per_s') for case, result in results.items()}
+    ratios = (
+        ('MindSpore deploy / train form, MindSpore Conv2D', 'ms-deploy', ('ms-train',)),
+        ('MindSpore deploy / train form, oneDNN kernel', 'ms-deploy+onednn', ('ms-train+onednn',)),
+        ('MindSpore deploy+onednn / fastest train form', 'ms-deploy+onednn', ('ms-train', 'ms-train+onednn')),
+        ('ONNX Runtime / PyTorch eager', 'onnxruntime', ('torch-eager',)),
+        ('MindSpore deploy+onednn / PyTorch eager', 'ms-deploy+onednn', ('torch-eager',)),
+    )
+    for label, case, baselines in ratios:
+        baseline = max((speed.get(b) or 0 for b in baselines), default=0)
+        if speed.get(case) and baseline:
+            print(f'{"":<17} {label + ":":<48} {speed[case] / baseline:.2f}x')
 
 
 def measure(cases, arch, batch, args, onnx_path=''):
@@ -301,6 +326,7 @@ STUDY = (  # (label, case, child keyword arguments); threads=0 means the library
     ('MindSpore deploy, one thread per core (the table\'s setting)', 'ms-deploy', {}),
     ('MindSpore deploy, jit_level O1', 'ms-deploy', dict(jit_level='O1')),
     ('MindSpore deploy, jit_level O2', 'ms-deploy', dict(jit_level='O2')),
+    ('MindSpore deploy, oneDNN blocked kernel (src/kernels)', 'ms-deploy+onednn', {}),
     ('MindSpore train form, MindSpore default threads (30)', 'ms-train', dict(threads=0)),
     ('MindSpore train form, one thread per core', 'ms-train', {}),
     ('ONNX Runtime, ORT_ENABLE_BASIC', 'onnxruntime', dict(ort_level='ORT_ENABLE_BASIC')),
@@ -323,15 +349,15 @@ def study(args):
                 runs[label].append(child(case, arch, batch, args, onnx_path, **kwargs).get('images_per_s'))
     for label, speeds in runs.items():
         speeds = [speed for speed in speeds if speed]
-        print(f'{label:<55} {np.median(speeds) if speeds else float("nan"):>8.1f} images/s')
+        print(f'{label:<60} {np.median(speeds) if speeds else float("nan"):>8.1f} images/s')
     print(f'\n# Where one MindSpore forward spends its time (oneDNN verbose, {arch}, batch {batch})')
-    for case in ('ms-train-profile', 'ms-deploy-profile'):
-        wall, totals = onednn_breakdown(case, arch, batch, args)
+    for case in ('ms-train-profile', 'ms-deploy-profile', 'ms-deploy+onednn-profile'):
+        wall, logged, totals = onednn_breakdown(case, arch, batch, args)
         inside = sum(ms_total for _, ms_total in totals.values())
-        print(f'{case.replace("-profile", ""):<10} forward {wall:7.1f} ms; in oneDNN {inside:7.1f} ms; '
-              f'elsewhere (bias, ReLU, adds, ...) {wall - inside:6.1f} ms')
+        print(f'{case.replace("-profile", ""):<16} forward {wall:6.1f} ms; while oneDNN logs: forward {logged:6.1f} ms, '
+              f'in oneDNN {inside:6.1f} ms, elsewhere (bias, ReLU, adds, ...) {logged - inside:5.1f} ms')
         for key, (calls, ms_total) in sorted(totals.items(), key=lambda item: -item[1][1]):
-            print(f'{"":<12}{key:<40} {calls:>4} calls {ms_total:8.1f} ms')
+            print(f'{"":<18}{key:<40} {calls:>4} calls {ms_total:8.1f} ms')
 
 
 def print_row(arch, batch, case, result):

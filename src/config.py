@@ -186,7 +186,12 @@ OPTIONS = (
     _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
          yaml=False),
     _opt('fast', to_flag, False, 'eval.py / infer.py with a .ckpt: run the re-parameterized network in '
-         'ONNX Runtime (exported on the fly, checked against MindSpore); about 2x faster on CPU.', yaml=False),
+         'ONNX Runtime (exported on the fly, checked against MindSpore); on CPU about as fast as '
+         '--cpu_kernels onednn, with less memory.', yaml=False),
+    _opt('cpu_kernels', to_str, 'onednn', "eval.py / infer.py with a .ckpt on CPU: 'onednn' runs the deploy "
+         "network's convolutions through oneDNN's blocked kernels (compiled on first use, checked against "
+         "MindSpore; about 2x faster); 'mindspore' uses MindSpore's own Conv2D.",
+         choices=('onednn', 'mindspore'), yaml=False),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -242,11 +242,11 @@ def switch_net_to_deploy(net):
             cell.switch_to_deploy()
         if isinstance(cell, RepVGG):
             cell.deploy = True
-    _invalidate_compiled_graphs(net)
+    invalidate_compiled_graphs(net)
     return net
 
 
-def _invalidate_compiled_graphs(net):
+def invalidate_compiled_graphs(net):
     # MindSpore caches GRAPH_MODE compilations per cell under a key built from the cell's
     # creation time; after the structure changed in place, a cached graph would still run the
     # old branches. A new stamp forces recompilation (there is no public API for this).

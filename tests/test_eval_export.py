@@ -24,6 +24,7 @@ from mindspore import Tensor
 from PIL import Image
 
 from src.dataset import preprocess_image
+from src.kernels import onednn
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.cli import UserError
 from src.tools.evaluation import ClassificationMetrics
@@ -286,12 +287,16 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
     reference = metrics.result()
 
     results = {}
-    for name, model, fast in (('train ckpt', paths['train'], 0), ('deploy ckpt', paths['deploy'], 0),
-                              ('mindir', exported['mindir'], 0), ('train ckpt --fast', paths['train'], 1)):
+    for name, model, fast, kernels in (
+            ('train ckpt', paths['train'], 0, 'onednn'), ('deploy ckpt', paths['deploy'], 0, 'onednn'),
+            ('deploy ckpt, MindSpore kernels', paths['deploy'], 0, 'mindspore'),
+            ('mindir', exported['mindir'], 0, 'onednn'), ('train ckpt --fast', paths['train'], 1, 'onednn')):
         status, out, err = run_main(capsys, 'eval.py', '--config', paths['config'], '--dataset_path',
-                                    paths['val'], '--pretrained', model, '--fast', fast)
+                                    paths['val'], '--pretrained', model, '--fast', fast, '--cpu_kernels', kernels)
         assert status == 0, err
         assert ('run by ONNX Runtime' in out) == bool(fast)
+        assert ('convolutions by oneDNN' in out) == (kernels == 'onednn' and name.startswith(('train', 'deploy'))
+                                                      and not fast and onednn_available()), name
         assert out.rstrip().endswith('=> eval success')
         results[name] = eval_results(out)
     status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
@@ -305,6 +310,30 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
         if 'Loss' in result:
             assert abs(result['Loss'] - reference['Loss']) <= 1e-4 * reference['Loss'], name
     assert 0 < reference['Top5-Acc'] < 1  # the check is not about a trivial case
+
+
+def onednn_available():
+    try:
+        onednn.build_kernel()
+        return True
+    except onednn.OneDNNUnavailable:
+        return False
+
+
+def test_eval_without_a_compiler_falls_back_to_mindspore_kernels(work, capsys, monkeypatch, tmp_path):
+    paths = work['paths']
+    monkeypatch.setattr(onednn, '_built', {})
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv('CXX', 'no-such-compiler')
+    argv = ['--config', paths['config'], '--dataset_path', paths['val'], '--pretrained', paths['deploy']]
+    status, out, err = run_main(capsys, 'eval.py', *argv)
+    assert status == 0, err
+    assert 'note: the oneDNN kernel is not available (no C++ compiler' in out
+    assert 'convolutions by oneDNN' not in out
+    status, reference, err = run_main(capsys, 'eval.py', *argv, '--cpu_kernels', 'mindspore')
+    assert status == 0, err
+    assert 'oneDNN' not in reference
+    assert eval_results(out) == eval_results(reference)
 
 
 def test_logits_agree_across_formats(work, exported, images):

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from mindspore import Tensor, nn
 from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR format
 
+from src.kernels.onednn import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
 from src.repvgg import count_params, create_model, switch_net_to_deploy
 from src.tools.checkpoint import load_weights, read_checkpoint
 from src.tools.checkpoint_saver import check_arch
@@ -227,13 +228,30 @@ def load_predictor(config, suffixes=('.ckpt', '.mindir')):
     net, description = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
     if config.fast:
         return onnx_runtime_predictor(net, config, description)
+    if config.device_target == 'CPU' and config.cpu_kernels == 'onednn':
+        description += onednn_kernels(net, config.image_size)
     return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description)
 
 
+def onednn_kernels(net, image_size):
+    """Run ``net``'s convolutions through oneDNN's blocked kernels (src/kernels), checked against
+    MindSpore's own on a random batch; returns the words for the description. When the kernel
+    cannot be built here, says so and leaves ``net`` as it is."""
+    try:
+        difference = use_onednn_convs_checked(net, min(image_size, 64))
+    except OneDNNUnavailable as error:
+        print(f'note: the oneDNN kernel is not available ({error}); using MindSpore\'s own convolutions. '
+              f'--cpu_kernels mindspore skips this attempt.')
+        return ''
+    except OneDNNCheckFailed as error:
+        raise UserError(f'{error}; run with --cpu_kernels mindspore, and please report this') from None
+    return f', convolutions by oneDNN (checked: {difference:.1e} relative)'
+
+
 def onnx_runtime_predictor(net, config, description):
-    """The deploy network run by ONNX Runtime: on CPU its kernels are about twice as fast as
-    MindSpore's oneDNN convolutions on this network (benchmarks/speed.py). The ONNX file lives
-    only while the session is created; the export checks it against the network first."""
+    """The deploy network run by ONNX Runtime (benchmarks/speed.py: on CPU about as fast as the
+    oneDNN kernel, with less memory). The ONNX file lives only while the session is created; the
+    export checks it against the network first."""
     from src.tools.export_model import export_network  # pylint: disable=import-outside-toplevel  (it imports us)
     with tempfile.TemporaryDirectory() as folder:
         path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model')

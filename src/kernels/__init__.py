@@ -1,0 +1,1 @@
+"""Native kernels that MindSpore runs as custom ops (see onednn.py)."""
