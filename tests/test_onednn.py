@@ -145,6 +145,11 @@ def test_kernel_is_built_once_and_a_missing_compiler_is_explained(tmp_path, monk
     assert build_kernel(tmp_path) == first  # cached: no compiler needed
     with pytest.raises(OneDNNUnavailable, match='no C.. compiler'):
         build_kernel(tmp_path / 'elsewhere')
+    monkeypatch.delenv('CXX')
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    with pytest.raises(OneDNNUnavailable, match='cannot build into'):
+        build_kernel(blocker / 'cache')
 
 
 def test_unsupported_convolutions_are_refused():

@@ -82,12 +82,15 @@ def build_kernel(directory=None):
     compiler = shutil.which(os.environ.get('CXX', 'g++'))
     if compiler is None:
         raise OneDNNUnavailable('no C++ compiler found (install g++ or set CXX)')
-    with atomic_path(target) as temporary:
-        command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-pthread', '-o', str(temporary),
-                   str(SOURCE), str(onednn), f'-Wl,-rpath,{onednn.parent}']
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise OneDNNUnavailable(f'compiling {SOURCE.name} failed:\n{result.stderr.strip()}')
+    try:
+        with atomic_path(target) as temporary:
+            command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-pthread', '-o', str(temporary),
+                       str(SOURCE), str(onednn), f'-Wl,-rpath,{onednn.parent}']
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise OneDNNUnavailable(f'compiling {SOURCE.name} failed:\n{result.stderr.strip()}')
+    except OSError as error:  # e.g. a cache folder that cannot be written
+        raise OneDNNUnavailable(f'cannot build into {target.parent}: {error}') from None
     _built[target] = True
     return target
 
