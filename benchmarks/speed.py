@@ -4,7 +4,7 @@
     python benchmarks/speed.py --archs RepVGG-A0 --batches 8 --threads 2
 
 Rows: MindSpore train form and deploy form (GRAPH mode), each with MindSpore's own Conv2D and
-with the oneDNN blocked-layout kernel of src/kernels (``+onednn``), ONNX Runtime on the exported
+with the oneDNN direct kernel of src/kernels (``+onednn``), ONNX Runtime on the exported
 deploy ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
 ``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
 stack written here); then training images/s (forward, backward, momentum update). Each case runs

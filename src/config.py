@@ -189,7 +189,7 @@ OPTIONS = (
          'ONNX Runtime (exported on the fly, checked against MindSpore); on CPU about as fast as '
          '--cpu_kernels onednn, with less memory.', yaml=False),
     _opt('cpu_kernels', to_str, 'onednn', "eval.py / infer.py with a .ckpt on CPU: 'onednn' runs the deploy "
-         "network's convolutions through oneDNN's blocked kernels (compiled on first use, checked against "
+         "network's convolutions through oneDNN's direct kernels (compiled on first use, checked against "
          "MindSpore; about 2x faster); 'mindspore' uses MindSpore's own Conv2D.",
          choices=('onednn', 'mindspore'), yaml=False),
 )

@@ -1,11 +1,11 @@
-"""CPU convolutions through oneDNN's blocked-layout kernels, for MindSpore inference.
+"""CPU convolutions through oneDNN's direct kernels, for MindSpore inference.
 
 MindSpore 2.8's CPU ``Conv2D`` gives oneDNN plain NCHW tensors, and oneDNN then runs im2col +
 GEMM; that is why a RepVGG forward on CPU spends ~85 % of its time in 3x3 convolutions and the
 deploy form barely beats the train form there. ``onednn_conv.cc`` asks the same oneDNN library
 (the ``libdnnl.so.2`` inside the MindSpore wheel) for a convolution in the layout of its choice,
-which selects its direct blocked kernels (brgconv / jit), fuses bias and ReLU, and reorders NCHW
-in and out. It is compiled once per machine with the system C++ compiler and cached.
+which selects its direct kernels (brgconv on channels-last tensors with AVX-512) and fuses bias
+and ReLU. It is compiled once per machine with the system C++ compiler and cached.
 
 Inference only: the op has no gradient and is a MindSpore custom op, so a network using it can be
 evaluated but neither trained nor exported (export.py works on the plain network).
@@ -22,6 +22,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from src.repvgg import RepVGG, invalidate_compiled_graphs
 from src.tools.files import atomic_path
 
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
@@ -173,7 +174,6 @@ def use_onednn_convs(net, library=None):
     and the blocks pass channels-last tensors from one to the next (NCHW in, NCHW out). Returns
     the number of convolutions replaced; raises OneDNNUnavailable when the kernel cannot be built.
     """
-    from src.repvgg import RepVGG, invalidate_compiled_graphs  # here: repvgg needs no kernels
     library = library or build_kernel()
     replaced = 0
     if isinstance(net, RepVGG) and net.deploy and not net.features_only and not net.stage0.use_se:

@@ -234,7 +234,7 @@ def load_predictor(config, suffixes=('.ckpt', '.mindir')):
 
 
 def onednn_kernels(net, image_size):
-    """Run ``net``'s convolutions through oneDNN's blocked kernels (src/kernels), checked against
+    """Run ``net``'s convolutions through oneDNN's direct kernels (src/kernels), checked against
     MindSpore's own on a random batch; returns the words for the description. When the kernel
     cannot be built here, says so and leaves ``net`` as it is."""
     try:
