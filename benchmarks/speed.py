@@ -159,14 +159,14 @@ def run_profile(args):
 
 def onednn_breakdown(case, arch, batch, args):
     """(forward ms, forward ms while oneDNN logs, {oneDNN primitive and implementation: (calls, ms)})
-    of one MindSpore forward. Logging slows oneDNN down (for the brgconv kernel about 2x), so the
-    forward is timed once more without it."""
+    of one MindSpore forward. Logging can slow oneDNN down, so the forward is timed once more
+    without it."""
     command = [sys.executable, __file__, '--case', case, '--arch', arch, '--batch', str(batch),
                '--image_size', str(args.image_size), '--threads', str(args.threads)]
     results = []
     for verbose in ('0', '1'):
-        env = dict(os.environ, DNNL_VERBOSE=verbose, REPVGG_ONEDNN_THREADS=str(args.threads))
-        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env).stdout
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False,
+                             env=child_env(args.threads, DNNL_VERBOSE=verbose)).stdout
         results.append(out.splitlines())
     plain, logged = results
     wall = float(next(line for line in plain if line.startswith('PROFILE-END')).split()[1])
@@ -180,6 +180,15 @@ def onednn_breakdown(case, arch, batch, args):
             calls, ms_total = totals.get(key, (0, 0.0))
             totals[key] = (calls + 1, ms_total + float(fields[-1]))
     return wall, float(logged[end].split()[1]), totals
+
+
+def child_env(threads, **extra):
+    """Environment of a child case: src/kernels' thread pool gets the same thread count as the
+    frameworks (0: each library's own default)."""
+    env = dict(os.environ, **extra)
+    if threads > 0:
+        env['REPVGG_ONEDNN_THREADS'] = str(threads)
+    return env
 
 
 def run_case(args):
@@ -208,8 +217,7 @@ def child(case, arch, batch, args, onnx_path='', threads=None, jit_level='', ort
                '--image_size', str(args.image_size), '--threads', str(args.threads if threads is None else threads),
                '--min_iters', str(args.min_iters), '--min_seconds', str(args.min_seconds), '--onnx', onnx_path,
                '--jit_level', jit_level, '--ort_level', ort_level]
-    threads = args.threads if threads is None else threads
-    env = dict(os.environ, REPVGG_ONEDNN_THREADS=str(threads)) if threads > 0 else None  # src/kernels' pool
+    env = child_env(args.threads if threads is None else threads)
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
     if result.returncode or not lines:

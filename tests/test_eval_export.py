@@ -322,7 +322,7 @@ def onednn_available():
 
 def test_eval_without_a_compiler_falls_back_to_mindspore_kernels(work, capsys, monkeypatch, tmp_path):
     paths = work['paths']
-    monkeypatch.setattr(onednn, '_built', {})
+    monkeypatch.setattr(onednn, '_built', set())
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))  # nothing built there yet
     monkeypatch.setenv('CXX', 'no-such-compiler')
     argv = ['--config', paths['config'], '--dataset_path', paths['val'], '--pretrained', paths['deploy']]

@@ -140,7 +140,7 @@ def test_kernel_is_built_once_and_a_missing_compiler_is_explained(tmp_path, monk
     assert first.parent == tmp_path and first.suffix == '.so'
     assert build_kernel(tmp_path) == first
     assert not list(tmp_path.glob('.*partial*'))
-    monkeypatch.setattr(onednn, '_built', {})
+    monkeypatch.setattr(onednn, '_built', set())
     monkeypatch.setenv('CXX', 'no-such-compiler')
     assert build_kernel(tmp_path) == first  # cached: no compiler needed
     with pytest.raises(OneDNNUnavailable, match='no C.. compiler'):

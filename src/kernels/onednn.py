@@ -27,7 +27,7 @@ from src.tools.files import atomic_path
 
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
 FUNCTION = 'RepVGGOneDNNConv'
-_built = {}
+_built = set()
 _weights_ids = itertools.count(1)  # never reused in a process: the kernel keys packed weights on it
 
 
@@ -78,7 +78,7 @@ def build_kernel(directory=None):
     digest = hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()[:16]
     target = Path(directory or cache_dir()) / f'onednn_conv-{digest}.so'
     if target in _built or target.is_file():
-        _built[target] = True
+        _built.add(target)
         return target
     compiler = shutil.which(os.environ.get('CXX', 'g++'))
     if compiler is None:
@@ -92,7 +92,7 @@ def build_kernel(directory=None):
                 raise OneDNNUnavailable(f'compiling {SOURCE.name} failed:\n{result.stderr.strip()}')
     except OSError as error:  # e.g. a cache folder that cannot be written
         raise OneDNNUnavailable(f'cannot build into {target.parent}: {error}') from None
-    _built[target] = True
+    _built.add(target)
     return target
 
 
@@ -112,7 +112,7 @@ class OneDNNConv2d(nn.Cell):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = conv.kernel_size
         self.stride = conv.stride[-1]
-        self.padding = _symmetric_padding(conv)
+        self.padding = _padding(conv)[0]  # symmetric: checked above
         self.group = conv.group
         self.relu, self.x_nhwc, self.y_nhwc = relu, x_nhwc, y_nhwc
         self.weight = conv.weight
@@ -151,16 +151,16 @@ class OneDNNConv2d(nn.Cell):
                 f'y_nhwc={self.y_nhwc}')
 
 
-def _symmetric_padding(conv):
+def _padding(conv):
+    """(top, bottom, left, right) padding of an nn.Conv2d."""
     if conv.pad_mode == 'valid':
-        return 0
-    padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
-    return padding[0]
+        return (0,) * 4
+    return conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
 
 
 def _check_supported(conv):
     square = conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[-1] == conv.stride[-2]
-    padding = conv.padding if isinstance(conv.padding, tuple) else (conv.padding,) * 4
+    padding = _padding(conv)
     if (conv.pad_mode not in ('pad', 'valid') or len(set(padding)) != 1 or not square
             or set(conv.dilation) != {1} or conv.data_format != 'NCHW'):
         raise ValueError(f'OneDNNConv2d supports square NCHW convolutions with symmetric padding '
