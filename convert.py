@@ -8,9 +8,9 @@ code they contain. See src/tools/convert.py.
 """
 from src.repvgg import ARCH_NAMES
 from src.config import OneLineParser
-from src.tools.cli import user_entry_point
-from src.tools.convert import convert_file
-from src.tools.device import set_device
+from src.tools.base.cli import user_entry_point
+from src.tools.conversion.convert import convert_file
+from src.tools.base.device import set_device
 
 
 def parse_args(argv=None):

@@ -3,10 +3,10 @@
 python eval.py --config C --dataset_path VAL_FOLDER --pretrained CKPT_OR_MINDIR [--device_target CPU]
 """
 from src.config import parse_config
-from src.tools.cli import user_entry_point
-from src.tools.device import set_device
-from src.tools.evaluation import evaluate_folder, format_results, validation_folder
-from src.tools.inference import load_predictor
+from src.tools.base.cli import user_entry_point
+from src.tools.base.device import set_device
+from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
+from src.tools.deployment.model_files import load_predictor
 
 
 @user_entry_point

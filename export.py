@@ -3,10 +3,10 @@
 python export.py --config C --pretrained CKPT --file_format MINDIR|ONNX|AIR --export_path P [--ema 1]
 """
 from src.config import parse_config
-from src.tools.cli import UserError, user_entry_point
-from src.tools.device import set_device
-from src.tools.export_model import check_export_format, export_network
-from src.tools.inference import load_deploy_network
+from src.tools.base.cli import UserError, user_entry_point
+from src.tools.base.device import set_device
+from src.tools.deployment.export import check_export_format, export_network
+from src.tools.deployment.model_files import load_deploy_network
 
 
 @user_entry_point

@@ -3,10 +3,10 @@
 python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained CKPT_OR_MINDIR --pred_output OUT.json
 """
 from src.config import parse_config
-from src.tools.cli import user_entry_point
-from src.tools.device import set_device
-from src.tools.inference import load_predictor
-from src.tools.prediction import check_output_path, list_inputs, run_inference
+from src.tools.base.cli import user_entry_point
+from src.tools.base.device import set_device
+from src.tools.deployment.model_files import load_predictor
+from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
 @user_entry_point

@@ -5,9 +5,9 @@ python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/-
 from pathlib import Path
 
 from src.config import OneLineParser
-from src.tools.cli import user_entry_point
-from src.tools.inference import load_onnx
-from src.tools.prediction import check_output_path, list_inputs, run_inference
+from src.tools.base.cli import user_entry_point
+from src.tools.deployment.model_files import load_onnx
+from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
 def parse_args(argv=None):

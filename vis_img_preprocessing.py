@@ -11,7 +11,7 @@ Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
 import sys
 
 from src.config import OneLineParser, parse_config
-from src.tools.cli import UserError, user_entry_point
+from src.tools.base.cli import UserError, user_entry_point
 
 
 def _extra_flags(argv):

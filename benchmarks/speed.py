@@ -57,7 +57,7 @@ def mindspore_step(case, arch, batch, size, threads, jit_level=''):
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
-    from src.tools.device import set_device  # pylint: disable=import-outside-toplevel
+    from src.tools.base.device import set_device  # pylint: disable=import-outside-toplevel
     set_device('CPU', cpu_threads=threads)  # 0: MindSpore's own thread count
     if jit_level:
         ms.set_context(jit_config={'jit_level': jit_level})
@@ -73,7 +73,7 @@ def mindspore_step(case, arch, batch, size, threads, jit_level=''):
     net = create_model(arch, deploy=case.startswith('ms-deploy'))
     net.set_train(False)
     if case.endswith('+onednn'):
-        from src.kernels.onednn import use_onednn_convs  # pylint: disable=import-outside-toplevel
+        from src.tools.deployment.onednn.kernel import use_onednn_convs  # pylint: disable=import-outside-toplevel
         use_onednn_convs(net)
     return lambda: net(x).asnumpy()
 
@@ -101,7 +101,7 @@ def torch_model(arch, deploy):
     if deploy:
         return plain_torch_stack(arch), 'plain conv+ReLU stack'
     from src.repvgg import ARCH_SPECS  # pylint: disable=import-outside-toplevel
-    from tests.torch_repvgg import TorchRepVGG  # pylint: disable=import-outside-toplevel
+    from benchmarks.torch_repvgg import TorchRepVGG  # pylint: disable=import-outside-toplevel
     return TorchRepVGG(*ARCH_SPECS[arch], num_classes=1000), 'official-layout PyTorch model'
 
 
@@ -228,8 +228,8 @@ def child(case, arch, batch, args, onnx_path='', threads=None, jit_level='', ort
 def export_onnx(arch, image_size, folder):
     """The deploy-form ONNX of a randomly initialised ``arch`` (speed does not depend on values)."""
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
-    from src.tools.device import set_device  # pylint: disable=import-outside-toplevel
-    from src.tools.export_model import export_network  # pylint: disable=import-outside-toplevel
+    from src.tools.base.device import set_device  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel
     set_device('CPU', graph_mode=True)
     net = create_model(arch, deploy=True)
     net.set_train(False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from src.repvgg import ARCH_NAMES
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 
 # ----------------------------------------------------------------------------- value types
@@ -319,5 +319,5 @@ def _main():
 
 
 if __name__ == '__main__':
-    from src.tools.cli import user_entry_point  # pylint: disable=ungrouped-imports
+    from src.tools.base.cli import user_entry_point  # pylint: disable=ungrouped-imports
     user_entry_point(_main)()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 MEAN = (0.485, 0.456, 0.406)

@@ -7,9 +7,9 @@ from mindspore import Tensor, nn
 from src.config import make_config
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import create_model
-from src.tools.amp import cast_amp, loss_scale_cell
-from src.tools.criterion import CrossEntropy, NetWithLoss
-from src.tools.optimizer import get_optimizer
+from src.tools.training.amp import cast_amp, loss_scale_cell
+from src.tools.training.criterion import CrossEntropy, NetWithLoss
+from src.tools.training.optimizer import get_optimizer
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from src.config import OPTIONS, make_config, parse_config, read_yaml
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'src' / 'configs'
 REFERENCE_KEYS = (

@@ -23,14 +23,14 @@ import torch
 from safetensors.torch import save_file as save_safetensors
 
 from src.repvgg import ARCH_NAMES, ARCH_SPECS, RepVGG, create_model, switch_net_to_deploy
-from src.tools.checkpoint import load_weights
-from src.tools.cli import UserError
-from src.tools.start import starting_point
-from src.tools.convert import (check_input, convert_file, convert_tensors, detect_arch, read_source,
+from src.tools.checkpoints.format import load_weights
+from src.tools.base.cli import UserError
+from src.tools.checkpoints.resume import starting_point
+from src.tools.conversion.convert import (check_input, convert_file, convert_tensors, detect_arch, read_source,
                                resolve_arch, save_checkpoint_atomic, to_mindspore_names)
-from src.tools.torch_pickle import UnsafeCheckpointError, read_pth, read_safetensors
+from src.tools.conversion.torch_pickle import UnsafeCheckpointError, read_pth, read_safetensors
 from tests.helpers import randomize_bn, relative_error
-from tests.torch_repvgg import TorchRepVGG
+from benchmarks.torch_repvgg import TorchRepVGG
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH, CLASSES = 'RepVGG-A0', 10

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.tools.criterion import CrossEntropy, NetWithLoss, get_criterion
+from src.tools.training.criterion import CrossEntropy, NetWithLoss, get_criterion
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from src import dataset as data
 from src.tools import demo_data
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
                                  textured_folder)
 

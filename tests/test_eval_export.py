@@ -24,12 +24,12 @@ from mindspore import Tensor
 from PIL import Image
 
 from src.dataset import preprocess_image
-from src.kernels import onednn
+from src.tools.deployment.onednn import kernel as onednn
 from src.repvgg import create_model, switch_net_to_deploy
-from src.tools.cli import UserError
-from src.tools.evaluation import ClassificationMetrics
-from src.tools.export_model import make_onnx_batch_dynamic
-from src.tools.inference import Predictor, load_mindir, load_onnx
+from src.tools.base.cli import UserError
+from src.tools.deployment.evaluation import ClassificationMetrics
+from src.tools.deployment.export import make_onnx_batch_dynamic
+from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
 from tests.helpers import randomize_bn, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]

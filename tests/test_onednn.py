@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.kernels import onednn
-from src.kernels.onednn import (OneDNNConv2d, OneDNNCheckFailed, OneDNNUnavailable, build_kernel,
+from src.tools.deployment.onednn import kernel as onednn
+from src.tools.deployment.onednn.kernel import (OneDNNConv2d, OneDNNCheckFailed, OneDNNUnavailable, build_kernel,
                                 use_onednn_convs, use_onednn_convs_checked)
 from src.repvgg import RepVGG, create_model, switch_net_to_deploy
 from tests.helpers import randomize_bn, relative_error

@@ -11,7 +11,7 @@ from src.repvgg import (ARCH_NAMES, ARCH_SPECS, RepVGGBlock, count_macs, count_p
                         fuse_conv_bn, func_dict, get_model, get_RepVGG_func_by_name, identity_kernel,
                         pad_1x1_to_3x3, switch_net_to_deploy)
 from src.config import make_config
-from src.tools.checkpoint import load_weights
+from src.tools.checkpoints.format import load_weights
 from tests.helpers import randomize_bn, relative_error
 
 # SPEC section 1: trainable parameters at 1000 classes, (train form, deploy form).

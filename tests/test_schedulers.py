@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from src.config import make_config
-from src.tools.schedulers import lr_at, lr_schedule
+from src.tools.training.schedulers import lr_at, lr_schedule
 
 STEPS = 10  # steps per epoch
 

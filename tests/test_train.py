@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from src.config import parse_config
-from src.tools.cli import user_entry_point
-from src.tools.schedulers import lr_schedule
+from src.tools.base.cli import user_entry_point
+from src.tools.training.schedulers import lr_schedule
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
 sys.path.insert(0, str(REPO))

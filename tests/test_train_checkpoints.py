@@ -12,17 +12,17 @@ from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import create_model
 from src.tools import checkpoint_saver
-from src.tools.amp import loss_scale_cell
-from src.tools.checkpoint import load_weights
-from src.tools.checkpoint_saver import (CheckpointSaver, restore_state, save_atomic,
+from src.tools.training.amp import loss_scale_cell
+from src.tools.checkpoints.format import load_weights
+from src.tools.checkpoints.saver import (CheckpointSaver, restore_state, save_atomic,
                                         start_position, train_state)
-from src.tools.cli import UserError
-from src.tools.criterion import CrossEntropy, NetWithLoss
-from src.tools.distributed import Ranks
-from src.tools.files import remove_partial_files
-from src.tools.optimizer import get_optimizer
-from src.tools.run_folder import MetricsLog, new_run_folder, run_folder_name
-from src.tools.start import check_continues, starting_point
+from src.tools.base.cli import UserError
+from src.tools.training.criterion import CrossEntropy, NetWithLoss
+from src.tools.training.distributed import Ranks
+from src.tools.base.files import remove_partial_files
+from src.tools.training.optimizer import get_optimizer
+from src.tools.training.run_folder import MetricsLog, new_run_folder, run_folder_name
+from src.tools.checkpoints.resume import check_continues, starting_point
 
 ARCH = 'RepVGG-A0'
 

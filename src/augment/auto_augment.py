@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 LEVEL_DENOM = 10.0  # magnitudes are on a 0..10 scale (can go above with mmax)
 IMAGENET_FILL = (124, 116, 104)  # round(255 * ImageNet mean): what geometric ops fill with

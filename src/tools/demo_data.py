@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.tools.cli import UserError, user_entry_point
+from src.tools.base.cli import UserError, user_entry_point
 
 IMAGE_SIZE = 32
 VAL_FRACTION = 0.2

@@ -1,6 +1,9 @@
-"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group."""
+"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group, and
+the one workaround for networks whose structure changes after they ran (re-parameterization,
+back-end swaps)."""
 import os
 import random
+import time
 
 import mindspore as ms
 import numpy as np
@@ -63,3 +66,15 @@ def init_device(device_target, device_id=0, graph_mode=True):
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group_size)
     return rank, group_size
+
+
+def invalidate_compiled_graphs(net):
+    """Make MindSpore recompile ``net`` (and its cells) on the next call.
+
+    GRAPH_MODE caches a compiled graph per cell under a key built from the cell's creation time;
+    after the structure changed in place (branches fused, convolutions swapped), a cached graph
+    would still run the old structure. A new stamp forces recompilation (there is no public API).
+    """
+    stamp = time.time_ns()
+    for _, cell in net.cells_and_names():
+        object.__setattr__(cell, '_create_time', stamp)

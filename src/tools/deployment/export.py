@@ -14,8 +14,8 @@ import onnx
 from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
-from src.tools.cli import UserError
-from src.tools.inference import load_mindir, load_onnx
+from src.tools.base.cli import UserError
+from src.tools.deployment.model_files import load_mindir, load_onnx
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 # Operators that work on each sample independently: a graph of only these keeps its meaning

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 # storage class named in the pickle -> numpy dtype of its raw bytes (bfloat16 handled apart)
 _STORAGE_DTYPES = {

@@ -24,10 +24,10 @@ import mindspore as ms
 import numpy as np
 
 from src.repvgg import ARCH_NAMES, ARCH_SPECS, check_arch, create_model, switch_net_to_deploy
-from src.tools.checkpoint import load_weights, read_checkpoint
-from src.tools.cli import UserError
-from src.tools.torch_pickle import is_safetensors, read_pth, read_safetensors
-from src.tools.files import atomic_path
+from src.tools.checkpoints.format import load_weights, read_checkpoint
+from src.tools.base.cli import UserError
+from src.tools.conversion.torch_pickle import is_safetensors, read_pth, read_safetensors
+from src.tools.base.files import atomic_path
 
 NETWORK_ROOTS = ('stage0', 'stage1', 'stage2', 'stage3', 'stage4', 'linear')
 EMA_PREFIX = 'ema.'

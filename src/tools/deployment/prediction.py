@@ -12,8 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
-from src.tools.cli import UserError
-from src.tools.files import write_text_atomic
+from src.tools.base.cli import UserError
+from src.tools.base.files import write_text_atomic
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
 

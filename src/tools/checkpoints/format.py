@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mindspore as ms
 
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from src.config import config_to_dict
-from src.tools.files import atomic_path, write_text_atomic
+from src.tools.base.files import atomic_path, write_text_atomic
 
 METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'eval_loss', 'top1', 'top5', 'epoch_time_s', 'eval_time_s',
                  'overflow_steps')

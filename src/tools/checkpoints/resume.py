@@ -11,9 +11,9 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.tools.checkpoint import load_weights
-from src.tools.checkpoint_saver import CheckpointSaver, read_training_checkpoint, start_position
-from src.tools.cli import UserError
+from src.tools.checkpoints.format import load_weights
+from src.tools.checkpoints.saver import CheckpointSaver, read_training_checkpoint, start_position
+from src.tools.base.cli import UserError
 
 
 @dataclass

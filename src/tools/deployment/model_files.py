@@ -16,11 +16,11 @@ from google.protobuf.message import DecodeError
 from mindspore import Tensor, nn
 from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR format
 
-from src.kernels.onednn import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
+from src.tools.deployment.onednn.kernel import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
 from src.repvgg import count_params, create_model, switch_net_to_deploy
-from src.tools.checkpoint import load_weights, read_checkpoint
-from src.tools.checkpoint_saver import check_arch
-from src.tools.cli import UserError
+from src.tools.checkpoints.format import load_weights, read_checkpoint
+from src.tools.checkpoints.saver import check_arch
+from src.tools.base.cli import UserError
 
 class Predictor:
     """Logits (N, C) for images (N, 3, S, S), computed in chunks of at most ``batch_size``.
@@ -252,7 +252,7 @@ def onnx_runtime_predictor(net, config, description):
     """The deploy network run by ONNX Runtime (benchmarks/speed.py: on CPU about as fast as the
     oneDNN kernel, with less memory). The ONNX file lives only while the session is created; the
     export checks it against the network first."""
-    from src.tools.export_model import export_network  # pylint: disable=import-outside-toplevel  (it imports us)
+    from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel  (it imports us)
     with tempfile.TemporaryDirectory() as folder:
         path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model')
         predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)

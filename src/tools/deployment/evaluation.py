@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.dataset import class_names, create_dataset_imagenet
-from src.tools.cli import UserError
+from src.tools.base.cli import UserError
 
 
 class ClassificationMetrics:

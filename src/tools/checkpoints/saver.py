@@ -27,9 +27,9 @@ from pathlib import Path
 
 import mindspore as ms
 
-from src.tools.checkpoint import read_checkpoint
-from src.tools.cli import UserError
-from src.tools.files import atomic_path
+from src.tools.checkpoints.format import read_checkpoint
+from src.tools.base.cli import UserError
+from src.tools.base.files import atomic_path
 
 # Train-cell parameters that are derived from the config, not state: rebuilt, never restored.
 _NOT_SAVED = ('learning_rate',)

@@ -21,8 +21,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from src.tools.checkpoint_saver import train_state
-from src.tools.evaluation import ClassificationMetrics
+from src.tools.checkpoints.saver import train_state
+from src.tools.deployment.evaluation import ClassificationMetrics
 
 
 def evaluate(net, num_classes, dataset, ranks, desc='eval'):

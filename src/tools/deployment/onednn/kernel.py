@@ -23,7 +23,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from src.repvgg import RepVGG, invalidate_compiled_graphs
-from src.tools.files import atomic_path
+from src.tools.base.files import atomic_path
 
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
 FUNCTION = 'RepVGGOneDNNConv'

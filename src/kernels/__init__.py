@@ -1,1 +1,0 @@
-"""Native kernels that MindSpore runs as custom ops (see onednn.py)."""
