@@ -4,13 +4,12 @@
 
 The layout (official, timm, MindSpore), the form (train, deploy) and the container (.pth,
 .safetensors, .ckpt) are detected. .pth files are read without torch and without running any
-code they contain. See src/tools/convert.py.
+code they contain. See src/tools/conversion/ and docs/weights.md.
 """
 from src.repvgg import ARCH_NAMES
-from src.config import OneLineParser
-from src.tools.base.cli import user_entry_point
-from src.tools.conversion.convert import convert_file
+from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.device import set_device
+from src.tools.conversion.convert import convert_file
 
 
 def parse_args(argv=None):

@@ -1,17 +1,17 @@
-"""Evaluate a checkpoint (train or deploy form, re-parameterized first) or a MINDIR file.
+"""Evaluate a checkpoint (train or deploy form, re-parameterized first), a MINDIR or an ONNX file.
 
-python eval.py --config C --dataset_path VAL_FOLDER --pretrained CKPT_OR_MINDIR [--device_target CPU]
+python eval.py --config C --dataset_path VAL_FOLDER --pretrained MODEL [--device_target CPU]
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.base.device import set_device
+from src.tools.deployment.backends import load_predictor
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
-from src.tools.deployment.model_files import load_predictor
 
 
 @user_entry_point
 def main(argv=None):
-    config = parse_config(argv, description='Evaluate a RepVGG checkpoint or MINDIR file on a '
+    config = parse_config(argv, description='Evaluate a RepVGG checkpoint, MINDIR or ONNX file on a '
                                             'folder of class folders: Loss, Top1-Acc, Top5-Acc.')
     folder = validation_folder(config.dataset_path, config.data_url)
     set_device(config.device_target, config.device_id)

@@ -4,8 +4,8 @@ python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_ta
 """
 from pathlib import Path
 
-from src.config import OneLineParser, make_config
-from src.tools.base.cli import user_entry_point
+from src.config import make_config
+from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 from src.tools.deployment.model_files import load_onnx
 

@@ -1,18 +1,18 @@
-"""Predict the class of an image or of every image of a folder with a checkpoint or MINDIR file.
+"""Predict the class of an image or of every image of a folder with a checkpoint, MINDIR or ONNX file.
 
-python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained CKPT_OR_MINDIR --pred_output OUT.json
+python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained MODEL --pred_output OUT.json
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.base.device import set_device
-from src.tools.deployment.model_files import load_predictor
+from src.tools.deployment.backends import load_predictor
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
 @user_entry_point
 def main(argv=None):
     config = parse_config(argv, description='Predict classes of an image or a folder of images with a '
-                                            'RepVGG checkpoint or MINDIR file; writes {path: class} JSON.')
+                                            'RepVGG checkpoint, MINDIR or ONNX file; writes {path: class} JSON.')
     check_output_path(config.pred_output)
     inputs = list_inputs(config.dataset_path)
     set_device(config.device_target, config.device_id)

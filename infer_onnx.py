@@ -4,8 +4,7 @@ python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/-
 """
 from pathlib import Path
 
-from src.config import OneLineParser
-from src.tools.base.cli import user_entry_point
+from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.deployment.model_files import load_onnx
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 

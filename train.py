@@ -15,18 +15,18 @@ from src.dataset import get_dataset, mixup_active
 from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
-from src.tools.training.amp import cast_amp, loss_scale_cell
-from src.tools.checkpoints.saver import CheckpointSaver, restore_state
 from src.tools.base.cli import UserError, user_entry_point
-from src.tools.training.criterion import NetWithLoss, get_criterion
-from src.tools.demo_data import build_demo_data
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import remove_partial_files
+from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
+from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.demo_data import build_demo_data
+from src.tools.training.amp import cast_amp, loss_scale_cell
+from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
 from src.tools.training.run_folder import MetricsLog, new_run_folder, save_config
 from src.tools.training.schedulers import lr_schedule
-from src.tools.checkpoints.resume import check_continues, starting_point
 from src.tools.training.trainer import Trainer
 
 

@@ -10,8 +10,8 @@ Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
 """
 import sys
 
-from src.config import OneLineParser, parse_config
-from src.tools.base.cli import UserError, user_entry_point
+from src.config import parse_config
+from src.tools.base.cli import OneLineParser, UserError, user_entry_point
 
 
 def _extra_flags(argv):
@@ -31,7 +31,7 @@ def main(argv=None):
                           '--num_draws.', require_config=False)
     if config.data_url is None:
         raise UserError('pass --data_url with a folder holding train/ (and a --config)')
-    from src.augment.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
+    from src.tools.training.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
     output = draw_preprocessing(config, extra.output, extra.num_images, extra.num_draws)
     print(f'=> wrote {output}')
 

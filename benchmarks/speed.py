@@ -4,7 +4,7 @@
     python benchmarks/speed.py --archs RepVGG-A0 --batches 8 --threads 2
 
 Rows: MindSpore train form and deploy form (GRAPH mode), each with MindSpore's own Conv2D and
-with the oneDNN direct kernel of src/kernels (``+onednn``), ONNX Runtime on the exported
+with the oneDNN direct kernel of src/tools/deployment/onednn (``+onednn``), ONNX Runtime on the exported
 deploy ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
 ``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
 stack written here); then training images/s (forward, backward, momentum update). Each case runs
@@ -111,7 +111,7 @@ def plain_torch_stack(arch):
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
     ms_net = create_model(arch, deploy=True)
     layers = []
-    blocks = [ms_net.stage0] + [b for s in (ms_net.stage1, ms_net.stage2, ms_net.stage3, ms_net.stage4) for b in s]
+    blocks = ms_net.blocks()
     if any(block.use_se for block in blocks):
         raise ValueError('the plain stack has no SE; install timm for D2se')
     for block in blocks:
@@ -183,7 +183,7 @@ def onednn_breakdown(case, arch, batch, args):
 
 
 def child_env(threads, **extra):
-    """Environment of a child case: src/kernels' thread pool gets the same thread count as the
+    """Environment of a child case: the oneDNN kernel's thread pool gets the same thread count as the
     frameworks (0: each library's own default)."""
     env = dict(os.environ, **extra)
     if threads > 0:
@@ -334,7 +334,7 @@ STUDY = (  # (label, case, child keyword arguments); threads=0 means the library
     ('MindSpore deploy, one thread per core (the table\'s setting)', 'ms-deploy', {}),
     ('MindSpore deploy, jit_level O1', 'ms-deploy', dict(jit_level='O1')),
     ('MindSpore deploy, jit_level O2', 'ms-deploy', dict(jit_level='O2')),
-    ('MindSpore deploy, oneDNN blocked kernel (src/kernels)', 'ms-deploy+onednn', {}),
+    ('MindSpore deploy, oneDNN blocked kernel (src/tools/deployment/onednn)', 'ms-deploy+onednn', {}),
     ('MindSpore train form, MindSpore default threads (30)', 'ms-train', dict(threads=0)),
     ('MindSpore train form, one thread per core', 'ms-train', {}),
     ('ONNX Runtime, ORT_ENABLE_BASIC', 'onnxruntime', dict(ort_level='ORT_ENABLE_BASIC')),

@@ -1,8 +1,11 @@
 """The one configuration object: argparse defaults < YAML file < flags given on the command line.
 
-Every option is declared once in ``OPTIONS``; the command-line parser, the YAML validation and
-the types all come from that table. YAML keys are strict: an unknown key, a value of the wrong
-type or a value outside the allowed choices is a ``UserError`` naming the key and the fix.
+Every option is declared once in ``OPTIONS``; the command-line parser, the YAML validation, the
+types and the defaults all come from that table. The defaults of the reference's keys are the
+values of the reference's documented parameter block (``src/configs/RepVGG.yaml`` is that block;
+tests/test_config.py fails when the two drift), so a YAML that leaves a key out behaves as the
+reference does. YAML keys are strict: an unknown key, a value of the wrong type or a value outside
+the allowed choices is a ``UserError`` naming the key and the fix.
 """
 import argparse
 import difflib
@@ -12,7 +15,10 @@ from pathlib import Path
 import yaml
 
 from src.repvgg import ARCH_NAMES
-from src.tools.base.cli import UserError
+from src.tools.base.cli import OneLineParser, UserError
+
+# What runs a model file in eval.py / infer.py (src/tools/deployment/backends.py).
+BACKENDS = ('auto', 'mindspore', 'onednn', 'onnxruntime')
 
 
 # ----------------------------------------------------------------------------- value types
@@ -108,15 +114,17 @@ def _opt(name, type_, default, help_, **kwargs):
 OPTIONS = (
     # main
     _opt('config', to_path, None, 'YAML config file (see src/configs).', yaml=False),
-    _opt('train_url', to_path, Path('.'), 'Folder for training runs (one sub-folder per run).'),
+    _opt('train_url', to_path, Path('.'), "Folder for training runs (one sub-folder per run); '' is the "
+         'current folder.'),
     _opt('data_url', to_path, None, 'ImageNet-style data folder with train/ and val/.'),
     # continue training or model inference
-    _opt('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded).'),
-    _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
     _opt('exclude_epoch_state', to_flag, False, 'Ignore epoch/step/lr/optimizer state of pretrained.'),
+    _opt('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded); '
+         'eval/export/infer: the model file.'),
+    _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
     # checkpoints
-    _opt('keep_checkpoint_max', to_int, 10, 'Keep the N latest periodic checkpoints.'),
-    _opt('save_every', to_int, 5000, 'Steps between periodic checkpoints and loss log lines.'),
+    _opt('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).'),
+    _opt('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.'),
     _opt('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.'),
     # model
     _opt('arch', to_str, 'RepVGG-B0', 'Architecture name.', choices=ARCH_NAMES, aliases=('-a',)),
@@ -131,17 +139,18 @@ OPTIONS = (
     # optimizer and schedule
     _opt('optimizer', to_str, 'momentum', 'Optimizer.', choices=('momentum', 'adamw')),
     _opt('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.'),
-    _opt('warmup_lr', to_float, 5e-7, 'Learning rate at the start of warm-up.'),
+    _opt('warmup_lr', to_float, 7e-8, 'Learning rate at the start of warm-up.'),
     _opt('base_lr', to_float, 0.1, 'Learning rate after warm-up.'),
-    _opt('min_lr', to_float, 1e-7, 'Lower bound of the learning rate.'),
+    _opt('min_lr', to_float, 0.0, 'Lower bound of the learning rate.'),
     _opt('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.'),
     _opt('beta', to_float, [0.9, 0.999], 'AdamW betas.', nargs=2),
-    _opt('eps', to_float, 1e-8, 'AdamW epsilon.'),
     _opt('lr_scheduler', to_str, 'cosine_lr', 'Learning-rate schedule.',
          choices=('constant_lr', 'cosine_lr', 'multistep_lr', 'exp_lr')),
     _opt('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).'),
     _opt('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).'),
-    _opt('weight_decay', to_float, 0.05, 'Weight decay of conv and dense kernels.', aliases=('--wd',)),
+    _opt('weight_decay', to_float, 0.0001, 'Weight decay of conv and dense kernels (not BN, not biases).',
+         aliases=('--wd',)),
+    _opt('eps', to_float, 1e-8, 'AdamW epsilon.'),
     # train one step (loss scale, EMA)
     _opt('loss_scale', to_float, 1024.0, 'Fixed loss scale (dynamic scaling starts at 2^24; O0 uses 1).'),
     _opt('is_dynamic_loss_scale', to_flag, True, 'Adapt the loss scale to overflows.'),
@@ -151,17 +160,18 @@ OPTIONS = (
     _opt('amp_level', to_str, 'O0', 'Mixed-precision level (BN stays fp32).', choices=('O0', 'O1', 'O2', 'O3')),
     # hardware
     _opt('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
-    _opt('device_num', to_int, 1, 'Number of devices (distributed training).'),
+    _opt('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).'),
     _opt('device_id', to_int, 0, 'Device id (standalone runs).'),
     # data loading
     _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',)),
-    _opt('prefetch', to_int, 10, 'Prefetched batches per worker.'),
+    _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).'),
     _opt('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
-    _opt('use_data_sink', to_flag, False, 'Use data sink mode.'),
+    _opt('use_data_sink', to_flag, False, 'Accepted for the reference; batches are always fed from the host.'),
     # augmentation
     _opt('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
-    _opt('auto_augment', to_str, 'rand-m9-mstd0.5-inc1', 'Policy string for aug_type auto.', nullable=True),
-    _opt('interpolation', to_str, 'bilinear', 'Resize interpolation.', choices=('bilinear', 'bicubic')),
+    _opt('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),
+    _opt('interpolation', to_str, 'bilinear', 'Resize interpolation (random crop, resizes, policy ops).',
+         choices=('bilinear', 'bicubic')),
     _opt('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).'),
     _opt('re_mode', to_str, 'pixel', 'Random erasing fill.', choices=('pixel', 'rand', 'const')),
     _opt('re_count', to_int, 1, 'Random erasing regions per image.'),
@@ -173,7 +183,7 @@ OPTIONS = (
          choices=('batch', 'pair', 'elem')),
     _opt('label_smoothing', to_float, 0.0, 'Label smoothing.'),
     # other
-    _opt('brief', to_str, None, 'Suffix of the run folder name.'),
+    _opt('brief', to_str, 'epochs-120_bs-32x8_lr-0.1-0.0', 'Suffix of the run folder name.', nullable=True),
     _opt('seed', to_int, 0, 'Random seed.'),
     _opt('demo_data', to_flag, False, 'Build the scikit-learn digits demo set at data_url if it is missing.'),
     _opt('log_samples', to_flag, False, 'Debug: write a fingerprint of every training image per rank '
@@ -185,35 +195,18 @@ OPTIONS = (
     _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),
     _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
          yaml=False),
-    _opt('fast', to_flag, False, 'eval.py / infer.py with a .ckpt: run the re-parameterized network in '
-         'ONNX Runtime (exported on the fly, checked against MindSpore); on CPU about as fast as '
-         '--cpu_kernels onednn, with less memory.', yaml=False),
-    _opt('cpu_kernels', to_str, 'onednn', "eval.py / infer.py with a .ckpt on CPU: 'onednn' runs the deploy "
-         "network's convolutions through oneDNN's direct kernels (compiled on first use, checked against "
-         "MindSpore; about 2x faster); 'mindspore' uses MindSpore's own Conv2D.",
-         choices=('onednn', 'mindspore'), yaml=False),
+    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: a .ckpt through the '
+         "oneDNN kernel on CPU (MindSpore's convolutions where it cannot be built) and MindSpore on GPU, a "
+         '.mindir in MindSpore, an .onnx in ONNX Runtime; or force mindspore, onednn (CPU) or onnxruntime '
+         '(a .ckpt is exported on the fly).', choices=BACKENDS, yaml=False),
+    _opt('fast', to_flag, False, 'Older name: --fast 1 is --backend onnxruntime.', yaml=False),
+    _opt('cpu_kernels', to_str, None, 'Older name: --cpu_kernels onednn|mindspore is --backend onednn|mindspore.',
+         choices=('onednn', 'mindspore'), nullable=True, yaml=False),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 # ----------------------------------------------------------------------------- parsing
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting; also used
-    by the scripts with their own flags (eval_onnx.py, infer_onnx.py, convert.py)."""
-
-    def error(self, message):
-        if message.startswith('unrecognized arguments'):
-            flags = [flag for action in self._actions for flag in action.option_strings]
-            hints = []
-            for arg in message.split(':', 1)[1].split():
-                close = difflib.get_close_matches(arg.split('=')[0], flags, n=1, cutoff=0.6)
-                if arg.startswith('-') and close:
-                    hints.append(f'{arg} -> {close[0]}')
-            if hints:
-                message += f" (did you mean {', '.join(hints)}?)"
-        raise UserError(message)
-
-
 def nearest_key(name):
     close = difflib.get_close_matches(name, OPTION_BY_NAME, n=1, cutoff=0.5)
     return close[0] if close else None
@@ -229,12 +222,20 @@ def _argparse_type(option):
     return convert
 
 
+def _help_with_default(option):
+    if option.name == 'config':
+        return option.help
+    default = option.default
+    shown = "''" if isinstance(default, Path) and str(default) == '.' else default
+    return f'{option.help} (default: {shown})'.replace('%', '%%')
+
+
 def build_parser(description='RepVGG', suppress_defaults=False, require_config=True):
     """The command-line parser; with ``suppress_defaults`` only flags actually given appear."""
     parser = OneLineParser(description=description, allow_abbrev=False,
                      argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for option in OPTIONS:
-        kwargs = dict(dest=option.name, help=option.help, type=_argparse_type(option))
+        kwargs = dict(dest=option.name, help=_help_with_default(option), type=_argparse_type(option))
         if option.nargs:
             kwargs['nargs'] = option.nargs
         if not suppress_defaults:

@@ -7,10 +7,11 @@ MindSpore's names (gamma, beta, moving_mean, moving_variance). A network convert
 ``switch_net_to_deploy`` and one built with ``deploy=True`` have exactly the same names.
 """
 import difflib
-import time
 
 import numpy as np
 from mindspore import Tensor, nn, ops
+
+from src.tools.base.device import invalidate_compiled_graphs
 
 ARCH_NAMES = (
     'RepVGG-A0', 'RepVGG-A1', 'RepVGG-A2', 'RepVGG-B0', 'RepVGG-B1', 'RepVGG-B1g2', 'RepVGG-B1g4',
@@ -20,6 +21,7 @@ ARCH_NAMES = (
 _A_DEPTHS = (2, 4, 14, 1)
 _B_DEPTHS = (4, 6, 16, 1)
 _GROUPED_LAYERS = tuple(range(2, 27, 2))  # layers are numbered from 1 over stages 1-4
+_STAGE_BASE_WIDTHS = (64, 128, 256, 512)
 
 # arch -> (blocks per stage 1-4, width multipliers of stages 1-4, groups of grouped layers, SE)
 ARCH_SPECS = {
@@ -38,6 +40,18 @@ ARCH_SPECS = {
     'RepVGG-B3g4': (_B_DEPTHS, (3, 3, 3, 5), 4, False),
     'RepVGG-D2se': ((8, 14, 24, 1), (2.5, 2.5, 2.5, 5), 1, True),
 }
+
+
+# ----------------------------------------------------------------------------- layout rules
+def stage_widths(width_multiplier):
+    """Channels of stages 0-4: min(64, int(64a)), then int(64a), int(128a), int(256a), int(512b)."""
+    return (min(64, int(64 * width_multiplier[0])),) + tuple(
+        int(base * mult) for base, mult in zip(_STAGE_BASE_WIDTHS, width_multiplier))
+
+
+def block_names(depths):
+    """Parameter-name prefixes of every block in order: 'stage0', 'stage1.0', ..., 'stage4.0'."""
+    return ['stage0'] + [f'stage{stage}.{index}' for stage, count in enumerate(depths, 1) for index in range(count)]
 
 
 # ----------------------------------------------------------------------------- fusion math
@@ -156,6 +170,13 @@ class RepVGGBlock(nn.Cell):
             bias = bias + bias_id
         return kernel, bias
 
+    def install_fused_conv_relu(self, cell):
+        """Deploy form: ``cell`` computes ReLU(rbr_reparam(x)) from now on (see RepVGG.conv_relu_chain)."""
+        if not self.deploy or self.use_se:
+            raise ValueError('only a deploy-form block without SE is a conv followed by a ReLU')
+        self.rbr_reparam = cell
+        self.relu = nn.Identity()
+
     def switch_to_deploy(self):
         """Replace the branches by one 3x3 conv with bias, keeping the parameter-name prefix."""
         if self.deploy:
@@ -196,8 +217,8 @@ class RepVGG(nn.Cell):
         if not set(self.out_indices) <= {0, 1, 2, 3, 4}:
             raise ValueError(f'out_indices must be stage numbers 0-4, got {out_indices}')
 
-        widths = [min(64, int(64 * width_multiplier[0]))] + [
-            int(base * mult) for base, mult in zip((64, 128, 256, 512), width_multiplier)]
+        self.depths = tuple(num_blocks)
+        widths = stage_widths(width_multiplier)
         self.stage0 = RepVGGBlock(3, widths[0], stride=2, deploy=deploy, use_se=use_se)
         layer_index = 1
         stages = []
@@ -214,6 +235,23 @@ class RepVGG(nn.Cell):
         self.num_features = widths[4]
         if not features_only:
             self.linear = nn.Dense(widths[4], num_classes)
+
+    def blocks(self):
+        """Every RepVGGBlock in order, stage0 first (names: ``block_names(self.depths)``)."""
+        return [self.stage0] + [block for stage in (self.stage1, self.stage2, self.stage3, self.stage4)
+                                for block in stage]
+
+    def conv_relu_chain(self):
+        """The network as a plain chain for back-ends that fuse a conv with its ReLU, or None.
+
+        A deploy-form classifier without SE computes conv -> ReLU -> conv -> ... -> head. Returns
+        [(conv, install)] in order: ``install(cell)`` puts ``cell``, which must compute
+        ReLU(conv(x)), in the block's place. A back-end may then pass its own tensor layout from
+        one link to the next (src/tools/deployment/onednn) without knowing this class.
+        """
+        if not self.deploy or self.features_only or self.stage0.use_se:
+            return None
+        return [(block.rbr_reparam, block.install_fused_conv_relu) for block in self.blocks()]
 
     def forward_stages(self, x):
         """Outputs of stages 0-4."""
@@ -246,17 +284,8 @@ def switch_net_to_deploy(net):
     return net
 
 
-def invalidate_compiled_graphs(net):
-    # MindSpore caches GRAPH_MODE compilations per cell under a key built from the cell's
-    # creation time; after the structure changed in place, a cached graph would still run the
-    # old branches. A new stamp forces recompilation (there is no public API for this).
-    stamp = time.time_ns()
-    for _, cell in net.cells_and_names():
-        object.__setattr__(cell, '_create_time', stamp)
-
-
 # ----------------------------------------------------------------------------- registry
-def check_arch(arch):
+def check_arch_name(arch):
     """Raise a ValueError naming the closest known arch when ``arch`` is not one."""
     if arch not in ARCH_SPECS:
         close = difflib.get_close_matches(str(arch), ARCH_NAMES, n=1)
@@ -266,7 +295,7 @@ def check_arch(arch):
 
 def create_model(arch, num_classes=1000, deploy=False, **kwargs):
     """Build a registered RepVGG by name; ``kwargs`` go to ``RepVGG`` (e.g. features_only)."""
-    check_arch(arch)
+    check_arch_name(arch)
     depths, widths, groups, use_se = ARCH_SPECS[arch]
     groups_map = {layer: groups for layer in _GROUPED_LAYERS} if groups > 1 else None
     return RepVGG(depths, num_classes=num_classes, width_multiplier=widths, override_groups_map=groups_map,
@@ -286,7 +315,7 @@ func_dict = {arch: _constructor(arch) for arch in ARCH_NAMES}
 
 def get_RepVGG_func_by_name(arch):  # pylint: disable=invalid-name  (reference name)
     """The constructor of ``arch`` (taking ``num_classes=1000, deploy=False``)."""
-    check_arch(arch)
+    check_arch_name(arch)
     return func_dict[arch]
 
 
@@ -307,9 +336,7 @@ def count_macs(net, height, width):
     Train form counts the 3x3 and 1x1 convs (BN excluded); deploy form the single 3x3 conv.
     """
     macs = 0
-    blocks = [net.stage0] + [block for stage in (net.stage1, net.stage2, net.stage3, net.stage4)
-                             for block in stage]
-    for block in blocks:
+    for block in net.blocks():
         height = (height + 2 - 3) // block.stride + 1
         width = (width + 2 - 3) // block.stride + 1
         per_pixel = block.out_channels * block.in_channels // block.groups

@@ -1,4 +1,4 @@
-"""Shared test utilities (not fixtures): deterministic random BN statistics, relative error."""
+"""Shared test utilities (not fixtures): deterministic random BN statistics."""
 import numpy as np
 from mindspore import Tensor
 
@@ -20,9 +20,3 @@ def randomize_bn(net, seed=0):
             continue
         param.set_data(Tensor(value.astype(np.float32)))
     return net
-
-
-def relative_error(actual, expected):
-    """max |actual - expected| / max |expected|."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())

@@ -1,4 +1,4 @@
-"""src/tools/amp.py: which cells compute in float16 at each level; BN always float32."""
+"""src/tools/training/amp.py: which cells compute in float16 at each level; BN always float32."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -10,12 +10,6 @@ from src.repvgg import create_model
 from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.optimizer import get_optimizer
-
-
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
 
 
 def precision(cell):

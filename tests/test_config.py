@@ -4,11 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from src.config import OPTIONS, make_config, parse_config, read_yaml
 from src.tools.base.cli import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'src' / 'configs'
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'src' / 'configs'
+REFERENCE_BLOCK = ROOT / 'tests' / 'data' / 'reference_parameters.yaml'
 REFERENCE_KEYS = (
     'train_url data_url exclude_epoch_state pretrained continues keep_checkpoint_max save_every '
     'keep_best_checkpoints_max arch num_classes image_size deploy epochs batch_size start_epoch '
@@ -105,3 +108,41 @@ def test_command_line_error_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: config file {path}: unknown key 'epochz'; did you mean 'epochs'?"]
     assert 'Traceback' not in result.stderr
+
+
+def _resolved(config):
+    values = vars(config).copy()
+    values.pop('config', None)
+    return values
+
+
+def test_defaults_template_and_reference_block_are_one_configuration():
+    reference = yaml.safe_load(REFERENCE_BLOCK.read_text())
+    assert yaml.safe_load((CONFIGS / 'RepVGG.yaml').read_text()) == reference  # same keys, same values
+    assert list(yaml.safe_load((CONFIGS / 'RepVGG.yaml').read_text())) == list(reference)  # same order
+    defaults = _resolved(make_config())
+    assert _resolved(make_config(REFERENCE_BLOCK)) == defaults
+    assert _resolved(make_config(CONFIGS / 'RepVGG.yaml')) == defaults
+    for key, value in reference.items():  # and each default is the documented value, converted
+        option = next(option for option in OPTIONS if option.name == key)
+        assert defaults[key] == option.convert(value), key
+
+
+def test_a_yaml_with_one_key_gets_the_reference_values_for_the_rest(tmp_path):
+    config = make_config(write(tmp_path, 'arch: RepVGG-A0\n'))
+    reference = make_config(REFERENCE_BLOCK)
+    assert config.arch == 'RepVGG-A0'
+    assert {**_resolved(config), 'arch': reference.arch} == _resolved(reference)
+    assert (config.weight_decay, config.min_lr, config.warmup_lr, config.save_every, config.keep_checkpoint_max,
+            config.prefetch, config.auto_augment, config.device_num) == (1e-4, 0.0, 7e-8, 1000, 20, 15, None, 8)
+
+
+def test_help_lists_every_key_with_its_default():
+    result = subprocess.run([sys.executable, 'train.py', '--help'], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    text = ' '.join(result.stdout.split())
+    assert '--weight_decay WEIGHT_DECAY, --wd WEIGHT_DECAY' in text
+    assert 'Weight decay of conv and dense kernels (not BN, not biases). (default: 0.0001)' in text
+    assert "(default: epochs-120_bs-32x8_lr-0.1-0.0)" in text and "(default: '')" in text
+    for option in OPTIONS:
+        assert f'--{option.name}' in text, option.name

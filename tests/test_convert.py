@@ -1,4 +1,4 @@
-"""convert.py, src/tools/convert.py, src/tools/torch_pickle.py: official PyTorch and timm weights.
+"""convert.py, src/tools/conversion/: official PyTorch and timm weights.
 
 The PyTorch side is a small re-implementation of the official RepVGG (module names are what
 the converter relies on), written from the SPEC; its checkpoints are written with the real
@@ -23,13 +23,14 @@ import torch
 from safetensors.torch import save_file as save_safetensors
 
 from src.repvgg import ARCH_NAMES, ARCH_SPECS, RepVGG, create_model, switch_net_to_deploy
-from src.tools.checkpoints.format import load_weights
+from src.tools.checkpoints.format import load_weights, save_checkpoint
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.resume import starting_point
 from src.tools.conversion.convert import (check_input, convert_file, convert_tensors, detect_arch, read_source,
-                               resolve_arch, save_checkpoint_atomic, to_mindspore_names)
+                               resolve_arch, to_mindspore_names)
 from src.tools.conversion.torch_pickle import UnsafeCheckpointError, read_pth, read_safetensors
-from tests.helpers import randomize_bn, relative_error
+from src.tools.base.numerics import relative_difference
+from tests.helpers import randomize_bn
 from benchmarks.torch_repvgg import TorchRepVGG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +38,7 @@ ARCH, CLASSES = 'RepVGG-A0', 10
 BN_LEAVES = {'weight': 'gamma', 'bias': 'beta', 'running_mean': 'moving_mean', 'running_var': 'moving_variance'}
 
 
-@pytest.fixture(autouse=True)
-def _pynative_cpu():
-    mode = ms.get_context('mode')
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    ms.set_device('CPU')
-    yield
-    ms.set_context(mode=mode)
+pytestmark = pytest.mark.usefixtures('pynative')  # one forward pass per check: no graph compilation
 
 
 def randomized_torch_model(depths, multipliers, groups=1, use_se=False, num_classes=CLASSES, seed=0):
@@ -150,7 +145,7 @@ def test_convert_matches_pytorch(a0, tmp_path, layout, suffix, form, wrapper):
         else:  # fused here: every fused tensor close to the PyTorch-side float64 fusion
             for name, value in a0['deploy'].items():
                 expected = value.double().numpy()
-                assert relative_error(written[name], expected) < 1e-6, name
+                assert relative_difference(written[name], expected) < 1e-6, name
             assert report.conversion.relative_error < 1e-5
             assert any('train vs deploy logits relative error' in line for line in report.lines())
         # the written file alone, in a fresh network, gives PyTorch's logits
@@ -158,7 +153,7 @@ def test_convert_matches_pytorch(a0, tmp_path, layout, suffix, form, wrapper):
         load_weights(net, out)
         net.set_train(False)
         logits = net(ms.Tensor(a0['images'])).asnumpy()
-        assert relative_error(logits, a0['logits']) < 1e-5
+        assert relative_difference(logits, a0['logits']) < 1e-5
         assert report.reload_diff == 0.0
         note = any(line.startswith('note: the source is in deploy form') for line in report.lines())
         assert note == (form == 'deploy' and not deploy)
@@ -195,9 +190,9 @@ def test_se_and_grouped_blocks(tmp_path, layout):
     images = check_input(seed=3, image_size=32)
     conversion = convert_tensors(tensors, build, 'train', deploy=True, images=images)
     assert conversion.relative_error < 1e-5
-    assert relative_error(conversion.logits, torch_logits(model, images)) < 1e-5
+    assert relative_difference(conversion.logits, torch_logits(model, images)) < 1e-5
     for name, value in model.deploy_state_dict().items():
-        assert relative_error(conversion.params[name], value.numpy()) < 1e-6, name
+        assert relative_difference(conversion.params[name], value.numpy()) < 1e-6, name
 
 
 def test_mindspore_training_checkpoint_to_deploy(tmp_path):
@@ -315,9 +310,9 @@ def test_output_appears_only_after_its_check_passed(tmp_path):
         raise UserError('check failed')
 
     with pytest.raises(UserError, match='check failed'):
-        save_checkpoint_atomic(params, out, verify=failing_check)
+        save_checkpoint(params, out, verify=failing_check)
     assert list(tmp_path.iterdir()) == []
-    assert save_checkpoint_atomic(params, out, verify=lambda written: 'checked') == 'checked'
+    assert save_checkpoint(params, out, verify=lambda written: 'checked') == 'checked'
     assert [p.name for p in tmp_path.iterdir()] == ['out.ckpt']
     np.testing.assert_array_equal(read_ckpt(out)['linear.weight'], params['linear.weight'])
 
@@ -419,7 +414,7 @@ def test_script_converts_pth_without_torch(a0, tmp_path):
     net = create_model(ARCH, num_classes=CLASSES, deploy=True)
     load_weights(net, out)
     net.set_train(False)
-    assert relative_error(net(ms.Tensor(a0['images'])).asnumpy(), a0['logits']) < 1e-5
+    assert relative_difference(net(ms.Tensor(a0['images'])).asnumpy(), a0['logits']) < 1e-5
 
 
 def test_script_refuses_a_malicious_pickle_in_one_line(tmp_path):

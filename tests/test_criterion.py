@@ -1,16 +1,10 @@
-"""src/tools/criterion.py: losses and eval metrics against numpy."""
+"""src/tools/training/criterion.py: losses and eval metrics against numpy."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
 from src.tools.training.criterion import CrossEntropy, NetWithLoss, get_criterion
-
-
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
 
 
 def numpy_ce(logits, targets):

@@ -13,12 +13,6 @@ from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.optimizer import get_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
-
-
 def small_net():
     ms.set_seed(1)
     return nn.SequentialCell([nn.Dense(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dense(4, 3)])

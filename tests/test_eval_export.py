@@ -1,5 +1,5 @@
-"""eval.py, export.py, eval_onnx.py, infer.py, infer_onnx.py and src/tools/{inference,evaluation,
-prediction,export_model}.py: a checkpoint, its MINDIR and its ONNX export give the same results.
+"""eval.py, export.py, eval_onnx.py, infer.py, infer_onnx.py and src/tools/deployment/: a checkpoint,
+its MINDIR and its ONNX export give the same results, whatever runs them.
 
 The "small trained model" is RepVGG-A0 with 10 classes whose BN statistics and affine parameters
 are randomised (so predictions vary from image to image); the data set is 10 class folders of
@@ -27,10 +27,11 @@ from src.dataset import preprocess_image
 from src.tools.deployment.onednn import kernel as onednn
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
-from src.tools.deployment.evaluation import ClassificationMetrics
+from src.tools.deployment.evaluation import ClassificationMetrics, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
-from tests.helpers import randomize_bn, relative_error
+from src.tools.base.numerics import relative_difference
+from tests.helpers import randomize_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, NUM_CLASSES, SIZE = 'RepVGG-A0', 10, 32
@@ -165,21 +166,24 @@ def images(work):
 def test_metrics_by_hand():
     logits = np.array([[5, 1, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [2, 2, 2, 2, 2, 2]], float)
     labels = np.array([0, 0, 1, 3])  # rank 0 (top-1), rank 5 (outside top-5), rank 4, a tie (rank 0)
-    metrics = ClassificationMetrics(6)
-    metrics.update(logits[:2], labels[:2])
-    metrics.update(logits[2:], labels[2:])
-    result = metrics.result()
+    batches = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
+    result = reference_results(score(lambda images: images, batches, 6))
     expected_loss = np.mean([np.log(np.exp(row).sum()) - row[label] for row, label in zip(logits, labels)])
     assert result['Top1-Acc'] == 2 / 4 and result['Top5-Acc'] == 3 / 4
     assert abs(result['Loss'] - expected_loss) < 1e-12
     # the sums that training adds over ranks
-    assert (metrics.top1, metrics.topk, metrics.count) == (2, 3, 4)
-    assert abs(metrics.loss_sum - 4 * expected_loss) < 1e-12
-    three = ClassificationMetrics(3)  # fewer than 5 classes: top-k is top-3, always right
-    three.update(np.array([[0.0, 1.0, 2.0]]), np.array([0]))
-    assert three.result(with_loss=False) == {'Top1-Acc': 0.0, 'Top5-Acc': 1.0}
+    metrics = ClassificationMetrics(6)
+    for batch_logits, batch_labels in batches:
+        metrics.update(batch_logits, batch_labels)
+    assert metrics.sums()[1:] == [2, 3, 4] and abs(metrics.sums()[0] - 4 * expected_loss) < 1e-12
+    twice = score(lambda images: images, batches, 6, reduce=lambda sums: 2 * np.asarray(sums))
+    assert twice['count'] == 8 and twice['top1'] == result['Top1-Acc']
+    three = score(lambda images: images, [(np.array([[0.0, 1.0, 2.0]]), np.array([0]))], 3)
+    assert reference_results(three, with_loss=False) == {'Top1-Acc': 0.0, 'Top5-Acc': 1.0}  # top-5 is top-3
     with pytest.raises(UserError, match='outside the 6 classes'):
         ClassificationMetrics(6).update(np.zeros((1, 6)), np.array([6]))
+    with pytest.raises(UserError, match='no images were evaluated'):
+        score(lambda images: images, [], 6)
 
 
 def test_predictor_chunks_pads_and_drops_padding():
@@ -243,14 +247,14 @@ def test_exported_files_match_the_network_for_any_batch(work, exported):
     for predictor in (load_onnx(exported['onnx'], 'CPU', batch_size=5), load_mindir(exported['mindir'], 5)):
         assert predictor.static_batch is None and predictor.num_classes == NUM_CLASSES
         for count in (5, 3, 1):
-            assert relative_error(predictor(images[:count]), expected[:count]) < 1e-4
+            assert relative_difference(predictor(images[:count]), expected[:count]) < 1e-4
 
 
 def test_export_ema_weights(work, exported):
     images = np.random.default_rng(4).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     ema_logits = load_onnx(exported['ema_onnx'], 'CPU', 2)(images)
-    assert relative_error(ema_logits, work['ema_net'](Tensor(images)).asnumpy()) < 1e-4
-    assert relative_error(ema_logits, work['net'](Tensor(images)).asnumpy()) > 1e-2
+    assert relative_difference(ema_logits, work['ema_net'](Tensor(images)).asnumpy()) < 1e-4
+    assert relative_difference(ema_logits, work['net'](Tensor(images)).asnumpy()) > 1e-2
 
 
 def test_air_and_bad_checkpoints_are_refused(work, capsys):
@@ -282,34 +286,50 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
     batch, labels = images
     expected = work['net'](Tensor(batch)).asnumpy()
     assert len(set(expected.argmax(axis=1))) > 1  # predictions vary across images
-    metrics = ClassificationMetrics(NUM_CLASSES)
-    metrics.update(expected, labels)
-    reference = metrics.result()
+    reference = reference_results(score(lambda images: expected, [(batch, labels)], NUM_CLASSES))
 
     results = {}
-    for name, model, fast, kernels in (
-            ('train ckpt', paths['train'], 0, 'onednn'), ('deploy ckpt', paths['deploy'], 0, 'onednn'),
-            ('deploy ckpt, MindSpore kernels', paths['deploy'], 0, 'mindspore'),
-            ('mindir', exported['mindir'], 0, 'onednn'), ('train ckpt --fast', paths['train'], 1, 'onednn')):
+    for name, model, flags, runs_in in (
+            ('train ckpt', paths['train'], [], 'onednn'),
+            ('deploy ckpt', paths['deploy'], [], 'onednn'),
+            ('deploy ckpt, --backend mindspore', paths['deploy'], ['--backend', 'mindspore'], 'mindspore'),
+            ('deploy ckpt, --cpu_kernels mindspore (older name)', paths['deploy'], ['--cpu_kernels', 'mindspore'],
+             'mindspore'),
+            ('train ckpt, --backend onnxruntime', paths['train'], ['--backend', 'onnxruntime'], 'onnxruntime'),
+            ('train ckpt, --fast 1 (older name)', paths['train'], ['--fast', 1], 'onnxruntime'),
+            ('mindir', exported['mindir'], [], 'mindspore'),
+            ('onnx', exported['onnx'], [], 'onnxruntime')):
         status, out, err = run_main(capsys, 'eval.py', '--config', paths['config'], '--dataset_path',
-                                    paths['val'], '--pretrained', model, '--fast', fast, '--cpu_kernels', kernels)
+                                    paths['val'], '--pretrained', model, *flags)
         assert status == 0, err
-        assert ('run by ONNX Runtime' in out) == bool(fast)
-        assert ('convolutions by oneDNN' in out) == (kernels == 'onednn' and name.startswith(('train', 'deploy'))
-                                                      and not fast and onednn_available()), name
+        assert ('run by ONNX Runtime' in out) == (runs_in == 'onnxruntime' and name != 'onnx'), name
+        assert ('convolutions by oneDNN' in out) == (runs_in == 'onednn' and onednn_available()), name
         assert out.rstrip().endswith('=> eval success')
         results[name] = eval_results(out)
     status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
                                 SIZE, '-m', 'CPU', '--prefetch', 2, '-b', 8, '-j', 1)
     assert status == 0, err
-    results['onnx'] = eval_results(out)
-    assert set(results['onnx']) == {'Top1-Acc', 'Top5-Acc'}
+    results['eval_onnx.py'] = eval_results(out)
+    assert set(results['eval_onnx.py']) == {'Top1-Acc', 'Top5-Acc'}
     for name, result in results.items():
         assert result['Top1-Acc'] == reference['Top1-Acc'], name
         assert result['Top5-Acc'] == reference['Top5-Acc'], name
         if 'Loss' in result:
             assert abs(result['Loss'] - reference['Loss']) <= 1e-4 * reference['Loss'], name
     assert 0 < reference['Top5-Acc'] < 1  # the check is not about a trivial case
+
+
+@pytest.mark.parametrize('model, flags, message', [
+    ('train', ['--fast', '1', '--cpu_kernels', 'mindspore'], '--fast 1 and --cpu_kernels mindspore ask for different'),
+    ('train', ['--backend', 'onednn', '--fast', '1'], '--backend onednn and --fast 1 ask for different'),
+    ('mindir', ['--backend', 'onednn'], 'a .mindir file runs only in mindspore'),
+    ('onnx', ['--backend', 'mindspore'], 'a .onnx file runs only in onnxruntime'),
+])
+def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, model, flags, message):
+    path = {**work['paths'], **exported}[model]
+    status, _, err = run_main(capsys, 'eval.py', '--config', work['paths']['config'], '--dataset_path',
+                              work['paths']['val'], '--pretrained', path, *flags)
+    assert_one_line_error(status, err, message)
 
 
 def onednn_available():
@@ -330,7 +350,7 @@ def test_eval_without_a_compiler_falls_back_to_mindspore_kernels(work, capsys, m
     assert status == 0, err
     assert 'note: the oneDNN kernel is not available (no C++ compiler' in out
     assert 'convolutions by oneDNN' not in out
-    status, reference, err = run_main(capsys, 'eval.py', *argv, '--cpu_kernels', 'mindspore')
+    status, reference, err = run_main(capsys, 'eval.py', *argv, '--backend', 'mindspore')
     assert status == 0, err
     assert 'oneDNN' not in reference
     assert eval_results(out) == eval_results(reference)
@@ -340,7 +360,7 @@ def test_logits_agree_across_formats(work, exported, images):
     batch, _ = images
     expected = work['net'](Tensor(batch)).asnumpy()
     for predictor in (load_onnx(exported['onnx'], 'CPU', 8), load_mindir(exported['mindir'], 8)):
-        assert relative_error(predictor(batch), expected) < 1e-4
+        assert relative_difference(predictor(batch), expected) < 1e-4
 
 
 def test_eval_refuses_bad_input(work, exported, capsys):
@@ -357,7 +377,8 @@ def test_eval_refuses_bad_input(work, exported, capsys):
         ([*base, '--dataset_path', paths['val']], ('--pretrained', 'random')),
         ([*base, '--dataset_path', paths['val'], '--pretrained', paths['root'] / 'gone.ckpt'], ('does not exist',)),
         ([*base, '--dataset_path', paths['val'], '--pretrained', bad_mindir], ('not a MINDIR',)),
-        ([*base, '--dataset_path', paths['val'], '--pretrained', exported['onnx']], ('eval_onnx.py',)),
+        ([*base, '--dataset_path', paths['val'], '--pretrained', paths['root'] / 'weights.pth'],
+         ('expected a .ckpt, .mindir, .onnx file',)),
         ([*base, '--dataset_path', paths['root'] / 'nowhere', '--pretrained', paths['train']], ('nowhere',)),
         ([*base, '--dataset_path', empty, '--pretrained', paths['train']], ('empty_val',)),
         ([*base, '--dataset_path', three_classes, '--pretrained', exported['mindir']],

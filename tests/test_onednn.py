@@ -1,4 +1,4 @@
-"""src/kernels/onednn.py: the oneDNN convolution kernel against MindSpore's own Conv2D."""
+"""src/tools/deployment/onednn/kernel.py: the oneDNN convolution kernel against MindSpore's own Conv2D."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ from src.tools.deployment.onednn import kernel as onednn
 from src.tools.deployment.onednn.kernel import (OneDNNConv2d, OneDNNCheckFailed, OneDNNUnavailable, build_kernel,
                                 use_onednn_convs, use_onednn_convs_checked)
 from src.repvgg import RepVGG, create_model, switch_net_to_deploy
-from tests.helpers import randomize_bn, relative_error
+from src.tools.base.numerics import relative_difference
+from tests.helpers import randomize_bn
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -63,7 +64,7 @@ def test_conv_matches_mindspore(in_channels, out_channels, kernel, stride, group
     if y_nhwc:
         out = out.transpose(0, 3, 1, 2)
     assert out.shape == expected.shape
-    assert relative_error(out, expected) < 1e-5
+    assert relative_difference(out, expected) < 1e-5
     if relu:
         assert (out >= 0).all() and (out == 0).mean() > 0.2  # the fused ReLU cut the negatives
 
@@ -75,7 +76,7 @@ def test_same_shapes_different_weights_stay_apart():
     fast = [OneDNNConv2d(conv) for conv in convs]
     for _ in range(2):
         for conv, layer in zip(convs, fast):
-            assert relative_error(layer(x).asnumpy(), conv(x).asnumpy()) < 1e-5
+            assert relative_difference(layer(x).asnumpy(), conv(x).asnumpy()) < 1e-5
 
 
 def tiny_repvgg(deploy, use_se=False, features_only=False, groups=None):
@@ -107,7 +108,7 @@ def test_network_matches_and_keeps_its_parameters(name, build):
     out = [t.asnumpy() for t in (out if isinstance(out, tuple) else (out,))]
     assert [o.shape for o in out] == [e.shape for e in expected]
     for o, e in zip(out, expected):
-        assert relative_error(o, e) < 1e-5, name
+        assert relative_difference(o, e) < 1e-5, name
     fused = [cell for _, cell in net.cells_and_names() if isinstance(cell, OneDNNConv2d) and cell.relu]
     assert len(fused) == (6 if name.startswith('deploy') and name not in ('deploy SE', 'deploy backbone') else 0)
 

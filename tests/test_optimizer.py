@@ -1,4 +1,4 @@
-"""src/tools/optimizer.py: weight decay on conv and dense kernels only, per-step learning rates."""
+"""src/tools/training/optimizer.py: weight decay on conv and dense kernels only, per-step learning rates."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -7,12 +7,6 @@ from mindspore import Tensor
 from src.config import make_config
 from src.repvgg import create_model
 from src.tools.training.optimizer import param_groups, get_optimizer
-
-
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
 
 
 @pytest.mark.parametrize('deploy', [False, True])

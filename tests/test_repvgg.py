@@ -12,7 +12,8 @@ from src.repvgg import (ARCH_NAMES, ARCH_SPECS, RepVGGBlock, count_macs, count_p
                         pad_1x1_to_3x3, switch_net_to_deploy)
 from src.config import make_config
 from src.tools.checkpoints.format import load_weights
-from tests.helpers import randomize_bn, relative_error
+from src.tools.base.numerics import relative_difference
+from tests.helpers import randomize_bn
 
 # SPEC section 1: trainable parameters at 1000 classes, (train form, deploy form).
 SPEC_COUNTS = {
@@ -25,11 +26,6 @@ SPEC_COUNTS = {
     'RepVGG-D2se': (133_334_836, 120_387_572),
 }
 GROUPED = ('RepVGG-B1g2', 'RepVGG-B1g4', 'RepVGG-B2g2', 'RepVGG-B2g4', 'RepVGG-B3g2', 'RepVGG-B3g4')
-
-
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_device('CPU')
 
 
 def count_from_rules(depths, widths, groups, use_se, num_classes=1000):
@@ -146,7 +142,7 @@ def test_stride2_block_pads_symmetrically_like_pytorch():
     expected = np.maximum(expected, 0)
     actual = block(Tensor(x)).asnumpy()
     assert actual.shape == (1, 6, 4, 4)
-    assert relative_error(actual, expected) < 1e-6
+    assert relative_difference(actual, expected) < 1e-6
 
 
 @pytest.mark.parametrize('arch', GROUPED)
@@ -163,7 +159,7 @@ def test_grouped_blocks_convert_exactly(arch):
         before = block(x).asnumpy()
         block.switch_to_deploy()
         after = block(x).asnumpy()
-        assert relative_error(after, before) < 1e-5, (arch, block.rbr_reparam.weight.name)
+        assert relative_difference(after, before) < 1e-5, (arch, block.rbr_reparam.weight.name)
         grouped += block.groups > 1
     assert grouped == 13
 
@@ -193,7 +189,7 @@ def test_conversion_is_exact_in_both_modes(arch, tmp_path):
         for candidate in (net, deploy):
             for got, want in zip(_logits(candidate, inputs, mode), reference[mode]):
                 assert np.abs(want).max() > 1e-3
-                assert relative_error(got, want) <= 1e-5, (arch, mode)
+                assert relative_difference(got, want) <= 1e-5, (arch, mode)
 
 
 def test_deploy_parameter_names_match_conversion():
@@ -217,7 +213,7 @@ def test_features_only_backbone_survives_conversion(mode):
     assert [f.shape for f in before] == [(1, 48, 32, 48), (1, 96, 8, 12), (1, 1280, 2, 3)]
     after = [f.asnumpy() for f in switch_net_to_deploy(net)(x)]
     for got, want in zip(after, before):
-        assert relative_error(got, want) <= 1e-5
+        assert relative_difference(got, want) <= 1e-5
 
 
 def test_registry_names_and_errors():

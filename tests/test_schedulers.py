@@ -1,4 +1,4 @@
-"""src/tools/schedulers.py: every schedule against its formula (SPEC section 4) at several steps."""
+"""src/tools/training/schedulers.py: every schedule against its formula (SPEC section 4) at several steps."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Training checkpoints (src/tools/checkpoint_saver.py, start.py, run_folder.py): atomic writes,
+"""Training checkpoints (src/tools/checkpoints/, src/tools/training/run_folder.py): atomic writes,
 names and retention (last N, best N), resume positions, restored state, pretrained weights."""
 import os
 
@@ -11,26 +11,19 @@ from src.config import make_config
 from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import create_model
-from src.tools import checkpoint_saver
-from src.tools.training.amp import loss_scale_cell
-from src.tools.checkpoints.format import load_weights
-from src.tools.checkpoints.saver import (CheckpointSaver, restore_state, save_atomic,
-                                        start_position, train_state)
 from src.tools.base.cli import UserError
+from src.tools.base.files import remove_partial_files
+from src.tools.checkpoints import format as checkpoint_format
+from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
+from src.tools.checkpoints.resume import check_continues, restore_state, start_position, starting_point
+from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.training.amp import loss_scale_cell
 from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.distributed import Ranks
-from src.tools.base.files import remove_partial_files
 from src.tools.training.optimizer import get_optimizer
 from src.tools.training.run_folder import MetricsLog, new_run_folder, run_folder_name
-from src.tools.checkpoints.resume import check_continues, starting_point
 
 ARCH = 'RepVGG-A0'
-
-
-@pytest.fixture(autouse=True)
-def _cpu():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
 
 
 def train_cell(num_classes=10, with_ema=True, seed=0):
@@ -48,23 +41,23 @@ def tiny_entries(value=1.0):
 
 # ----------------------------------------------------------------------------- atomic writes
 def test_save_atomic_writes_a_loadable_file_and_no_temporaries(tmp_path):
-    path = save_atomic(tiny_entries(2.0), tmp_path / 'a.ckpt', {'epoch_num': 3})
+    path = save_checkpoint(tiny_entries(2.0), tmp_path / 'a.ckpt', {'epoch_num': 3})
     loaded = ms.load_checkpoint(str(path))
     assert loaded['linear.bias'].asnumpy().tolist() == [2.0] * 3 and int(loaded['epoch_num'].asnumpy()) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.ckpt']
 
 
 def test_a_write_killed_midway_leaves_the_old_checkpoint_and_nothing_else(tmp_path, monkeypatch):
-    target = save_atomic(tiny_entries(1.0), tmp_path / 'a.ckpt')
+    target = save_checkpoint(tiny_entries(1.0), tmp_path / 'a.ckpt')
 
     def dies_while_writing(entries, name, **_):
         with open(name, 'wb') as handle:  # half a file, then the process "dies"
             handle.write(b'\x00' * 10)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_saver.ms, 'save_checkpoint', dies_while_writing)
+    monkeypatch.setattr(checkpoint_format.ms, 'save_checkpoint', dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        save_atomic(tiny_entries(5.0), target)
+        save_checkpoint(tiny_entries(5.0), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.ckpt']
     assert ms.load_checkpoint(str(target))['linear.bias'].asnumpy().tolist() == [1.0] * 3
 
@@ -131,7 +124,7 @@ def test_train_state_round_trips_weights_optimizer_ema_and_loss_scale(tmp_path):
         param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
     cell.scale_sense.set_data(Tensor(128.0, ms.float32))
     entries, append = train_state(cell, 2, 7, 10, ARCH, 10)
-    path = save_atomic(entries, tmp_path / 'state.ckpt', append)
+    path = save_checkpoint(entries, tmp_path / 'state.ckpt', append)
     saved = ms.load_checkpoint(str(path))
     assert 'learning_rate' not in saved and saved['arch'] == ARCH
     assert any(name.startswith('moments.') for name in saved) and any(name.startswith('ema.') for name in saved)
@@ -155,7 +148,7 @@ def start_args(tmp_path, **overrides):
 def saved_state(tmp_path, num_classes, epoch_num=3, step_num=4, arch=ARCH, name='pre.ckpt'):
     _, _, _, cell = train_cell(num_classes=num_classes, seed=3)
     entries, append = train_state(cell, epoch_num, step_num, 10, arch, num_classes)
-    return save_atomic(entries, tmp_path / name, append), cell
+    return save_checkpoint(entries, tmp_path / name, append), cell
 
 
 def test_pretrained_with_another_class_count_drops_the_head_and_the_epoch_state(tmp_path):

@@ -1,20 +1,71 @@
-"""Reading checkpoints strictly: every network tensor must come from the file, with its shape.
+"""The checkpoint format: what a checkpoint holds, how it is written, and how it is read strictly.
 
-A checkpoint may hold more than the network (optimizer moments, step counters, EMA copies);
-only the entries under the network's own top-level names (stage0..stage4, linear) count as
-network tensors, so nothing the network needs or the file offers as weights is silently ignored.
+What a checkpoint of this project holds (eval.py, export.py, convert.py and resume rely on it;
+docs/training.md shows it from a user's side):
+- the network's tensors under their own names (``stage0.*`` ... ``stage4.*``, ``linear.*``), as
+  ``mindspore.save_checkpoint`` names them for the network: ``load_weights(net, path)`` loads them;
+- with ``with_ema``, the EMA copies of all of them under ``ema.<name>``:
+  ``load_weights(net, path, prefix='ema.')`` loads those;
+- optimizer and loss-scale state under MindSpore's own names, none of which is a network root:
+  ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
+  ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
+- the position (``POSITION_KEYS``): ``epoch_num`` (1-based epoch of the last step taken),
+  ``step_num`` (steps of that epoch taken), ``steps_per_epoch``; and ``arch`` (str) and
+  ``num_classes``.
+
+A checkpoint may hold more than the network, so only the entries under the network's own top-level
+names count as network tensors when reading: nothing the network needs or the file offers as
+weights is silently ignored. Files are written under a hidden temporary name and renamed into
+place (src/tools/base/files.py), so a process killed at any moment leaves only complete files.
 """
 from pathlib import Path
 
 import mindspore as ms
 
 from src.tools.base.cli import UserError
+from src.tools.base.files import atomic_path
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
+EMA_PREFIX = 'ema.'
+POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
+# Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
+NOT_SAVED = ('learning_rate',)
 
 
+# ----------------------------------------------------------------------------- writing
+def save_checkpoint(entries, path, append_dict=None, verify=None):
+    """``mindspore.save_checkpoint`` of ``entries`` to ``path``, all or nothing.
+
+    ``entries`` is a list of {'name', 'data'} or a {name: array} dict. The file is written under a
+    hidden temporary name beside ``path``, checked with ``verify(temporary_path)`` when given, and
+    only then renamed onto ``path``; a crash or a failed check leaves ``path`` as it was. (MindSpore's
+    writer renames its own temporary file too, but only as an undocumented detail and after deleting
+    an existing file of the same name.) Returns what ``verify`` returned, else the path.
+    """
+    path = Path(path)
+    if path.suffix != '.ckpt':
+        raise UserError(f'checkpoint {path} must end with .ckpt')
+    if isinstance(entries, dict):
+        entries = [{'name': name, 'data': ms.Tensor(value)} for name, value in entries.items()]
+    with atomic_path(path, '.ckpt') as temporary:
+        ms.save_checkpoint(entries, str(temporary), append_dict=append_dict)
+        result = verify(temporary) if verify is not None else path
+    return result
+
+
+def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes):
+    """(entries, append_dict) for ``save_checkpoint``: every parameter of the train cell (network,
+    optimizer, loss scale, EMA) except the per-step learning rates, plus the position."""
+    entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
+               if param.name not in NOT_SAVED]
+    append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
+              'arch': arch, 'num_classes': int(num_classes)}
+    return entries, append
+
+
+# ----------------------------------------------------------------------------- reading
 def read_checkpoint(path):
-    """The checkpoint at ``path`` as {name: Parameter}; a UserError if it cannot be read."""
+    """The checkpoint at ``path`` as {name: Parameter or value}; a UserError if it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'checkpoint {path} does not exist')
@@ -26,6 +77,25 @@ def read_checkpoint(path):
     except (ValueError, RuntimeError, TypeError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f'checkpoint {path} cannot be read (corrupt or not a checkpoint): {first_line}') from None
+
+
+def integer(value):
+    """A position entry (stored by MindSpore as a Parameter or a plain int) as an int."""
+    return int(value.asnumpy()) if hasattr(value, 'asnumpy') else int(value)
+
+
+def check_recorded_arch(checkpoint, arch, source):
+    """UserError when the checkpoint records that it was trained as another arch than ``arch``."""
+    saved = checkpoint.get('arch')
+    if isinstance(saved, str) and saved != arch:
+        raise UserError(f'{source} was trained as {saved}, the config asks for {arch}: '
+                        f'set arch: {saved}, or use a checkpoint of {arch}')
+
+
+def is_deploy_form(checkpoint, prefix=''):
+    """True when the network tensors (under ``prefix``) are re-parameterized blocks (rbr_reparam)."""
+    return any('rbr_reparam' in name[len(prefix):] for name in checkpoint
+               if name.startswith(prefix) and name[len(prefix):].startswith('stage'))
 
 
 def _network_entries(net, checkpoint, prefix):
@@ -41,10 +111,6 @@ def _network_entries(net, checkpoint, prefix):
     return entries
 
 
-def _shape_of(value):
-    return tuple(value.shape)
-
-
 def _names(names, limit=6):
     names = sorted(names)
     shown = ', '.join(names[:limit])
@@ -52,7 +118,7 @@ def _names(names, limit=6):
 
 
 def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, source='checkpoint'):
-    """The {name: value} to load into ``net``, or a UserError saying what does not match.
+    """({name: value} to load into ``net``, names dropped), or a UserError saying what does not match.
 
     With ``drop_head_on_mismatch`` a classifier of another class count is left out (transfer
     learning); the caller is told through the returned ``dropped`` list.
@@ -63,7 +129,7 @@ def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, so
         raise UserError(f'{source} holds no tensors of this network{" under " + prefix if prefix else ""}; '
                         f'is it a RepVGG checkpoint of this project (or converted with convert.py)?')
     dropped = []
-    head = {name: _shape_of(entries[name]) for name in HEAD_NAMES if name in entries and name in expected}
+    head = {name: tuple(entries[name].shape) for name in HEAD_NAMES if name in entries and name in expected}
     if any(shape != expected[name] for name, shape in head.items()):
         ckpt_classes, net_classes = head.get('linear.bias', head.get('linear.weight'))[0], expected['linear.bias'][0]
         if not drop_head_on_mismatch:
@@ -88,8 +154,8 @@ def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, so
             details.append(f'not in the network: {_names(unexpected)}')
         raise UserError(f'{source} does not match the network ({"; ".join(details)}); '
                         f'check arch and deploy.{form_hint}')
-    wrong_shape = [f'{name} {_shape_of(value)} vs {expected[name]}' for name, value in entries.items()
-                   if _shape_of(value) != expected[name]]
+    wrong_shape = [f'{name} {tuple(value.shape)} vs {expected[name]}' for name, value in entries.items()
+                   if tuple(value.shape) != expected[name]]
     if wrong_shape:
         raise UserError(f'{source} has tensors of other shapes than the network '
                         f'({_names(wrong_shape, 3)}); check arch')

@@ -1,4 +1,4 @@
-"""Where a training run starts: from scratch, from ``pretrained`` weights, or ``continues`` a run.
+"""How a run restarts from a checkpoint: where it starts, and which state it takes back.
 
 - ``continues RUN_FOLDER``: the newest periodic checkpoint of the folder (every rank at the same
   position); weights, optimizer, loss scale and EMA are restored, training goes on at its epoch
@@ -11,9 +11,16 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.tools.checkpoints.format import load_weights
-from src.tools.checkpoints.saver import CheckpointSaver, read_training_checkpoint, start_position
+import mindspore as ms
+
 from src.tools.base.cli import UserError
+from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, integer, load_weights,
+                                          read_checkpoint)
+from src.tools.checkpoints.saver import CheckpointSaver
+
+# Train-cell state restored on resume (the network tensors are loaded by load_weights).
+_RESTORED_PREFIXES = ('moments.', 'adam_m.', 'adam_v.', EMA_PREFIX)
+_RESTORED_NAMES = ('scale_sense', 'current_iterator_step', 'last_overflow_iterator_step')
 
 
 @dataclass
@@ -74,3 +81,39 @@ def _checked(start, args, steps_per_epoch):
         raise UserError(f'start_step is {start.step}, but an epoch has {steps_per_epoch} steps; '
                         f'set start_step between 0 and {steps_per_epoch - 1}')
     return start
+
+
+def read_training_checkpoint(path, arch, source):
+    """The checkpoint dict, checked to be of ``arch`` when it says which it is."""
+    checkpoint = read_checkpoint(path)
+    check_recorded_arch(checkpoint, arch, source)
+    return checkpoint
+
+
+def start_position(checkpoint, steps_per_epoch):
+    """(epoch index, step) at which training continues after ``checkpoint``, or None if it has none."""
+    if 'epoch_num' not in checkpoint or 'step_num' not in checkpoint:
+        return None
+    epoch_num, step_num = integer(checkpoint['epoch_num']), integer(checkpoint['step_num'])
+    saved_steps = integer(checkpoint['steps_per_epoch']) if 'steps_per_epoch' in checkpoint else steps_per_epoch
+    if step_num >= saved_steps:
+        return epoch_num, 0
+    return epoch_num - 1, min(step_num, steps_per_epoch - 1)
+
+
+def restore_state(train_cell, checkpoint):
+    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``.
+
+    Returns the names restored; state the checkpoint lacks (e.g. it had no EMA) keeps its value.
+    """
+    restored = []
+    for param in train_cell.get_parameters():
+        name = param.name
+        if not (name.startswith(_RESTORED_PREFIXES) or name in _RESTORED_NAMES) or name not in checkpoint:
+            continue
+        value = checkpoint[name]
+        if tuple(value.shape) != tuple(param.shape):
+            continue  # e.g. moments of a classifier whose class count changed
+        param.set_data(ms.Tensor(value.asnumpy().copy(), param.dtype))
+        restored.append(name)
+    return restored

@@ -1,17 +1,5 @@
-"""Training checkpoints: what they hold, how they are named, written, kept and resumed from.
+"""Where a run's checkpoints go: their names in the run folder, which are kept, which one resumes.
 
-What a checkpoint holds (the contract that eval.py, export.py, convert.py and resume rely on):
-- the network's tensors under their own names (``stage0.*`` ... ``stage4.*``, ``linear.*``), as
-  ``mindspore.save_checkpoint`` names them for the network: ``load_weights(net, path)`` loads them;
-- with ``with_ema``, the EMA copies of all of them under ``ema.<name>``:
-  ``load_weights(net, path, prefix='ema.')`` loads those;
-- optimizer and loss-scale state under MindSpore's own names, none of which is a network root:
-  ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
-  ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
-- the position: ``epoch_num`` (1-based epoch of the last step taken), ``step_num`` (steps of
-  that epoch taken), ``steps_per_epoch``; and ``arch`` (str) and ``num_classes``.
-
-Names, in the run folder:
 - periodic, every ``save_every`` steps and at each epoch's end, per rank:
   ``<arch>_<rank>-<epoch_num>_<step_num>.ckpt`` (MindSpore ModelCheckpoint's pattern); the
   ``keep_checkpoint_max`` newest of each rank are kept;
@@ -19,84 +7,13 @@ Names, in the run folder:
   the ``keep_best_checkpoints_max`` best by top-1 are kept (on a tie the older stays). They hold
   the weights that were validated: with ``eval_ema`` the EMA weights are under the network names.
 
-Every file is written to a hidden temporary name in the same folder and moved into place with
-``os.replace``, so a run killed at any moment leaves only complete checkpoints.
+What is inside a checkpoint and how it is written: src/tools/checkpoints/format.py.
 """
 import re
 from pathlib import Path
 
-import mindspore as ms
-
-from src.tools.checkpoints.format import read_checkpoint
 from src.tools.base.cli import UserError
-from src.tools.base.files import atomic_path
-
-# Train-cell parameters that are derived from the config, not state: rebuilt, never restored.
-_NOT_SAVED = ('learning_rate',)
-_RESTORED_PREFIXES = ('moments.', 'adam_m.', 'adam_v.', 'ema.')
-_RESTORED_NAMES = ('scale_sense', 'current_iterator_step', 'last_overflow_iterator_step')
-
-
-def save_atomic(entries, path, append_dict=None):
-    """``mindspore.save_checkpoint`` to a hidden temporary file, then ``os.replace`` onto ``path``.
-
-    MindSpore's writer happens to rename its own temporary file too, but only as an undocumented
-    detail and after deleting an existing file of the same name; this keeps the guarantee ours.
-    """
-    with atomic_path(path, '.ckpt') as temporary:
-        ms.save_checkpoint(entries, str(temporary), append_dict=append_dict)
-    return Path(path)
-
-
-def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes):
-    """(entries, append_dict) for ``save_atomic``: every parameter of the train cell (network,
-    optimizer, loss scale, EMA) except the per-step learning rates, plus the position."""
-    entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
-               if param.name not in _NOT_SAVED]
-    append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
-              'arch': arch, 'num_classes': int(num_classes)}
-    return entries, append
-
-
-def _int(value):
-    return int(value.asnumpy()) if hasattr(value, 'asnumpy') else int(value)
-
-
-def check_arch(checkpoint, arch, source):
-    """UserError when the checkpoint says it was trained as another arch."""
-    saved = checkpoint.get('arch')
-    if isinstance(saved, str) and saved != arch:
-        raise UserError(f'{source} was trained as {saved}, the config asks for {arch}: '
-                        f'set arch: {saved}, or use a checkpoint of {arch}')
-
-
-def start_position(checkpoint, steps_per_epoch):
-    """(epoch index, step) at which training continues after ``checkpoint``, or None if it has none."""
-    if 'epoch_num' not in checkpoint or 'step_num' not in checkpoint:
-        return None
-    epoch_num, step_num = _int(checkpoint['epoch_num']), _int(checkpoint['step_num'])
-    saved_steps = _int(checkpoint['steps_per_epoch']) if 'steps_per_epoch' in checkpoint else steps_per_epoch
-    if step_num >= saved_steps:
-        return epoch_num, 0
-    return epoch_num - 1, min(step_num, steps_per_epoch - 1)
-
-
-def restore_state(train_cell, checkpoint):
-    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``.
-
-    Returns the names restored; state the checkpoint lacks (e.g. it had no EMA) keeps its value.
-    """
-    restored = []
-    for param in train_cell.get_parameters():
-        name = param.name
-        if not (name.startswith(_RESTORED_PREFIXES) or name in _RESTORED_NAMES) or name not in checkpoint:
-            continue
-        value = checkpoint[name]
-        if tuple(value.shape) != tuple(param.shape):
-            continue  # e.g. moments of a classifier whose class count changed
-        param.set_data(ms.Tensor(value.asnumpy().copy(), param.dtype))
-        restored.append(name)
-    return restored
+from src.tools.checkpoints.format import save_checkpoint
 
 
 class CheckpointSaver:
@@ -128,8 +45,8 @@ class CheckpointSaver:
         return found
 
     def save_periodic(self, entries, append_dict):
-        path = save_atomic(entries, self.periodic_path(append_dict['epoch_num'], append_dict['step_num']),
-                           append_dict)
+        path = save_checkpoint(entries, self.periodic_path(append_dict['epoch_num'], append_dict['step_num']),
+                               append_dict)
         mine = self.periodic()
         for position in sorted(mine)[:-self.keep_last]:
             mine[position].unlink(missing_ok=True)
@@ -172,7 +89,7 @@ class CheckpointSaver:
         """Write the epoch's checkpoint if it ranks among the best; prune; the path or None."""
         if not self.is_best(acc):
             return None
-        path = save_atomic(entries, self.best_path(epoch, acc), append_dict)
+        path = save_checkpoint(entries, self.best_path(epoch, acc), append_dict)
         for _, _, old in self.best()[self.keep_best:]:
             old.unlink(missing_ok=True)
         return path
@@ -182,10 +99,3 @@ class CheckpointSaver:
         for _, epoch, path in self.best():
             if epoch > epoch_num:
                 path.unlink(missing_ok=True)
-
-
-def read_training_checkpoint(path, arch, source):
-    """The checkpoint dict, checked to be of ``arch`` when it says which it is."""
-    checkpoint = read_checkpoint(path)
-    check_arch(checkpoint, arch, source)
-    return checkpoint

@@ -23,17 +23,16 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from src.repvgg import ARCH_NAMES, ARCH_SPECS, check_arch, create_model, switch_net_to_deploy
-from src.tools.checkpoints.format import load_weights, read_checkpoint
+from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, stage_widths,
+                        switch_net_to_deploy)
 from src.tools.base.cli import UserError
+from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
+from src.tools.checkpoints.format import EMA_PREFIX, load_weights, read_checkpoint, save_checkpoint
 from src.tools.conversion.torch_pickle import is_safetensors, read_pth, read_safetensors
-from src.tools.base.files import atomic_path
 
 NETWORK_ROOTS = ('stage0', 'stage1', 'stage2', 'stage3', 'stage4', 'linear')
-EMA_PREFIX = 'ema.'
 DROP = object()  # mapping result of tensors with no counterpart by design (BN step counters)
 CHECK_IMAGE_SIZE = 64
-MAX_RELATIVE_ERROR = 1e-4  # train vs deploy logits; measured values are about 1e-7
 
 _TORCH_BN_LEAVES = {'weight': 'gamma', 'bias': 'beta', 'running_mean': 'moving_mean',
                     'running_var': 'moving_variance'}
@@ -224,16 +223,10 @@ def _read_mindspore(path, ema):
 
 
 # ----------------------------------------------------------------------------- arch
-def _stage_widths(width_multiplier):
-    # the channel rule of src/repvgg.RepVGG (SPEC section 1)
-    return (min(64, int(64 * width_multiplier[0])),) + tuple(
-        int(base * mult) for base, mult in zip((64, 128, 256, 512), width_multiplier))
-
-
 def arch_signature(arch):
     """(blocks per stage 1-4, channels of stages 0-4, groups of grouped layers, SE) of an arch."""
     depths, widths, groups, use_se = ARCH_SPECS[arch]
-    return tuple(depths), _stage_widths(widths), groups, use_se
+    return tuple(depths), stage_widths(widths), groups, use_se
 
 
 def signature_of(tensors):
@@ -248,8 +241,7 @@ def signature_of(tensors):
                    for s in range(1, 5))
     if 0 in depths:
         return None
-    blocks = ['stage0'] + [f'stage{s}.{j}' for s in range(1, 5) for j in range(depths[s - 1])]
-    kernels = [kernel(block) for block in blocks]
+    kernels = [kernel(block) for block in block_names(depths)]
     if any(k is None or k.ndim != 4 for k in kernels):
         return None
     widths = (kernels[0].shape[0],) + tuple(kernel(f'stage{s}.0').shape[0] for s in range(1, 5))
@@ -273,7 +265,7 @@ def resolve_arch(tensors, arch, source):
             raise UserError(f'cannot tell the arch from the shapes in {source}; pass --arch')
         return detected
     try:
-        check_arch(arch)
+        check_arch_name(arch)
     except ValueError as error:
         raise UserError(str(error)) from None
     if detected is not None and detected != arch:
@@ -307,14 +299,6 @@ class Conversion:
     relative_error: float = None  # train vs deploy logits, when re-parameterized
 
 
-def relative_error(actual, expected):
-    """max |actual - expected| / max |expected| (0 when both are 0)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    scale = np.abs(expected).max()
-    diff = np.abs(actual - expected).max()
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
 def check_input(seed=0, image_size=CHECK_IMAGE_SIZE):
     """The random image batch every self-check runs (2 x 3 x size x size, standard normal)."""
     return np.random.default_rng(seed).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
@@ -339,28 +323,12 @@ def convert_tensors(tensors, build, form, deploy, source='checkpoint', images=No
     if deploy and form == 'train':
         switch_net_to_deploy(net)
         before, logits = logits, _logits(net, images)
-        error = relative_error(logits, before)
-        if not error <= MAX_RELATIVE_ERROR:
+        error = relative_difference(logits, before)
+        if not error <= REPARAM_TOLERANCE:
             raise UserError(f'self-check failed: deploy logits differ from the train-time logits by '
                             f'{error:.2e} (relative); nothing was written')
     params = {p.name: p.asnumpy().astype(np.float32) for p in net.get_parameters()}
     return Conversion(net, deploy or form == 'deploy', params, logits, images, error)
-
-
-def save_checkpoint_atomic(params, path, verify=None):
-    """Write {name: array} as a MindSpore checkpoint at ``path``, all or nothing.
-
-    The file is written under a temporary name, checked with ``verify(temporary_path)`` when
-    given, and only then renamed to ``path``; a crash or a failed check leaves no file at path.
-    Returns what ``verify`` returned.
-    """
-    path = Path(path)
-    if path.suffix != '.ckpt':
-        raise UserError(f'output {path} must end with .ckpt')
-    with atomic_path(path) as temporary:
-        ms.save_checkpoint([{'name': name, 'data': ms.Tensor(value)} for name, value in params.items()],
-                           str(temporary))
-        return verify(temporary) if verify is not None else None
 
 
 def verify_written(path, build, conversion, source_tensors, source_form, name):
@@ -378,11 +346,11 @@ def verify_written(path, build, conversion, source_tensors, source_form, name):
         if changed:
             raise UserError(f'self-check failed: {name} would change the values of {_names(changed)}; '
                             f'nothing was written')
-    diff = float(np.abs(_logits(net, conversion.check_input) - conversion.logits).max())
-    if diff > 1e-6 * max(1.0, float(np.abs(conversion.logits).max())):
-        raise UserError(f'self-check failed: {name} reloaded gives other logits (max diff {diff:.2e}); '
-                        f'nothing was written')
-    return diff
+    reloaded = _logits(net, conversion.check_input)
+    if not relative_difference(reloaded, conversion.logits) <= RELOAD_TOLERANCE:
+        raise UserError(f'self-check failed: {name} reloaded gives other logits '
+                        f'({relative_difference(reloaded, conversion.logits):.2e} relative); nothing was written')
+    return float(np.abs(reloaded - conversion.logits).max())
 
 
 @dataclass
@@ -433,6 +401,6 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
         return create_model(arch, num_classes=num_classes, deploy=deploy)
 
     conversion = convert_tensors(src.tensors, build, src.form, deploy, source=label)
-    diff = save_checkpoint_atomic(conversion.params, output_path, verify=lambda written: verify_written(
+    diff = save_checkpoint(conversion.params, output_path, verify=lambda written: verify_written(
         written, build, conversion, src.tensors, src.form, output_path))
     return Report(src, arch, num_classes, output_path, conversion, diff, deploy)

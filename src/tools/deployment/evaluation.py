@@ -1,9 +1,11 @@
-"""Evaluation of any Predictor on a folder of class folders: Loss, Top1-Acc, Top5-Acc.
+"""Scoring a model on labelled batches: the one loop behind eval.py, eval_onnx.py and the
+validation of every training epoch.
 
-The metrics are computed here from the logits (in float64), the same way for a checkpoint, a
-MINDIR and an ONNX file, so the three can be compared exactly.
+The metrics are computed here from the logits in float64, the same way for a network in training,
+a checkpoint, a MINDIR and an ONNX file, so all of them can be compared exactly.
 """
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from src.tools.base.cli import UserError
 
 
 class ClassificationMetrics:
-    """Running mean cross-entropy and top-1 / top-k accuracy over every image seen.
+    """Running sums of cross-entropy and top-1 / top-k hits over every image seen.
 
     A label counts as within the top k when fewer than k classes have a strictly larger logit, so
     the result does not depend on how a sort breaks ties. k is 5, or the class count if smaller.
@@ -46,22 +48,42 @@ class ClassificationMetrics:
         self.topk += int((rank < self.top_k).sum())
         self.count += len(labels)
 
-    def result(self, with_loss=True):
-        """{'Loss': ..., 'Top1-Acc': ..., 'Top5-Acc': ...} as in the reference's printout."""
-        if self.count == 0:
-            raise UserError('no images were evaluated')
-        result = {'Loss': self.loss_sum / self.count} if with_loss else {}
-        result['Top1-Acc'] = self.top1 / self.count
-        result['Top5-Acc'] = self.topk / self.count
-        return result
+    def sums(self):
+        return [self.loss_sum, self.top1, self.topk, self.count]
 
 
-def evaluate(predictor, batches, num_batches=None, with_loss=True):
-    """Metrics of ``predictor`` over ``batches`` of (images, labels) numpy arrays."""
-    metrics = ClassificationMetrics(predictor.num_classes)
-    for images, labels in tqdm(batches, total=num_batches, desc='eval', unit='batch'):
-        metrics.update(predictor(images), labels)
-    return metrics.result(with_loss)
+def score(predict, batches, num_classes, num_batches=None, reduce=None, show_progress=True, desc='eval'):
+    """Run ``predict`` (images -> logits) over ``batches`` of (images, labels) and score it.
+
+    ``reduce`` sums a vector over data-parallel ranks (training validation: every rank scores its
+    own part of the set); without it the sums are this process's. Returns {'loss', 'top1', 'top5',
+    'count', 'batches', 'time'}; 'top5' is top-min(5, classes).
+    """
+    metrics = ClassificationMetrics(num_classes)
+    steps = 0
+    begin = time.time()
+    for images, labels in tqdm(batches, total=num_batches, desc=desc, unit='batch', leave=False,
+                               disable=None if show_progress else True):
+        metrics.update(predict(images), labels)
+        steps += 1
+    loss_sum, top1, topk, count = reduce(metrics.sums()) if reduce is not None else metrics.sums()
+    if count == 0:
+        raise UserError('no images were evaluated')
+    return {'loss': loss_sum / count, 'top1': top1 / count, 'top5': topk / count, 'count': int(count),
+            'batches': steps, 'time': time.time() - begin}
+
+
+def reference_results(result, with_loss=True):
+    """{'Loss': ..., 'Top1-Acc': ..., 'Top5-Acc': ...}: the keys of the reference's eval printout."""
+    printed = {'Loss': result['loss']} if with_loss else {}
+    printed['Top1-Acc'] = result['top1']
+    printed['Top5-Acc'] = result['top5']
+    return printed
+
+
+def format_results(results):
+    """The reference's result line: ``=> eval results:{'Loss': ..., 'Top1-Acc': ..., ...}``."""
+    return f'=> eval results:{results}'
 
 
 def check_class_count(folder, num_classes):
@@ -85,7 +107,8 @@ def validation_folder(dataset_path, data_url=None):
 
 
 def evaluate_folder(predictor, folder, config, with_loss=True):
-    """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py.
+    """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py;
+    returns the reference's result dict.
 
     ``config`` supplies what the pipeline reads (batch_size, interpolation, workers, ...); image
     size and class count are the predictor's, so the model always gets the size it was built for.
@@ -95,9 +118,5 @@ def evaluate_folder(predictor, folder, config, with_loss=True):
                                    'num_classes': predictor.num_classes})
     dataset = create_dataset_imagenet(str(folder), config, training=False)
     batches = dataset.create_tuple_iterator(columns=['image', 'label'], output_numpy=True, num_epochs=1)
-    return evaluate(predictor, batches, dataset.get_dataset_size(), with_loss)
-
-
-def format_results(results):
-    """The reference's result line: ``=> eval results:{'Loss': ..., 'Top1-Acc': ..., ...}``."""
-    return f'=> eval results:{results}'
+    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size())
+    return reference_results(result, with_loss)

@@ -1,7 +1,7 @@
 """Export of the deploy-form network to MINDIR or ONNX (AIR needs Ascend), checked after writing.
 
 The file is written in a temporary folder beside the target, loaded back and run on random
-images against the network; only a file that agrees (relative 1e-4) is renamed into place.
+images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
 import os
 import shutil
@@ -15,6 +15,7 @@ from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
 from src.tools.base.cli import UserError
+from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.deployment.model_files import load_mindir, load_onnx
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -22,7 +23,6 @@ FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 # with any batch size.
 PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add', 'Mul', 'Sigmoid',
                             'Identity'})
-CHECK_TOLERANCE = 1e-4
 
 
 def check_export_format(file_format, device_target):
@@ -84,11 +84,10 @@ def _export_raw(net, image_size, file_format, stem):
 def exported_difference(path, net, image_size, num_images=2, seed=0):
     """(max relative difference to ``net`` on random images, Predictor) of the file at ``path``."""
     images = np.random.default_rng(seed).normal(size=(num_images, 3, image_size, image_size)).astype(np.float32)
-    expected = net(Tensor(images)).asnumpy().astype(np.float64)
+    expected = net(Tensor(images)).asnumpy()
     load = load_onnx if path.suffix == '.onnx' else load_mindir
     predictor = load(path, batch_size=num_images, image_size=image_size)
-    actual = predictor(images)
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12)), predictor
+    return relative_difference(predictor(images), expected), predictor
 
 
 def export_network(net, image_size, file_format, export_path):
@@ -104,7 +103,7 @@ def export_network(net, image_size, file_format, export_path):
     try:
         written = _export_raw(net, image_size, file_format, workdir / 'model')
         difference, predictor = exported_difference(written, net, image_size)
-        if not difference <= CHECK_TOLERANCE:
+        if not difference <= BACKEND_TOLERANCE:
             raise RuntimeError(f'the exported {file_format} file differs from the network by {difference:.3g} '
                                f'(relative); nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)

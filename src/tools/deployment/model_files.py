@@ -1,12 +1,11 @@
-"""Model files behind one interface: float32 logits for a batch of preprocessed images.
+"""Model files behind one interface, the Predictor: float32 logits for a batch of preprocessed images.
 
 A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
 re-parameterized, so evaluation, export and inference always run the plain deploy form; a
 ``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime. All three take
 the float32 (N, 3, S, S) batches of the one eval preprocessing (src/dataset.py), so their results
-can be compared number for number.
+can be compared number for number. Which back-end runs a checkpoint: src/tools/deployment/backends.py.
 """
-import tempfile
 from pathlib import Path
 
 import mindspore as ms
@@ -16,11 +15,11 @@ from google.protobuf.message import DecodeError
 from mindspore import Tensor, nn
 from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR format
 
-from src.tools.deployment.onednn.kernel import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
 from src.repvgg import count_params, create_model, switch_net_to_deploy
-from src.tools.checkpoints.format import load_weights, read_checkpoint
-from src.tools.checkpoints.saver import check_arch
 from src.tools.base.cli import UserError
+from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, is_deploy_form, load_weights,
+                                          read_checkpoint)
+
 
 class Predictor:
     """Logits (N, C) for images (N, 3, S, S), computed in chunks of at most ``batch_size``.
@@ -86,12 +85,6 @@ def _input_dims(dims, path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def checkpoint_is_deploy_form(checkpoint, prefix=''):
-    """True when the network tensors (under ``prefix``) are re-parameterized blocks (rbr_reparam)."""
-    return any('rbr_reparam' in name[len(prefix):] for name in checkpoint
-               if name.startswith(prefix) and name[len(prefix):].startswith('stage'))
-
-
 def load_deploy_network(path, arch, num_classes, ema=False):
     """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
 
@@ -99,12 +92,12 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description).
     """
     checkpoint = read_checkpoint(path)
-    prefix = 'ema.' if ema else ''
+    prefix = EMA_PREFIX if ema else ''
     if ema and not any(name.startswith(prefix) for name in checkpoint):
         raise UserError(f'checkpoint {path} has no EMA weights (no ema.* entries): drop --ema, or use '
                         f'a checkpoint of a run with with_ema: 1')
-    check_arch(checkpoint, arch, f'checkpoint {path}')  # training checkpoints record their arch
-    deploy = checkpoint_is_deploy_form(checkpoint, prefix)
+    check_recorded_arch(checkpoint, arch, f'checkpoint {path}')  # training checkpoints record their arch
+    deploy = is_deploy_form(checkpoint, prefix)
     try:
         net = create_model(arch, num_classes=num_classes, deploy=deploy)
     except ValueError as error:
@@ -205,56 +198,3 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
                      static_batch=static_batch,
                      description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '
                                   f'{session.get_providers()[0]})'))
-
-
-# ----------------------------------------------------------------------------- dispatch
-def load_predictor(config, suffixes=('.ckpt', '.mindir')):
-    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights."""
-    path = config.pretrained
-    if path is None:
-        raise UserError('pass --pretrained with a .ckpt or .mindir file: without trained weights the '
-                        'results would be those of a random network')
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in suffixes:
-        hint = '; for .onnx files use eval_onnx.py / infer_onnx.py' if suffix == '.onnx' else ''
-        raise UserError(f'--pretrained {path}: expected a {" or ".join(suffixes)} file{hint}')
-    if suffix != '.ckpt' and config.ema:
-        raise UserError(f'--ema selects the EMA weights of a .ckpt file; {path} has only one set of weights')
-    if suffix == '.mindir':
-        return load_mindir(path, config.batch_size, config.image_size)
-    if suffix == '.onnx':
-        return load_onnx(path, config.device_target, config.batch_size, config.image_size)
-    net, description = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
-    if config.fast:
-        return onnx_runtime_predictor(net, config, description)
-    if config.device_target == 'CPU' and config.cpu_kernels == 'onednn':
-        description += onednn_kernels(net, config.image_size)
-    return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description)
-
-
-def onednn_kernels(net, image_size):
-    """Run ``net``'s convolutions through oneDNN's direct kernels (src/kernels), checked against
-    MindSpore's own on a random batch; returns the words for the description. When the kernel
-    cannot be built here, says so and leaves ``net`` as it is."""
-    try:
-        difference = use_onednn_convs_checked(net, min(image_size, 64))
-    except OneDNNUnavailable as error:
-        print(f'note: the oneDNN kernel is not available ({error}); using MindSpore\'s own convolutions. '
-              f'--cpu_kernels mindspore skips this attempt.')
-        return ''
-    except OneDNNCheckFailed as error:
-        raise UserError(f'{error}; run with --cpu_kernels mindspore, and please report this') from None
-    return f', convolutions by oneDNN (checked: {difference:.1e} relative)'
-
-
-def onnx_runtime_predictor(net, config, description):
-    """The deploy network run by ONNX Runtime (benchmarks/speed.py: on CPU about as fast as the
-    oneDNN kernel, with less memory). The ONNX file lives only while the session is created; the
-    export checks it against the network first."""
-    from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel  (it imports us)
-    with tempfile.TemporaryDirectory() as folder:
-        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model')
-        predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)
-    predictor.description = f'{description}, run by ONNX Runtime (export checked: {difference:.1e} relative)'
-    return predictor

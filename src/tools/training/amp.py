@@ -10,7 +10,7 @@ RepVGG (a NameError in the generated code, measured with MindSpore 2.8); its O2 
 cell by a wrapper, changing the structure that re-parameterization reads; its O3 casts BN to
 float16 too, whose batch statistics then lose precision. The level semantics are the same, so
 O3 here equals O2 (the only difference, BN precision, is not negotiable). The loss is cast to
-float32 by the criterion (src/tools/criterion.py).
+float32 by the criterion (src/tools/training/criterion.py).
 """
 from mindspore import nn
 from mindspore.common import dtype as mstype

@@ -1,7 +1,7 @@
 """A training run's folder: its name, its config copy, its metrics file and curves.
 
 ``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, the checkpoints
-(src/tools/checkpoint_saver.py), metrics.csv (one row per epoch) and curves.png.
+(src/tools/checkpoints/), metrics.csv (one row per epoch) and curves.png.
 """
 import csv
 import os

@@ -19,31 +19,18 @@ import hashlib
 import time
 
 import numpy as np
-from tqdm import tqdm
 
-from src.tools.checkpoints.saver import train_state
-from src.tools.deployment.evaluation import ClassificationMetrics
+from src.tools.checkpoints.format import train_state
+from src.tools.deployment.evaluation import score
 
 
-def evaluate(net, num_classes, dataset, ranks, desc='eval'):
-    """Validation over this rank's shard, summed over ranks: loss, top-1, top-5, count, time.
-
-    The metrics are eval.py's (ClassificationMetrics, from the logits), so a checkpoint scores
-    the same in training and in eval.py.
-    """
+def validate(net, num_classes, dataset, ranks, desc='eval'):
+    """Validation over this rank's shard, summed over ranks (eval.py's scoring loop, so a checkpoint
+    scores the same in training and in eval.py)."""
     net.set_train(False)
-    metrics = ClassificationMetrics(num_classes)
-    steps = 0
-    begin = time.time()
     batches = dataset.create_tuple_iterator(num_epochs=1)
-    for images, labels in tqdm(batches, total=dataset.get_dataset_size(), desc=desc, leave=False,
-                               disable=None if ranks.is_main else True):
-        metrics.update(net(images).asnumpy(), labels.asnumpy())
-        steps += 1
-    loss_sum, top1, top5, count = ranks.sum([metrics.loss_sum, metrics.top1, metrics.topk, metrics.count])
-    count = max(count, 1.0)
-    return {'top1': top1 / count, 'top5': top5 / count, 'loss': loss_sum / count, 'count': int(count),
-            'steps': steps, 'time': time.time() - begin}
+    return score(lambda images: net(images).asnumpy(), ((images, labels.asnumpy()) for images, labels in batches),
+                 num_classes, dataset.get_dataset_size(), reduce=ranks.sum, show_progress=ranks.is_main, desc=desc)
 
 
 class Trainer:
@@ -118,12 +105,12 @@ class Trainer:
         self.ranks.average_params('bn', self.bn_statistics)
         swap = self.ema.applied() if args.eval_ema else contextlib.nullcontext()
         with swap:
-            result = evaluate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
+            result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
             best_path = None
             if self.ranks.is_main:
                 best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
                                                  result['top1'])
-        per_eval = 1000 * result['time'] / max(result['steps'], 1)
+        per_eval = 1000 * result['time'] / max(result['batches'], 1)
         print(f"Eval epoch time: {1000 * result['time']:.3f} ms, per step time: {per_eval:.3f} ms")
         summary = {'acc': result['top1'], 'eval_loss': result['loss'], 'loss': train_loss}
         print(f'Result metrics epoch {epoch + 1}: {summary}')

@@ -10,6 +10,7 @@ and ReLU. It is compiled once per machine with the system C++ compiler and cache
 Inference only: the op has no gradient and is a MindSpore custom op, so a network using it can be
 evaluated but neither trained nor exported (export.py works on the plain network).
 """
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -22,8 +23,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from src.repvgg import RepVGG, invalidate_compiled_graphs
+from src.tools.base.device import invalidate_compiled_graphs
 from src.tools.base.files import atomic_path
+from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
 FUNCTION = 'RepVGGOneDNNConv'
@@ -170,38 +172,40 @@ def _check_supported(conv):
 def use_onednn_convs(net, library=None):
     """Replace every ``nn.Conv2d`` of ``net`` (eval mode, CPU) by a OneDNNConv2d, in place.
 
-    In a re-parameterized RepVGG classifier without SE, each block becomes one conv + bias + ReLU
-    and the blocks pass channels-last tensors from one to the next (NCHW in, NCHW out). Returns
-    the number of convolutions replaced; raises OneDNNUnavailable when the kernel cannot be built.
+    A network that describes itself as a plain chain of conv -> ReLU (``net.conv_relu_chain()``,
+    e.g. a re-parameterized RepVGG classifier) gets one fused conv + bias + ReLU per link, passing
+    channels-last tensors from one link to the next (NCHW in, NCHW out). Every other convolution is
+    swapped one for one. Returns the number of convolutions replaced; raises OneDNNUnavailable when
+    the kernel cannot be built.
     """
     library = library or build_kernel()
     replaced = 0
-    if isinstance(net, RepVGG) and net.deploy and not net.features_only and not net.stage0.use_se:
-        blocks = [net.stage0] + [block for stage in (net.stage1, net.stage2, net.stage3, net.stage4)
-                                 for block in stage]
-        for index, block in enumerate(blocks):
-            _replace(block, 'rbr_reparam', relu=True, x_nhwc=index > 0, y_nhwc=index < len(blocks) - 1,
-                     library=library)
-            block.relu = nn.Identity()
-            replaced += 1
+    chain = net.conv_relu_chain() if hasattr(net, 'conv_relu_chain') else None
+    for index, (conv, install) in enumerate(chain or []):
+        with _names_kept(conv):
+            install(OneDNNConv2d(conv, relu=True, x_nhwc=index > 0, y_nhwc=index < len(chain) - 1, library=library))
+        replaced += 1
     for _, cell in list(net.cells_and_names()):
         for name, child in list(cell.name_cells().items()):
             if isinstance(child, nn.Conv2d):
-                _replace(cell, name, library=library)
+                with _names_kept(child):
+                    setattr(cell, name, OneDNNConv2d(child, library=library))
                 replaced += 1
     invalidate_compiled_graphs(net)
     return replaced
 
 
-def _replace(cell, name, **kwargs):
-    conv = getattr(cell, name)
+@contextlib.contextmanager
+def _names_kept(conv):
+    """Inside the block a OneDNNConv2d sharing ``conv``'s Parameters is put in its place; afterwards
+    the Parameter names are what they were (MindSpore re-prefixes them on assignment)."""
     names = [(param, param.name) for param in conv.get_parameters()]
-    setattr(cell, name, OneDNNConv2d(conv, **kwargs))
-    for param, param_name in names:  # MindSpore re-prefixes names on assignment: undo that
+    yield
+    for param, param_name in names:
         param.name = param_name
 
 
-def use_onednn_convs_checked(net, image_size, tolerance=1e-4):
+def use_onednn_convs_checked(net, image_size, tolerance=BACKEND_TOLERANCE):
     """``use_onednn_convs`` that first proves itself: the outputs for one random image before and
     after must agree to ``tolerance`` (relative to the largest), else OneDNNCheckFailed.
     Returns the relative difference. The kernel is built before ``net`` is touched, so on
@@ -214,7 +218,7 @@ def use_onednn_convs_checked(net, image_size, tolerance=1e-4):
         after = _as_array(net(probe))
     except RuntimeError as error:  # the kernel returned an error code (its reason is on stderr)
         raise OneDNNCheckFailed(f'the oneDNN kernel failed: {str(error).strip().splitlines()[0]}') from None
-    difference = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))
+    difference = relative_difference(after, before)
     if not difference <= tolerance:
         raise OneDNNCheckFailed(f'the oneDNN kernel changed the outputs by {difference:.1e} (relative), '
                              f'more than {tolerance:.0e}')

@@ -1,4 +1,4 @@
-"""A picture of the training preprocessing: originals next to augmented, de-normalised draws."""
+"""A picture of the training preprocessing (vis_img_preprocessing.py): originals next to augmented, de-normalised draws."""
 from pathlib import Path
 
 import numpy as np

@@ -1,0 +1,1 @@
+"""Helpers every job uses; nothing here imports another package of src/tools."""

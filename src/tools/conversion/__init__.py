@@ -1,0 +1,1 @@
+"""Official PyTorch and timm RepVGG weights as checkpoints of this project, read without torch."""
