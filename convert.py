@@ -17,7 +17,8 @@ def parse_args(argv=None):
     parser.add_argument('--input', required=True, help='.pth / .pt / .safetensors / .ckpt file to convert')
     parser.add_argument('--output', required=True, help='MindSpore checkpoint to write (.ckpt)')
     parser.add_argument('--arch', choices=ARCH_NAMES, default=None, metavar='ARCH',
-                        help='RepVGG-A0 ... RepVGG-D2se; checked against the shapes in the file (detected if omitted)')
+                        help='RepVGG-A0 ... RepVGG-D2se, QARepVGG-A0 ... QARepVGG-B3g4; checked against the shapes in '
+                             'the file (detected if omitted)')
     parser.add_argument('--deploy', action='store_true',
                         help='write the re-parameterized (deploy) form, for create_model(..., deploy=True)')
     parser.add_argument('--num_classes', type=int, default=None,

@@ -5,6 +5,12 @@ Parameter names follow the official PyTorch layout so that weights map by name a
 ``stage4.0.rbr_reparam.bias``, ``stage0.se.down.weight``, ``linear.weight``. BN tensors use
 MindSpore's names (gamma, beta, moving_mean, moving_variance). A network converted with
 ``switch_net_to_deploy`` and one built with ``deploy=True`` have exactly the same names.
+
+QARepVGG (Chu, Li, Zhang, "Make RepVGG Greater Again: A Quantization-aware Approach", AAAI 2024,
+arXiv 2212.01593) is the same family with a quantization-friendly block: the 1x1 and identity
+branches lose their BN and one BN follows the sum (``stage1.0.rbr_1x1.weight``, ``stage1.0.bn.gamma``).
+It fuses into the same single 3x3 conv, so a QARepVGG deploy network has exactly the names, shapes
+and parameter count of the RepVGG deploy network of the same size.
 """
 import difflib
 
@@ -18,6 +24,9 @@ ARCH_NAMES = (
     'RepVGG-B2', 'RepVGG-B2g2', 'RepVGG-B2g4', 'RepVGG-B3', 'RepVGG-B3g2', 'RepVGG-B3g4',
     'RepVGG-D2se',
 )
+# The quantization-friendly variants: every RepVGG but D2se, named with a QA prefix.
+QA_ARCH_NAMES = tuple('QA' + arch for arch in ARCH_NAMES if arch != 'RepVGG-D2se')
+ARCH_NAMES = ARCH_NAMES + QA_ARCH_NAMES
 _A_DEPTHS = (2, 4, 14, 1)
 _B_DEPTHS = (4, 6, 16, 1)
 _GROUPED_LAYERS = tuple(range(2, 27, 2))  # layers are numbered from 1 over stages 1-4
@@ -40,6 +49,12 @@ ARCH_SPECS = {
     'RepVGG-B3g4': (_B_DEPTHS, (3, 3, 3, 5), 4, False),
     'RepVGG-D2se': ((8, 14, 24, 1), (2.5, 2.5, 2.5, 5), 1, True),
 }
+ARCH_SPECS.update({arch: ARCH_SPECS[arch[len('QA'):]] for arch in QA_ARCH_NAMES})
+
+
+def is_quantization_friendly(arch):
+    """Whether ``arch`` names a QARepVGG (its blocks have the post-sum BN)."""
+    return arch in QA_ARCH_NAMES
 
 
 # ----------------------------------------------------------------------------- layout rules
@@ -115,29 +130,46 @@ class SEBlock(nn.Cell):
 
 
 class RepVGGBlock(nn.Cell):
-    """ReLU(SE(3x3 conv+BN + 1x1 conv+BN + BN)) for training; ReLU(SE(3x3 conv)) once deployed."""
+    """ReLU(SE(3x3 conv+BN + 1x1 conv+BN + BN)) for training; ReLU(SE(3x3 conv)) once deployed.
 
-    def __init__(self, in_channels, out_channels, stride=1, groups=1, deploy=False, use_se=False):
+    With ``quantization_friendly`` (QARepVGG): ReLU(BN(3x3 conv+BN + 1x1 conv + identity)). The 1x1
+    conv has no bias, as in the authors' default block and YOLOv6's: a constant added before a BN
+    that normalises with the batch mean cancels, so such a bias would never get a gradient. The
+    identity branch has no parameters. Once deployed both kinds are the same single 3x3 conv.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, groups=1, deploy=False, use_se=False,
+                 quantization_friendly=False):
         super().__init__()
+        if use_se and quantization_friendly:
+            raise ValueError('the quantization-friendly block has no SE variant')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
         self.groups = groups
         self.deploy = deploy
         self.use_se = use_se
+        self.quantization_friendly = quantization_friendly
         self.se = SEBlock(out_channels, out_channels // 16) if use_se else nn.Identity()
         self.relu = nn.ReLU()
         self.rbr_reparam = None
         self.rbr_dense = None
         self.rbr_1x1 = None
         self.rbr_identity = None
+        self.bn = None  # QARepVGG's BN after the sum of the branches
         if deploy:
             self.rbr_reparam = self._reparam_conv()
+            return
+        self.rbr_dense = ConvBN(in_channels, out_channels, 3, stride, 1, groups)
+        has_identity = in_channels == out_channels and stride == 1
+        if quantization_friendly:
+            self.rbr_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride=stride, pad_mode='valid', group=groups,
+                                     has_bias=False)
+            self.rbr_identity = nn.Identity() if has_identity else None
+            self.bn = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.9)
         else:
-            self.rbr_dense = ConvBN(in_channels, out_channels, 3, stride, 1, groups)
             self.rbr_1x1 = ConvBN(in_channels, out_channels, 1, stride, 0, groups)
-            if in_channels == out_channels and stride == 1:
-                self.rbr_identity = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.9)
+            self.rbr_identity = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.9) if has_identity else None
 
     def _reparam_conv(self):
         return nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, pad_mode='pad',
@@ -149,6 +181,8 @@ class RepVGGBlock(nn.Cell):
         out = self.rbr_dense(x) + self.rbr_1x1(x)
         if self.rbr_identity is not None:
             out = out + self.rbr_identity(x)
+        if self.bn is not None:
+            out = self.bn(out)
         return self.relu(self.se(out))
 
     def get_equivalent_kernel_bias(self):
@@ -160,6 +194,13 @@ class RepVGGBlock(nn.Cell):
             return (self.rbr_reparam.weight.asnumpy().astype(np.float64),
                     self.rbr_reparam.bias.asnumpy().astype(np.float64))
         kernel, bias = fuse_conv_bn(self.rbr_dense.conv.weight.asnumpy(), *_bn_arrays(self.rbr_dense.bn))
+        if self.quantization_friendly:
+            kernel = kernel + pad_1x1_to_3x3(self.rbr_1x1.weight.asnumpy().astype(np.float64))
+            if self.rbr_identity is not None:
+                kernel = kernel + identity_kernel(self.in_channels, self.groups)
+            # The post-BN of a conv with bias b is the BN of the bias-free conv with its mean moved by b.
+            gamma, beta, mean, var, eps = _bn_arrays(self.bn)
+            return fuse_conv_bn(kernel, gamma, beta, mean - bias, var, eps)
         kernel_1x1, bias_1x1 = fuse_conv_bn(self.rbr_1x1.conv.weight.asnumpy(), *_bn_arrays(self.rbr_1x1.bn))
         kernel = kernel + pad_1x1_to_3x3(kernel_1x1)
         bias = bias + bias_1x1
@@ -192,6 +233,7 @@ class RepVGGBlock(nn.Cell):
         self.rbr_dense = None
         self.rbr_1x1 = None
         self.rbr_identity = None
+        self.bn = None
         self.deploy = True
 
 
@@ -201,10 +243,12 @@ class RepVGG(nn.Cell):
 
     Stage 0 is one block (stride 2); stages 1-4 start with a stride-2 block. ``feature_info``
     lists channels and total stride (reduction) of each stage for backbone use.
+    ``quantization_friendly``: QARepVGG blocks (see RepVGGBlock).
     """
 
     def __init__(self, num_blocks, num_classes=1000, width_multiplier=None, override_groups_map=None,
-                 deploy=False, use_se=False, features_only=False, out_indices=(1, 2, 3, 4)):
+                 deploy=False, use_se=False, features_only=False, out_indices=(1, 2, 3, 4),
+                 quantization_friendly=False):
         super().__init__()
         if len(num_blocks) != 4 or len(width_multiplier) != 4:
             raise ValueError('num_blocks and width_multiplier need 4 entries (stages 1-4)')
@@ -219,7 +263,8 @@ class RepVGG(nn.Cell):
 
         self.depths = tuple(num_blocks)
         widths = stage_widths(width_multiplier)
-        self.stage0 = RepVGGBlock(3, widths[0], stride=2, deploy=deploy, use_se=use_se)
+        self.stage0 = RepVGGBlock(3, widths[0], stride=2, deploy=deploy, use_se=use_se,
+                                  quantization_friendly=quantization_friendly)
         layer_index = 1
         stages = []
         for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:]):
@@ -227,7 +272,8 @@ class RepVGG(nn.Cell):
             for j in range(stage_blocks):
                 blocks.append(RepVGGBlock(in_ch if j == 0 else out_ch, out_ch, stride=2 if j == 0 else 1,
                                           groups=override_groups_map.get(layer_index, 1),
-                                          deploy=deploy, use_se=use_se))
+                                          deploy=deploy, use_se=use_se,
+                                          quantization_friendly=quantization_friendly))
                 layer_index += 1
             stages.append(nn.SequentialCell(blocks))
         self.stage1, self.stage2, self.stage3, self.stage4 = stages
@@ -294,12 +340,12 @@ def check_arch_name(arch):
 
 
 def create_model(arch, num_classes=1000, deploy=False, **kwargs):
-    """Build a registered RepVGG by name; ``kwargs`` go to ``RepVGG`` (e.g. features_only)."""
+    """Build a registered RepVGG or QARepVGG by name; ``kwargs`` go to ``RepVGG`` (e.g. features_only)."""
     check_arch_name(arch)
     depths, widths, groups, use_se = ARCH_SPECS[arch]
     groups_map = {layer: groups for layer in _GROUPED_LAYERS} if groups > 1 else None
     return RepVGG(depths, num_classes=num_classes, width_multiplier=widths, override_groups_map=groups_map,
-                  deploy=deploy, use_se=use_se, **kwargs)
+                  deploy=deploy, use_se=use_se, quantization_friendly=is_quantization_friendly(arch), **kwargs)
 
 
 def _constructor(arch):
@@ -369,11 +415,11 @@ def _main():
     parser.add_argument('--num_classes', type=int, default=1000)
     parser.add_argument('--arch', nargs='*', default=list(ARCH_NAMES), choices=ARCH_NAMES)
     args = parser.parse_args()
-    print(f'{"arch":<12} {"train params":>14} {"deploy params":>14} '
+    print(f'{"arch":<15} {"train params":>14} {"deploy params":>14} '
           f'{"train GMACs":>12} {"deploy GMACs":>13}   (input {args.image_size}x{args.image_size})')
     for arch, train_params, deploy_params, train_gmacs, deploy_gmacs in summary(
             args.image_size, args.num_classes, args.arch):
-        print(f'{arch:<12} {train_params:>14,} {deploy_params:>14,} {train_gmacs:>12.3f} {deploy_gmacs:>13.3f}')
+        print(f'{arch:<15} {train_params:>14,} {deploy_params:>14,} {train_gmacs:>12.3f} {deploy_gmacs:>13.3f}')
 
 
 if __name__ == '__main__':

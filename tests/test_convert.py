@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import save_file as save_safetensors
 
-from src.repvgg import ARCH_NAMES, ARCH_SPECS, RepVGG, create_model, switch_net_to_deploy
+from src.repvgg import ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGG, create_model, switch_net_to_deploy
 from src.tools.checkpoints.format import load_weights, save_checkpoint
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.resume import starting_point
@@ -257,12 +257,40 @@ def _meta_state(arch):
 
 
 def test_every_arch_is_recognised_from_its_shapes():
-    for arch in ARCH_NAMES:
+    for arch in (arch for arch in ARCH_NAMES if arch not in QA_ARCH_NAMES):  # QARepVGG: no torch layout
         state = _meta_state(arch)
         tensors, _ = to_mindspore_names(state, 'official', arch)
         assert detect_arch(tensors) == arch
         timm_tensors, _ = to_mindspore_names({timm_name(k): v for k, v in state.items()}, 'timm', arch)
         assert detect_arch(timm_tensors) == arch
+
+
+def test_qarepvgg_is_recognised_from_its_names_and_shapes():
+    """Train form: QARepVGG, never the RepVGG of the same shapes; deploy form: either is accepted."""
+    for arch in QA_ARCH_NAMES:
+        train = {p.name: np.broadcast_to(np.float32(0), p.shape) for p in create_model(arch).get_parameters()}
+        assert detect_arch(train) == arch
+        with pytest.raises(UserError, match=f'looks like {arch}, not {arch[2:]}'):
+            resolve_arch(train, arch[2:], 'x')
+    deploy = {p.name: np.broadcast_to(np.float32(0), p.shape)
+              for p in create_model('QARepVGG-B1g4', deploy=True).get_parameters()}
+    assert detect_arch(deploy) == 'RepVGG-B1g4'
+    assert resolve_arch(deploy, 'QARepVGG-B1g4', 'x') == 'QARepVGG-B1g4'
+
+
+def test_qarepvgg_training_checkpoint_to_deploy(tmp_path):
+    net = randomize_bn(create_model('QARepVGG-A0', num_classes=CLASSES), seed=3)
+    path = tmp_path / 'qa.ckpt'
+    ms.save_checkpoint(net, str(path), append_dict={'arch': 'QARepVGG-A0', 'num_classes': CLASSES})
+    out = tmp_path / 'qa_deploy.ckpt'
+    report = convert_file(path, out, deploy=True)  # arch detected
+    assert report.arch == 'QARepVGG-A0' and report.conversion.relative_error < 1e-5
+    net.set_train(False)
+    expected = {p.name: p.asnumpy() for p in switch_net_to_deploy(net).get_parameters()}
+    written = read_ckpt(out)
+    assert written.keys() == expected.keys() and 'stage1.0.rbr_reparam.weight' in written
+    for name, value in expected.items():
+        np.testing.assert_allclose(written[name], value, rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_wrong_arch_is_named(a0, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from src.repvgg import (ARCH_NAMES, ARCH_SPECS, RepVGGBlock, count_macs, count_params, create_model,
+from src.repvgg import (ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGGBlock, count_macs, count_params, create_model,
                         fuse_conv_bn, func_dict, get_model, get_RepVGG_func_by_name, identity_kernel,
                         pad_1x1_to_3x3, switch_net_to_deploy)
 from src.config import make_config
@@ -26,10 +26,15 @@ SPEC_COUNTS = {
     'RepVGG-D2se': (133_334_836, 120_387_572),
 }
 GROUPED = ('RepVGG-B1g2', 'RepVGG-B1g4', 'RepVGG-B2g2', 'RepVGG-B2g4', 'RepVGG-B3g2', 'RepVGG-B3g4')
+REPVGG_NAMES = tuple(arch for arch in ARCH_NAMES if arch not in QA_ARCH_NAMES)
 
 
-def count_from_rules(depths, widths, groups, use_se, num_classes=1000):
-    """Parameter counts derived from the SPEC's rules alone, independently of src/repvgg.py."""
+def count_from_rules(depths, widths, groups, use_se, num_classes=1000, quantization_friendly=False):
+    """Parameter counts derived from the SPEC's rules alone, independently of src/repvgg.py.
+
+    QARepVGG block (arXiv 2212.01593): 3x3 conv + BN, bias-free 1x1 conv, identity without BN,
+    one BN after the sum; its deploy form is RepVGG's single 3x3 conv with bias.
+    """
     channels = [min(64, int(64 * widths[0]))] + [int(b * w) for b, w in zip((64, 128, 256, 512), widths)]
     train = deploy = 0
     layer = 0
@@ -43,8 +48,11 @@ def count_from_rules(depths, widths, groups, use_se, num_classes=1000):
     for cin, cout, stride, g in blocks:
         squeezed = cout // 16
         se = (cout * squeezed + squeezed) + (squeezed * cout + cout) if use_se else 0
-        identity = 2 * cout if cin == cout and stride == 1 else 0
-        train += cout * cin // g * 9 + 2 * cout + cout * cin // g + 2 * cout + identity + se
+        if quantization_friendly:  # dense conv + BN, 1x1 conv, post-BN
+            train += cout * cin // g * 9 + 2 * cout + cout * cin // g + 2 * cout
+        else:  # dense conv + BN, 1x1 conv + BN, identity BN
+            identity = 2 * cout if cin == cout and stride == 1 else 0
+            train += cout * cin // g * 9 + 2 * cout + cout * cin // g + 2 * cout + identity + se
         deploy += cout * cin // g * 9 + cout + se
     head = channels[4] * num_classes + num_classes
     return train + head, deploy + head
@@ -55,11 +63,35 @@ def test_rules_reproduce_spec_counts():
         assert count_from_rules(*ARCH_SPECS[arch]) == counts, arch
 
 
-@pytest.mark.parametrize('arch', ARCH_NAMES)
+@pytest.mark.parametrize('arch', REPVGG_NAMES)
 def test_parameter_counts(arch):
     expected = SPEC_COUNTS.get(arch) or count_from_rules(*ARCH_SPECS[arch])  # B2g2: from the rules
     assert count_params(create_model(arch)) == expected[0]
     assert count_params(create_model(arch, deploy=True)) == expected[1]
+
+
+@pytest.mark.parametrize('arch', QA_ARCH_NAMES)
+def test_qarepvgg_parameter_counts(arch):
+    """Train form from the QA rules; deploy form exactly the RepVGG deploy form of the same size."""
+    repvgg = arch[len('QA'):]
+    train, deploy = count_from_rules(*ARCH_SPECS[repvgg], quantization_friendly=True)
+    assert deploy == count_from_rules(*ARCH_SPECS[repvgg])[1]
+    assert count_params(create_model(arch)) == train
+    assert count_params(create_model(arch, deploy=True)) == deploy
+
+
+def test_qarepvgg_a0_counts_and_block_layout():
+    # A0: the 17 identity blocks (1 + 3 + 13) lose their identity BN: 2 x (48 + 3 x 96 + 13 x 192) = 5,664.
+    assert count_from_rules(*ARCH_SPECS['RepVGG-A0'], quantization_friendly=True) == (9_103_304, 8_309_384)
+    net = create_model('QARepVGG-A0', num_classes=10)
+    block = net.stage2[1]
+    names = sorted(name[len('stage2.1.'):] for name, _ in net.parameters_and_names() if name.startswith('stage2.1.'))
+    assert names == ['bn.beta', 'bn.gamma', 'bn.moving_mean', 'bn.moving_variance', 'rbr_1x1.weight',
+                     'rbr_dense.bn.beta', 'rbr_dense.bn.gamma', 'rbr_dense.bn.moving_mean',
+                     'rbr_dense.bn.moving_variance', 'rbr_dense.conv.weight']
+    assert block.rbr_identity is not None and net.stage2[0].rbr_identity is None
+    deploy_names = [p.name for p in switch_net_to_deploy(net).get_parameters()]
+    assert deploy_names == [p.name for p in create_model('RepVGG-A0', num_classes=10, deploy=True).get_parameters()]
 
 
 def test_b2g2_counts_follow_the_rules():
@@ -169,7 +201,7 @@ def _logits(net, inputs, mode):
     return [net(x).asnumpy() for x in inputs]
 
 
-@pytest.mark.parametrize('arch', ARCH_NAMES)
+@pytest.mark.parametrize('arch', REPVGG_NAMES)
 def test_conversion_is_exact_in_both_modes(arch, tmp_path):
     """Train form == converted == deploy=True loaded from the saved conversion (rel. err <= 1e-5)."""
     rng = np.random.default_rng(5)
@@ -190,6 +222,22 @@ def test_conversion_is_exact_in_both_modes(arch, tmp_path):
             for got, want in zip(_logits(candidate, inputs, mode), reference[mode]):
                 assert np.abs(want).max() > 1e-3
                 assert relative_difference(got, want) <= 1e-5, (arch, mode)
+
+
+@pytest.mark.parametrize('arch', QA_ARCH_NAMES)
+def test_qarepvgg_conversion_is_exact_in_both_modes(arch):
+    """Train form == re-parameterized form (rel. err <= 1e-5) in GRAPH and PYNATIVE mode; the deploy
+    network is RepVGG's, whose reload is tested above, so one input and no file keep this short."""
+    x = Tensor(np.random.default_rng(8).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    net = randomize_bn(create_model(arch, num_classes=10), seed=8)
+    net.set_train(False)
+    modes = (ms.GRAPH_MODE, ms.PYNATIVE_MODE)
+    reference = {mode: _logits(net, [x], mode)[0] for mode in modes}
+    switch_net_to_deploy(net)
+    assert all(block.bn is None and block.rbr_1x1 is None for block in net.blocks())
+    for mode in modes:
+        assert np.abs(reference[mode]).max() > 1e-3
+        assert relative_difference(_logits(net, [x], mode)[0], reference[mode]) <= 1e-5, (arch, mode)
 
 
 def test_deploy_parameter_names_match_conversion():
@@ -217,9 +265,13 @@ def test_features_only_backbone_survives_conversion(mode):
 
 
 def test_registry_names_and_errors():
-    assert set(func_dict) == set(ARCH_NAMES) and len(ARCH_NAMES) == 14
+    assert set(func_dict) == set(ARCH_NAMES) and len(ARCH_NAMES) == 27
+    assert QA_ARCH_NAMES == tuple('QA' + arch for arch in REPVGG_NAMES if arch != 'RepVGG-D2se')
     net = get_RepVGG_func_by_name('RepVGG-A0')(num_classes=7, deploy=True)
     assert net.linear.out_channels == 7 and net.deploy
+    qa = get_RepVGG_func_by_name('QARepVGG-B1g4')(num_classes=7)
+    assert qa.stage1[1].bn is not None and qa.stage1[1].groups == 4
+    assert get_model(make_config(arch='QARepVGG-A0', num_classes=3)).stage0.quantization_friendly
     assert get_model(make_config(arch='RepVGG-A1', num_classes=3)).stage0.out_channels == 64
     with pytest.raises(ValueError, match="did you mean 'RepVGG-B0'"):
         create_model('RepVGG-B00')
@@ -232,10 +284,11 @@ def test_macs_match_the_paper():
 
 
 def test_summary_command_prints_counts():
-    out = subprocess.run([sys.executable, '-m', 'src.repvgg', '--summary', '--arch', 'RepVGG-A0', 'RepVGG-B0'],
-                         capture_output=True, text=True, check=True).stdout
-    assert 'RepVGG-A0         9,108,968      8,309,384' in out
-    assert 'RepVGG-B0        15,817,960     14,339,048        3.397         3.058' in out
+    out = subprocess.run([sys.executable, '-m', 'src.repvgg', '--summary', '--arch', 'RepVGG-A0', 'RepVGG-B0',
+                          'QARepVGG-A0'], capture_output=True, text=True, check=True).stdout
+    assert 'RepVGG-A0            9,108,968      8,309,384' in out
+    assert 'RepVGG-B0           15,817,960     14,339,048        3.397         3.058' in out
+    assert 'QARepVGG-A0          9,103,304      8,309,384        1.513         1.361' in out
 
 
 def test_graph_mode_runs_the_converted_structure():

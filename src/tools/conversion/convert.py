@@ -9,7 +9,9 @@ Three layouts hold the same tensors under different names (shapes are identical)
   ``conv_1x1``, ``identity``, deploy ``reparam_conv``, SE ``attn.fc1``/``attn.fc2``, classifier
   ``head.fc``;
 - mindspore (this project): the official names with MindSpore's BN names (gamma, beta,
-  moving_mean, moving_variance) and no ``num_batches_tracked``.
+  moving_mean, moving_variance) and no ``num_batches_tracked``. Its QARepVGG checkpoints (train
+  form: ``rbr_1x1.weight`` without BN, post-sum ``bn.*``) exist only in this layout; their deploy
+  form is RepVGG's.
 
 Every source name must map to exactly one network tensor and every network tensor must come
 from the file; anything else is an error that names the tensors. A conversion checks itself:
@@ -23,8 +25,8 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, stage_widths,
-                        switch_net_to_deploy)
+from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
+                        stage_widths, switch_net_to_deploy)
 from src.tools.base.cli import UserError
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
 from src.tools.checkpoints.format import EMA_PREFIX, load_weights, read_checkpoint, save_checkpoint
@@ -224,13 +226,17 @@ def _read_mindspore(path, ema):
 
 # ----------------------------------------------------------------------------- arch
 def arch_signature(arch):
-    """(blocks per stage 1-4, channels of stages 0-4, groups of grouped layers, SE) of an arch."""
+    """(blocks per stage 1-4, channels of stages 0-4, groups of grouped layers, SE, QARepVGG block) of an arch."""
     depths, widths, groups, use_se = ARCH_SPECS[arch]
-    return tuple(depths), stage_widths(widths), groups, use_se
+    return tuple(depths), stage_widths(widths), groups, use_se, is_quantization_friendly(arch)
 
 
 def signature_of(tensors):
-    """The same signature read from the shapes of network-named tensors; None if incomplete."""
+    """The same signature read from the shapes of network-named tensors; None if incomplete.
+
+    The block kind is read from the train-form names (QARepVGG's 1x1 conv has no BN, so its kernel
+    is ``rbr_1x1.weight``); it is None for a deploy-form file, where both kinds are the same conv.
+    """
     def kernel(block):
         for leaf in ('rbr_dense.conv.weight', 'rbr_reparam.weight'):
             if f'{block}.{leaf}' in tensors:
@@ -248,18 +254,31 @@ def signature_of(tensors):
     in_channels = [3] + [k.shape[0] for k in kernels[:-1]]
     groups = max(c // k.shape[1] for c, k in zip(in_channels, kernels) if k.shape[1])
     use_se = any('.se.' in n for n in tensors)
-    return depths, widths, groups, use_se
+    if any('.rbr_reparam.' in n for n in tensors):
+        quantization_friendly = None
+    else:
+        quantization_friendly = any(n.endswith('.rbr_1x1.weight') for n in tensors)
+    return depths, widths, groups, use_se, quantization_friendly
+
+
+def matching_archs(tensors):
+    """Every arch whose shapes the tensors have (a deploy-form file fits RepVGG and QARepVGG alike)."""
+    signature = signature_of(tensors)
+    if signature is None:
+        return []
+    return [arch for arch in ARCH_NAMES if arch_signature(arch)[:4] == signature[:4]
+            and signature[4] in (None, arch_signature(arch)[4])]
 
 
 def detect_arch(tensors):
-    """The arch whose shapes the tensors have, or None."""
-    signature = signature_of(tensors)
-    return next((arch for arch in ARCH_NAMES if arch_signature(arch) == signature), None)
+    """The arch whose shapes the tensors have (RepVGG before QARepVGG for a deploy form), or None."""
+    return next(iter(matching_archs(tensors)), None)
 
 
 def resolve_arch(tensors, arch, source):
     """The arch to build: ``arch`` if the shapes agree, else a UserError naming the right one."""
-    detected = detect_arch(tensors)
+    matching = matching_archs(tensors)
+    detected = next(iter(matching), None)
     if arch is None:
         if detected is None:
             raise UserError(f'cannot tell the arch from the shapes in {source}; pass --arch')
@@ -268,7 +287,7 @@ def resolve_arch(tensors, arch, source):
         check_arch_name(arch)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if detected is not None and detected != arch:
+    if detected is not None and arch not in matching:
         raise UserError(f'{source} looks like {detected}, not {arch}: use --arch {detected}')
     return arch
 
