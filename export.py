@@ -1,27 +1,43 @@
-"""Export the deploy (re-parameterized) network of a checkpoint to MINDIR or ONNX, fp32.
+"""Export the deploy (re-parameterized) network of a checkpoint to MINDIR or ONNX, fp32, or to ONNX INT8.
 
 python export.py --config C --pretrained CKPT --file_format MINDIR|ONNX|AIR --export_path P [--ema 1]
+python export.py --config C --pretrained CKPT --file_format ONNX --quantize int8 [--calibration_path DIR]
+                 [--calibration_images N] --export_path P
 """
 from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
 from src.tools.deployment.export import check_export_format, export_network
 from src.tools.deployment.model_files import load_deploy_network
+from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
 
 
 @user_entry_point
 def main(argv=None):
     config = parse_config(argv, description='Export a RepVGG checkpoint, re-parameterized to its deploy '
-                                            'form, as MINDIR or ONNX (input Nx3xSxS float32).')
+                                            'form, as MINDIR or ONNX (input Nx3xSxS float32), or as INT8 '
+                                            'ONNX (--quantize int8).')
     check_export_format(config.file_format, config.device_target)
     if config.pretrained is None:
         raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
+    if config.quantize == 'int8':
+        folder, files = int8_calibration(config.file_format, config.calibration_path, config.data_url,
+                                         config.calibration_images)
     set_device(config.device_target, config.device_id)
     net, description = load_deploy_network(config.pretrained, config.arch, config.num_classes, ema=config.ema)
     print(f'=> {description}')
-    path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path)
-    print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{config.image_size}x'
-          f'{config.image_size} float32; max relative difference to the network {difference:.2g})')
+    size = f'{config.image_size}x{config.image_size}'
+    if config.quantize == 'int8':
+        result = export_int8(net, config.image_size, config.export_path, files, config.interpolation)
+        print(f'=> exported {result.path} (ONNX INT8: {INT8_SCHEME}; deploy form, input {result.batch}x3x{size} '
+              f'float32; calibrated on {result.images} images of {folder})')
+        print(f'=> top-1 agreement with the fp32 network on the calibration images: {result.agreement:.2%} '
+              f'(at least {AGREEMENT_THRESHOLD:.0%} required; the fp32 export differs from the network by '
+              f'{result.fp32_difference:.2g} relative)')
+    else:
+        path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path)
+        print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{size} float32; '
+              f'max relative difference to the network {difference:.2g})')
     print('=> export success')
 
 

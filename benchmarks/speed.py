@@ -2,10 +2,13 @@
 
     python benchmarks/speed.py                      # A0 and B0, batch 1 and 8, 224x224
     python benchmarks/speed.py --archs RepVGG-A0 --batches 8 --threads 2
+    python benchmarks/speed.py --int8_types --min_iters 30   # which INT8 types ONNX Runtime runs fastest
 
 Rows: MindSpore train form and deploy form (GRAPH mode), each with MindSpore's own Conv2D and
 with the oneDNN direct kernel of src/tools/deployment/onednn (``+onednn``), ONNX Runtime on the exported
-deploy ONNX, and PyTorch eager on the reparameterized model when torch is installed (timm's
+deploy ONNX in fp32 and statically quantized to INT8 (``onnxruntime-int8``: export.py --quantize int8's
+quantization, calibrated on 16 random images, as speed does not depend on the calibration data), and
+PyTorch eager on the reparameterized model when torch is installed (timm's
 ``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
 stack written here); then training images/s (forward, backward, momentum update). Each case runs
 in its own process, so the peak resident memory (VmHWM) is that case's alone. The same seeded
@@ -25,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-INFERENCE_CASES = ('ms-train', 'ms-train+onednn', 'ms-deploy', 'ms-deploy+onednn', 'onnxruntime', 'torch-eager')
+INFERENCE_CASES = ('ms-train', 'ms-train+onednn', 'ms-deploy', 'ms-deploy+onednn', 'onnxruntime', 'onnxruntime-int8',
+                   'torch-eager')
 TRAINING_CASES = ('ms-train-step', 'torch-train-step')
 
 
@@ -198,7 +202,7 @@ def run_case(args):
         return
     if args.case.startswith('ms-'):
         step = mindspore_step(args.case, args.arch, args.batch, args.image_size, args.threads, args.jit_level)
-    elif args.case == 'onnxruntime':
+    elif args.case.startswith('onnxruntime'):
         step = onnx_step(args.onnx, args.batch, args.image_size, args.threads, args.ort_level)
     else:
         try:
@@ -237,6 +241,15 @@ def export_onnx(arch, image_size, folder):
     return str(path)
 
 
+def quantize_int8(onnx_path, image_size, folder, name='int8', **types):
+    """The INT8 model of ``onnx_path`` as export.py --quantize int8 writes it, calibrated on 16 random
+    images; ``types``: activation_type / reduce_range for the type study."""
+    from src.tools.deployment.quantize import quantize_onnx  # pylint: disable=import-outside-toplevel
+    path = Path(folder) / f'{Path(onnx_path).stem}-{name}.onnx'
+    quantize_onnx(onnx_path, path, images(16, image_size), folder, **types)
+    return str(path)
+
+
 def machine():
     model = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
                   if line.startswith('model name')), 'unknown CPU')
@@ -266,6 +279,11 @@ def main():
     parser.add_argument('--study', action='store_true',
                         help='instead of the table: the settings investigated (threads, jit level, ONNX Runtime '
                              'graph optimisation) on the first arch and the largest batch')
+    parser.add_argument('--int8_types', action='store_true',
+                        help='instead of the table: ONNX Runtime INT8 speed with uint8 or int8 activations, '
+                             'reduce_range or not (weights int8 per channel), on the first arch')
+    parser.add_argument('--cases', nargs='+', default=list(INFERENCE_CASES), choices=INFERENCE_CASES,
+                        help='inference rows to measure (default: all)')
     parser.add_argument('--onnx', default='', help=argparse.SUPPRESS)
     parser.add_argument('--jit_level', default='', help=argparse.SUPPRESS)
     parser.add_argument('--ort_level', default='ORT_ENABLE_ALL', help=argparse.SUPPRESS)
@@ -276,6 +294,9 @@ def main():
     if args.study:
         study(args)
         return
+    if args.int8_types:
+        int8_types(args)
+        return
 
     print(f'# {machine()}; {args.threads} threads, input {args.image_size}x{args.image_size}, '
           f'median of {args.repeats} runs')
@@ -285,8 +306,10 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         for arch in args.archs:
             onnx_path = export_onnx(arch, args.image_size, folder)
+            onnx_paths = {'onnxruntime': onnx_path,
+                          'onnxruntime-int8': quantize_int8(onnx_path, args.image_size, folder)}
             for batch in args.batches:
-                results = measure(INFERENCE_CASES, arch, batch, args, onnx_path)
+                results = measure(args.cases, arch, batch, args, onnx_paths)
                 for case, result in results.items():
                     print_row(arch, batch, case, result)
                 print_ratios(results)
@@ -304,6 +327,9 @@ def print_ratios(results):
         ('MindSpore deploy+onednn / fastest train form', 'ms-deploy+onednn', ('ms-train', 'ms-train+onednn')),
         ('ONNX Runtime / PyTorch eager', 'onnxruntime', ('torch-eager',)),
         ('MindSpore deploy+onednn / PyTorch eager', 'ms-deploy+onednn', ('torch-eager',)),
+        ('ONNX Runtime INT8 / ONNX Runtime fp32', 'onnxruntime-int8', ('onnxruntime',)),
+        ('ONNX Runtime INT8 / fastest MindSpore deploy', 'onnxruntime-int8', ('ms-deploy', 'ms-deploy+onednn')),
+        ('ONNX Runtime INT8 / PyTorch eager', 'onnxruntime-int8', ('torch-eager',)),
     )
     for label, case, baselines in ratios:
         baseline = max((speed.get(b) or 0 for b in baselines), default=0)
@@ -311,13 +337,13 @@ def print_ratios(results):
             print(f'{"":<17} {label + ":":<48} {speed[case] / baseline:.2f}x')
 
 
-def measure(cases, arch, batch, args, onnx_path=''):
+def measure(cases, arch, batch, args, onnx_paths=None):
     """{case: result} with the median speed of ``args.repeats`` runs, the cases interleaved so
-    that a slow spell of a shared machine hits all of them alike."""
+    that a slow spell of a shared machine hits all of them alike. ``onnx_paths``: {case: ONNX file}."""
     runs = {case: [] for case in cases}
     for _ in range(args.repeats):
         for case in cases:
-            runs[case].append(child(case, arch, batch, args, onnx_path))
+            runs[case].append(child(case, arch, batch, args, (onnx_paths or {}).get(case, '')))
     results = {}
     for case, case_runs in runs.items():
         done = [run for run in case_runs if 'skipped' not in run]
@@ -366,6 +392,50 @@ def study(args):
               f'in oneDNN {inside:6.1f} ms, elsewhere (bias, ReLU, adds, ...) {logged - inside:5.1f} ms')
         for key, (calls, ms_total) in sorted(totals.items(), key=lambda item: -item[1][1]):
             print(f'{"":<18}{key:<40} {calls:>4} calls {ms_total:8.1f} ms')
+
+
+INT8_TYPES = (  # (label, quantize_onnx keyword arguments); weights are always int8, per channel
+    ('uint8 activations (U8S8)', dict(activation_type='uint8', reduce_range=False)),
+    ('int8 activations (S8S8)', dict(activation_type='int8', reduce_range=False)),
+    ('uint8 activations, reduce_range', dict(activation_type='uint8', reduce_range=True)),
+    ('int8 activations, reduce_range', dict(activation_type='int8', reduce_range=True)),
+)
+
+
+def int8_types(args):
+    """ONNX Runtime INT8 images/s per activation type (the choice in src/tools/deployment/quantize.py),
+    fp32 beside them. All sessions live in this process and take turns call by call, so that a slow
+    spell of a shared machine hits every model alike; each figure is batch / median call time."""
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    arch = args.archs[0]
+    with tempfile.TemporaryDirectory() as folder:
+        fp32 = export_onnx(arch, args.image_size, folder)
+        paths = {'fp32 (no quantization)': fp32}
+        for index, (label, types) in enumerate(INT8_TYPES):
+            paths[label] = quantize_int8(fp32, args.image_size, folder, name=f'types{index}', **types)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        sessions = {label: ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+                    for label, path in paths.items()}
+    print(f'# {machine()}; {arch}, input {args.image_size}x{args.image_size}, {args.threads} threads; '
+          f'QDQ, per-channel int8 weights; batch / median of {args.min_iters} interleaved calls')
+    print(f'{"model":<36}' + ''.join(f'{f"batch {batch}":>12}' for batch in args.batches) + '   images/s')
+    speeds = {label: [] for label in sessions}
+    for batch in args.batches:
+        feed = images(batch, args.image_size)
+        times = {label: [] for label in sessions}
+        for _ in range(2):  # warm-up
+            for label, session in sessions.items():
+                session.run(None, {session.get_inputs()[0].name: feed})
+        for _ in range(args.min_iters):
+            for label, session in sessions.items():
+                begin = time.perf_counter()
+                session.run(None, {session.get_inputs()[0].name: feed})
+                times[label].append(time.perf_counter() - begin)
+        for label, calls in times.items():
+            speeds[label].append(batch / float(np.median(calls)))
+    for label, cells in speeds.items():
+        print(f'{label:<36}' + ''.join(f'{cell:>12.1f}' for cell in cells))
 
 
 def print_row(arch, batch, case, result):

@@ -190,6 +190,13 @@ OPTIONS = (
          'to the run folder (checks data-parallel sharding).'),
     _opt('file_format', to_str, 'MINDIR', 'Export format.', choices=('AIR', 'MINDIR', 'ONNX'), yaml=False),
     _opt('export_path', to_path, Path('model'), 'Exported file (suffix added by the format).', yaml=False),
+    _opt('quantize', to_str, 'none', 'export.py --file_format ONNX: int8 writes a statically quantized model '
+         '(QDQ, per-channel int8 weights, uint8 activations) run by ONNX Runtime.', choices=('none', 'int8'),
+         yaml=False),
+    _opt('calibration_path', to_path, None, 'INT8 calibration images, one sub-folder per class (default: '
+         'data_url/train).', yaml=False),
+    _opt('calibration_images', to_int, 300, 'Calibration images drawn evenly over the class folders of '
+         'calibration_path.', yaml=False),
     _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
     _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
     _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),

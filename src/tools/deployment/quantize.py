@@ -1,0 +1,202 @@
+"""INT8 export: the deploy network's ONNX file, statically quantized with ONNX Runtime's tooling.
+
+The fp32 ONNX export (checked against the network by export_network) is converted to opset 13,
+where QuantizeLinear/DequantizeLinear take per-channel scales, calibrated (MinMax) on images drawn
+evenly over the class folders of a folder and preprocessed with the eval transform, and written in
+the QDQ format: per-channel symmetric int8 weights, asymmetric ACTIVATION_TYPE activations. ONNX
+Runtime fuses every DequantizeLinear -> Conv -> QuantizeLinear into one QLinearConv (and the Gemm
+into a QGemm), which its VNNI kernels run.
+
+The file is checked before it is kept: it is loaded in ONNX Runtime through the loader eval_onnx.py
+uses, run on the calibration images beside the fp32 export, and the share of images whose top-1 class
+the two agree on must reach AGREEMENT_THRESHOLD; it is written under a temporary name and renamed
+into place, so a refused or interrupted export leaves nothing behind.
+"""
+import contextlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mindspore  # pylint: disable=unused-import  (first: it selects protobuf's Python implementation,
+import numpy as np  # which MindSpore's own .proto modules need, before onnx loads protobuf)
+import onnx
+from onnx import version_converter
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from src.dataset import class_names, list_images, preprocess_image
+from src.tools.base.cli import UserError
+from src.tools.base.files import atomic_path
+from src.tools.deployment.export import export_file_path, export_network
+from src.tools.deployment.model_files import load_onnx
+
+QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
+# Measured with `python benchmarks/speed.py --int8_types` (RepVGG-A0, 224x224, 2 threads, AVX-512 VNNI,
+# ONNX Runtime 1.31, median of 5): see the table in docs/performance-int8.md. Weights are always QInt8.
+ACTIVATION_TYPES = {'uint8': QuantType.QUInt8, 'int8': QuantType.QInt8}
+ACTIVATION_TYPE = 'uint8'
+REDUCE_RANGE = False
+INT8_SCHEME = f'QDQ, per-channel int8 weights, {ACTIVATION_TYPE} activations'
+# Top-1 agreement with the fp32 network on the calibration images below which the INT8 file is refused.
+# Measured: 99.4-100 % for RepVGG-A0 and QARepVGG-A0 trained on the digits demo (docs/quantization.md);
+# a network that quantizes badly (the paper's RepVGG-A0 on ImageNet loses 20 points of top-1) lands far
+# below, and 95 % leaves room for borderline images whose top two logits are within rounding.
+AGREEMENT_THRESHOLD = 0.95
+CALIBRATION_BATCH = 16
+
+
+# ----------------------------------------------------------------------------- calibration images
+def pick_evenly(files_by_class, count):
+    """``count`` files spread over the classes as evenly as their sizes allow (round-robin quotas),
+    evenly spaced within each class; every file when ``count`` is at least their number."""
+    quotas = [0] * len(files_by_class)
+    remaining = count
+    while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class)):
+        for index, files in enumerate(files_by_class):
+            if remaining > 0 and quotas[index] < len(files):
+                quotas[index] += 1
+                remaining -= 1
+    picked = []
+    for quota, files in zip(quotas, files_by_class):
+        picked += [files[(2 * i + 1) * len(files) // (2 * quota)] for i in range(quota)]
+    return picked
+
+
+def calibration_files(folder, count):
+    """The calibration images of ``folder`` (one sub-folder per class): a UserError, before any work,
+    when the folder is missing, has no class folders or no images, or ``count`` is not positive."""
+    if count < 1:
+        raise UserError(f'calibration_images must be at least 1, got {count}')
+    if folder is None:
+        raise UserError('--quantize int8 needs calibration images: pass --calibration_path with a folder of '
+                        'class folders (default: the train folder of --data_url)')
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f'calibration folder {folder} does not exist; pass --calibration_path with a folder '
+                        f'of class folders (e.g. the training folder)')
+    names = class_names(folder)  # UserError for no class folders, or a class folder without images
+    return pick_evenly([list_images(folder / name) for name in names], count)
+
+
+def int8_calibration(file_format, calibration_path, data_url, count):
+    """(folder, files) to calibrate export.py --quantize int8 on; a UserError before any work for a
+    format other than ONNX or an unusable folder. The folder defaults to data_url/train."""
+    if file_format != 'ONNX':
+        raise UserError(f'--quantize int8 writes ONNX files (ONNX Runtime runs them); {file_format} has no '
+                        f'INT8 export here: use --file_format ONNX, or drop --quantize')
+    folder = calibration_path if calibration_path is not None else (Path(data_url) / 'train' if data_url else None)
+    return folder, calibration_files(folder, count)
+
+
+def load_images(paths, image_size, interpolation='bilinear'):
+    """The eval transform of every file, stacked: float32 (N, 3, S, S)."""
+    return np.stack([preprocess_image(path, image_size, interpolation) for path in paths])
+
+
+class ImageBatches(CalibrationDataReader):
+    """Feeds ``images`` to ONNX Runtime's calibrator in batches (of ``batch``; a fixed-batch model's
+    last batch is filled up with the first images again)."""
+
+    def __init__(self, images, input_name, batch=CALIBRATION_BATCH, fixed_batch=None):
+        self.input_name = input_name
+        size = fixed_batch or batch
+        self.batches = [images[start:start + size] for start in range(0, len(images), size)]
+        if fixed_batch and len(self.batches[-1]) < fixed_batch:
+            self.batches[-1] = np.resize(images, (fixed_batch, *images.shape[1:]))
+        self.position = 0
+
+    def get_next(self):
+        if self.position == len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+
+# ----------------------------------------------------------------------------- quantization
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs advice through the root logger (e.g. to run its pre-processing,
+    which only adds shape inference and graph optimisations this plain graph does not need)."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _batch_dim(model):
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField('dim_value') and dim.dim_value > 0 else None
+
+
+def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
+    """Write the INT8 QDQ model of the fp32 ONNX file at ``fp32_path`` to ``int8_path``, calibrated on
+    ``images``. The fp32 model's metadata (e.g. class names) is copied onto the INT8 model.
+    ``activation_type`` ('uint8' or 'int8') and ``reduce_range`` are for the type study of
+    benchmarks/speed.py."""
+    fp32 = onnx.load(str(fp32_path))
+    opset = next(entry.version for entry in fp32.opset_import if entry.domain in ('', 'ai.onnx'))
+    converted = version_converter.convert_version(fp32, QUANTIZE_OPSET) if opset < QUANTIZE_OPSET else fp32
+    source = Path(workdir) / f'opset{QUANTIZE_OPSET}.onnx'
+    onnx.save(converted, str(source))
+    # MinMax calibration adds ReduceMin/ReduceMax outputs to the graph and keeps only those per batch,
+    # so memory stays small. (Its CalibMaxIntermediateOutputs option drops batches in ONNX Runtime 1.31.)
+    reader = ImageBatches(images, fp32.graph.input[0].name, fixed_batch=_batch_dim(fp32))
+    with _quiet_quantizer():
+        quantize_static(str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
+                        reduce_range=reduce_range,
+                        calibrate_method=CalibrationMethod.MinMax)
+    int8 = onnx.load(str(int8_path))
+    present = {prop.key for prop in int8.metadata_props}
+    for prop in fp32.metadata_props:
+        if prop.key not in present:
+            int8.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(int8, str(int8_path))
+
+
+def top1_agreement(fp32_logits, int8_logits):
+    """Share of images on which both networks predict the same class."""
+    return float(np.mean(np.argmax(fp32_logits, axis=1) == np.argmax(int8_logits, axis=1)))
+
+
+@dataclass
+class Int8Export:
+    """What ``export_int8`` wrote and measured."""
+    path: Path
+    fp32_difference: float   # the fp32 ONNX export against the network (relative)
+    batch: str               # 'batch' (dynamic) or the fixed batch
+    images: int              # calibration images
+    agreement: float         # top-1 agreement INT8 vs fp32 on those images
+    description: str         # of the INT8 file, as ONNX Runtime loaded it
+
+
+def export_int8(net, image_size, export_path, files, interpolation='bilinear', threshold=AGREEMENT_THRESHOLD):
+    """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
+    ``export_path`` (suffix .onnx added), calibrated on the image ``files``; refused (UserError, nothing
+    written) when its top-1 agreement with the fp32 network on those images is below ``threshold``."""
+    target = export_file_path(export_path, 'ONNX')
+    if target.is_dir():
+        raise UserError(f'export path {target} is a folder; pass a file name such as {target / "model"}')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    images = load_images(files, image_size, interpolation)
+    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.int8.'))
+    try:
+        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32')
+        fp32_logits = load_onnx(fp32_path, batch_size=CALIBRATION_BATCH, image_size=image_size)(images)
+        with atomic_path(target) as temporary:
+            quantize_onnx(fp32_path, temporary, images, workdir)
+            int8 = load_onnx(temporary, batch_size=CALIBRATION_BATCH, image_size=image_size)
+            agreement = top1_agreement(fp32_logits, int8(images))
+            if agreement < threshold:
+                raise UserError(f'the INT8 model predicts the fp32 top-1 class on only {agreement:.1%} of the '
+                                f'{len(images)} calibration images (at least {threshold:.0%} required); nothing '
+                                f'was written. RepVGG blocks quantize badly: train a QARepVGG arch, or '
+                                f'calibrate on more images (--calibration_images)')
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    description = int8.description.replace(str(temporary), str(target))
+    return Int8Export(target, difference, batch, len(images), agreement, description)

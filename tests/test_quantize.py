@@ -1,0 +1,213 @@
+"""src/tools/deployment/quantize.py and export.py --quantize int8: an INT8 ONNX file, checked before it
+is kept, that runs wherever an ONNX file runs; and QARepVGG through the same commands (train, resume,
+convert, export, quantize).
+
+One module-scoped QARepVGG-A0 run on a tiny folder (3 classes, 16x16) feeds every test: train.py for
+one epoch, resumed with --continues for a second, then export.py. Scripts run in this process where
+they can (each MindSpore process start costs seconds).
+"""
+import collections
+import contextlib
+import io
+import json
+import subprocess
+
+import mindspore as ms
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from src.tools.base.cli import UserError
+from src.tools.base.numerics import relative_difference
+from src.tools.deployment.model_files import load_deploy_network, load_onnx
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, calibration_files, export_int8, load_images,
+                                           pick_evenly, quantize_onnx)
+from tests.test_eval_export import assert_one_line_error, eval_results, load_script, run_main
+from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
+
+ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 16, 12  # 3 classes x 8 train images / batch 2
+
+
+def main_output(script, *argv):
+    """stdout of script's main(argv), run in this process (for module-scoped fixtures)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        load_script(script).main([str(arg) for arg in argv])
+    return out.getvalue()
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A QARepVGG-A0 run: one epoch, then resumed (--continues) for a second; its data, folder, outputs."""
+    root = tmp_path_factory.mktemp('qa')
+    data = make_image_folder(root / 'data', classes=CLASSES, size=SIZE)
+    runs = root / 'runs'
+    outputs = []
+    for epochs in (1, 2):
+        flags = train_args(data, runs, arch=ARCH, num_classes=CLASSES, image_size=SIZE, epochs=epochs, brief='qa')
+        if epochs == 2:
+            flags += ['--continues', str(next(runs.glob(f'*_{ARCH}_qa')))]
+        result = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=root,
+                                timeout=300, check=False)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        outputs.append(result.stdout)
+    folder = next(runs.glob(f'*_{ARCH}_qa'))
+    config = ['--config', REPO / 'src/configs/RepVGG.yaml', '--arch', ARCH, '--num_classes', CLASSES,
+              '--image_size', SIZE, '--device_target', 'CPU', '--data_url', data, '--num_parallel_workers', 1,
+              '--batch_size', 4]
+    return dict(root=root, data=data, folder=folder, outputs=outputs, config=config,
+                checkpoint=folder / f'{ARCH}_0-2_{STEPS}.ckpt')
+
+
+@pytest.fixture(scope='module')
+def exported(run):
+    """export.py of the run's last checkpoint: fp32 ONNX, and INT8 ONNX calibrated on 12 of its 24
+    training images (the default folder, data_url/train); {name: path}, plus the INT8 printout."""
+    files = {}
+    for name, flags in (('fp32', ()), ('int8', ('--quantize', 'int8', '--calibration_images', 12))):
+        out = main_output('export.py', *run['config'], '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
+                          '--export_path', run['root'] / name, *flags)
+        assert out.rstrip().endswith('=> export success'), out
+        files[name] = run['root'] / f'{name}.onnx'
+        files[f'{name}_out'] = out
+    return files
+
+
+def val_images(run):
+    paths = sorted((run['data'] / 'val').glob('*/*.png'))
+    return load_images(paths, SIZE), np.array([int(p.parent.name[len('class'):]) for p in paths])
+
+
+# ----------------------------------------------------------------------------- QARepVGG end to end
+def test_qarepvgg_trains_resumes_and_converts(run, tmp_path, capsys):
+    first, second = run['outputs']
+    assert 'train success' in first and 'starting from checkpoint' in second and 'train success' in second
+    checkpoint = ms.load_checkpoint(str(run['checkpoint']))
+    assert checkpoint['arch'] == ARCH and int(checkpoint['epoch_num'].asnumpy()) == 2
+    assert {'stage1.0.bn.gamma', 'stage2.1.rbr_1x1.weight'} <= set(checkpoint)
+    assert not any('rbr_1x1.bn' in name or 'rbr_identity' in name for name in checkpoint)
+    status, out, err = run_main(capsys, 'convert.py', '--input', run['checkpoint'], '--output',
+                                tmp_path / 'deploy.ckpt', '--deploy')
+    assert status == 0, err
+    assert f'wrote {tmp_path / "deploy.ckpt"}: {ARCH}, deploy form' in out
+    error = float(out.split('train vs deploy logits relative error ')[1].split()[0])
+    assert error < 1e-5
+
+
+# ----------------------------------------------------------------------------- the INT8 file
+def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported):
+    out = exported['int8_out']
+    assert 'ONNX INT8: QDQ, per-channel int8 weights, uint8 activations' in out
+    assert f'calibrated on 12 images of {run["data"] / "train"}' in out
+    agreement = float(out.split('top-1 agreement with the fp32 network on the calibration images: ')[1].split('%')[0])
+    assert AGREEMENT_THRESHOLD * 100 <= agreement <= 100
+    assert sorted(p.name for p in run['root'].iterdir() if p.name.startswith(('.int8', 'int8'))) == ['int8.onnx']
+    model = onnx.load(str(exported['int8']))
+    assert next(entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx')) == 13
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    assert ops['Conv'] == 22 and ops['QuantizeLinear'] >= 22 and ops['DequantizeLinear'] >= 44
+    weight_scales = [node for node in model.graph.node if node.op_type == 'DequantizeLinear'
+                     and any(attribute.name == 'axis' for attribute in node.attribute)]
+    assert len(weight_scales) >= 22  # per-channel weights
+    dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            for value in (model.graph.input[0], model.graph.output[0])]
+    assert dims == [['batch', 3, SIZE, SIZE], ['batch', CLASSES]]
+    assert exported['int8'].stat().st_size < 0.35 * exported['fp32'].stat().st_size
+
+
+def test_int8_logits_follow_the_fp32_network(run, exported):
+    images, _ = val_images(run)
+    fp32 = load_onnx(exported['fp32'], batch_size=4)(images)
+    int8 = load_onnx(exported['int8'], batch_size=4)(images)  # chunks of 4 and 2: the batch is dynamic
+    assert 1e-4 < relative_difference(int8, fp32) < 0.15  # quantized, and close: measured 0.064
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(run['root'] / 'optimized.onnx')
+    ort.InferenceSession(str(exported['int8']), options, providers=['CPUExecutionProvider'])
+    fused = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    assert fused['QLinearConv'] == 22 and fused['Conv'] == 0  # ONNX Runtime runs integer convolutions
+
+
+def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_path, capsys):
+    val = run['data'] / 'val'
+    results = {}
+    for script, argv in (('eval.py', [*run['config'], '--dataset_path', val, '--pretrained', exported['int8']]),
+                         ('eval_onnx.py', [val, '-c', exported['int8'], '-b', 4, '-j', 1, '--prefetch', 2])):
+        status, out, err = run_main(capsys, script, *argv)
+        assert status == 0, err
+        assert f'ONNX {exported["int8"]} (input batchx3x{SIZE}x{SIZE}, {CLASSES} classes' in out
+        results[script] = eval_results(out)
+    assert results['eval.py']['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
+    images, labels = val_images(run)
+    expected = np.mean(load_onnx(exported['int8'])(images).argmax(axis=1) == labels)
+    assert results['eval_onnx.py']['Top1-Acc'] == pytest.approx(expected)
+    predictions = {}
+    for script, argv in (('infer.py', [*run['config'], '--dataset_path', val / 'class0', '--pretrained',
+                                       exported['int8'], '--pred_output', tmp_path / 'infer.json']),
+                         ('infer_onnx.py', [val / 'class0', '-c', exported['int8'], '-o', tmp_path / 'onnx.json'])):
+        status, out, err = run_main(capsys, script, *argv)
+        assert status == 0, err
+        assert '===== Load directory =====' in out
+    for name in ('infer', 'onnx'):
+        predictions[name] = json.loads((tmp_path / f'{name}.json').read_text())
+    assert predictions['infer'] == predictions['onnx'] and len(predictions['onnx']) == 2
+    for script, args in (('run_eval_onnx.sh', [exported['int8'], val]),
+                         ('run_infer_onnx.sh', [exported['int8'], val / 'class0', tmp_path / 'script.json'])):
+        result = subprocess.run(['bash', REPO / 'scripts' / script, *map(str, args)], cwd=tmp_path,
+                                capture_output=True, text=True, env=environment(), timeout=300, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert eval_results((tmp_path / 'eval_onnx.log').read_text())['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
+    assert json.loads((tmp_path / 'script.json').read_text()) == predictions['onnx']
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_an_int8_model_below_the_agreement_threshold_is_refused_and_nothing_is_written(run, tmp_path):
+    net, _ = load_deploy_network(run['checkpoint'], ARCH, CLASSES)
+    files = calibration_files(run['data'] / 'train', 6)
+    with pytest.raises(UserError, match=r'predicts the fp32 top-1 class on only 100\.0% of the 6 calibration images '
+                                        r'\(at least 101% required\); nothing was written'):
+        export_int8(net, SIZE, tmp_path / 'refused', files, threshold=1.01)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    imageless = tmp_path / 'imageless'
+    (imageless / 'cat').mkdir(parents=True)
+    (imageless / 'cat' / 'notes.txt').write_text('no image')
+    base = [*run['config'], '--pretrained', run['checkpoint'], '--export_path', tmp_path / 'refused']
+    cases = (
+        (['--file_format', 'MINDIR', '--quantize', 'int8'], ('--quantize int8 writes ONNX files', '--file_format ONNX')),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', tmp_path / 'missing'],
+         ('calibration folder', 'does not exist')),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', empty], ('has no class sub-folders',)),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', imageless], ('has no images',)),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_images', 0], ('at least 1',)),
+        (['--file_format', 'ONNX', '--quantize', 'int4'], ("choose one of: none, int8",)),
+    )
+    for argv, fragments in cases:
+        status, out, err = run_main(capsys, 'export.py', *base, *argv)
+        assert_one_line_error(status, err, *fragments)
+        assert '=>' not in out  # refused before the checkpoint was read
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'imageless']
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_calibration_images_are_spread_evenly_over_the_classes():
+    classes = [[f'a{i}' for i in range(10)], [f'b{i}' for i in range(2)], [f'c{i}' for i in range(5)]]
+    # quotas 4, 2, 3 (the class of 2 gives all it has), evenly spaced within each class
+    assert pick_evenly(classes, 9) == ['a1', 'a3', 'a6', 'a8', 'b0', 'b1', 'c0', 'c2', 'c4']
+    assert pick_evenly(classes, 100) == [name for names in classes for name in names]
+    assert pick_evenly(classes, 3) == ['a5', 'b1', 'c2']  # the middle of each class
+
+
+def test_int8_file_carries_the_fp32_metadata(exported, tmp_path):
+    fp32 = onnx.load(str(exported['fp32']))
+    fp32.metadata_props.add(key='class_names', value='["cat", "dog", "eel"]')
+    source = tmp_path / 'fp32_meta.onnx'
+    onnx.save(fp32, str(source))
+    quantize_onnx(source, tmp_path / 'int8.onnx', np.zeros((2, 3, SIZE, SIZE), np.float32), tmp_path)
+    props = {prop.key: prop.value for prop in onnx.load(str(tmp_path / 'int8.onnx')).metadata_props}
+    assert props['class_names'] == '["cat", "dog", "eel"]'
