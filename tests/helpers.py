@@ -66,3 +66,14 @@ def assert_one_line_error(status, err, *fragments):
     assert 'Traceback' not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def assert_ends_with_error(status, err, *fragments):
+    """Exit status 2 and, as the last line, one 'error: ...' line (after warnings that other
+    libraries print, e.g. the image decoder naming the files it could not decode)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2, err
+    assert lines and lines[-1].startswith('error: ') and 'Traceback' not in err, err
+    assert sum(line.startswith('error: ') for line in lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]

@@ -23,10 +23,10 @@ from src.tools.base.cli import UserError
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import save_checkpoint
 from src.tools.deployment.onednn import kernel as onednn
-from tests.helpers import ROOT, assert_one_line_error, run_main, run_process
+from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
 from tests.train_helpers import command, environment
 
-ARCH, SIZE = 'RepVGG-A0', 16
+ARCH, SIZE = 'RepVGG-A0', 32
 CLASSES = ['cat', 'dog', 'fox']
 
 
@@ -52,8 +52,8 @@ def corrupt_pixels(path):
 
 def flags(data, runs, **overrides):
     values = dict(config=ROOT / 'src/configs/RepVGG.yaml', arch=ARCH, num_classes=len(CLASSES), image_size=SIZE,
-                  batch_size=2, epochs=1, device_target='CPU', data_url=data, train_url=runs, aug_type='none',
-                  num_parallel_workers=1, prefetch=2, base_lr=0.01, save_every=3, keep_checkpoint_max=1,
+                  batch_size=3, epochs=1, device_target='CPU', data_url=data, train_url=runs, aug_type='none',
+                  num_parallel_workers=1, prefetch=2, base_lr=0.001, save_every=2, keep_checkpoint_max=1,
                   keep_best_checkpoints_max=1, brief='bad')
     values.update(overrides)
     return [item for key, value in values.items() for item in (f'--{key}', str(value))]
@@ -202,14 +202,14 @@ def test_a_validation_set_that_cannot_be_scored_stops_the_run_without_a_best_che
     for path in (data / 'val').glob('*/*.png'):
         corrupt_pixels(path)
     status, _, err, runs = train(tmp_path, data)
-    assert_one_line_error(status, err, 'no image of the validation set could be scored')
+    assert_ends_with_error(status, err, 'no image of the validation set could be scored')
     assert not list(runs.glob(f'*/{ARCH}_epoch=*.ckpt'))
 
 
 def test_every_step_overflowing_is_an_error_not_a_loss_of_zero(trained, tmp_path):
     status, out, err, runs = train(tmp_path, trained['data'], amp_level='O2', is_dynamic_loss_scale=0,
                                    loss_scale=1e30)
-    assert_one_line_error(status, err, 'epoch 1: none of its 6 steps updated the weights', 'amp_level O0')
+    assert_one_line_error(status, err, 'epoch 1: none of its 4 steps updated the weights', 'amp_level O0')
     assert 'Over Flow' in out and 'Result metrics' not in out
     assert not list(runs.glob(f'*/{ARCH}_epoch=*.ckpt'))
 
@@ -303,11 +303,11 @@ def test_demo_data_is_built_only_where_nothing_is_and_says_so(tmp_path):
     demo = ['--config', ROOT / 'src/configs/RepVGG-A0_digits.yaml', '--train_url', tmp_path / 'runs']
     mine = tmp_path / 'my_data'
     write_split(mine / 'train', CLASSES, 1)
-    status, _, err = run_process('train.py', *demo, '--data_url', mine, cwd=tmp_path)
+    status, _, err = run_process(ROOT / 'train.py', *demo, '--data_url', mine, cwd=tmp_path)
     assert_one_line_error(status, err, f'{mine} exists and is not a complete demo data set')
     assert sorted(path.name for path in mine.iterdir()) == ['train']
     typo = tmp_path / 'my_dta'
-    status, out, err = run_process('train.py', *demo, '--data_url', typo, '--num_classes', 3, cwd=tmp_path)
+    status, out, err = run_process(ROOT / 'train.py', *demo, '--data_url', typo, '--num_classes', 3, cwd=tmp_path)
     assert f'the scikit-learn digits demo set was built in {typo}, which did not exist yet' in out
     assert_one_line_error(status, err, 'has 10 class folders but num_classes is 3')
 

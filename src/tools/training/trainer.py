@@ -127,6 +127,7 @@ class Trainer:
         args = self.args
         # Each rank's BN statistics come from its own batches: one model for everyone first.
         self.ranks.average_params('bn', self.bn_statistics)
+        self._check_finite(epoch)
         validated = self.ema.applied if args.eval_ema else contextlib.nullcontext
         with validated():
             result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
@@ -155,6 +156,15 @@ class Trainer:
                     print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
         self.save_periodic(epoch + 1, self.steps_per_epoch)
         return metrics
+
+    def _check_finite(self, epoch):
+        """Stop when training diverged: a model with inf/NaN weights or BN statistics would be
+        validated, saved and reported as if it were a result."""
+        broken = [param.name for param in self.net.get_parameters() if not np.isfinite(param.asnumpy()).all()]
+        if broken:
+            raise UserError(f'epoch {epoch + 1}: training diverged: {len(broken)} tensors of the network are no '
+                            f'longer finite (e.g. {broken[0]}); lower base_lr or raise batch_size; nothing was '
+                            f'saved from this epoch')
 
     def _log_samples(self, epoch_num, step, images):
         for image in images.asnumpy():
