@@ -17,7 +17,7 @@ def main(argv=None):
     set_device(config.device_target, config.device_id)
     predictor = load_predictor(config)
     print(f'=> {predictor.description}')
-    print(format_results(evaluate_folder(predictor, folder, config)))
+    print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir)))
     print('=> eval success')
 
 

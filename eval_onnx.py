@@ -21,6 +21,8 @@ def parse_args(argv=None):
     parser.add_argument('--prefetch', type=int, default=16, help='prefetched batches per data worker')
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('-j', '--num_parallel_workers', type=int, default=4, help='data loading workers')
+    parser.add_argument('--report_dir', type=Path, default=None,
+                        help='also write per_class_top1.csv and confusion_matrix.png there')
     return parser.parse_args(argv)
 
 
@@ -32,7 +34,7 @@ def main(argv=None):
     print(f'=> {predictor.description}')
     config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,
                          num_parallel_workers=args.num_parallel_workers, device_target=args.device_target)
-    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False)))
+    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir)))
     print('=> eval success')
 
 

@@ -7,7 +7,7 @@ python export.py --config C --pretrained CKPT --file_format ONNX --quantize int8
 from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
-from src.tools.deployment.export import check_export_format, export_network
+from src.tools.deployment.export import check_export_format, check_export_target, export_network
 from src.tools.deployment.model_files import load_deploy_network
 from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
 
@@ -23,20 +23,24 @@ def main(argv=None):
     if config.quantize == 'int8':
         folder, files = int8_calibration(config.file_format, config.calibration_path, config.data_url,
                                          config.calibration_images)
+    check_export_target(config.export_path, config.file_format)
     set_device(config.device_target, config.device_id)
-    net, description = load_deploy_network(config.pretrained, config.arch, config.num_classes, ema=config.ema)
+    net, description, class_names = load_deploy_network(config.pretrained, config.arch, config.num_classes,
+                                                        ema=config.ema)
     print(f'=> {description}')
     size = f'{config.image_size}x{config.image_size}'
+    names = f'{len(class_names)} class names' if class_names else 'no class names (the checkpoint records none)'
     if config.quantize == 'int8':
-        result = export_int8(net, config.image_size, config.export_path, files, config.interpolation)
+        result = export_int8(net, config.image_size, config.export_path, files, class_names, config.interpolation)
         print(f'=> exported {result.path} (ONNX INT8: {INT8_SCHEME}; deploy form, input {result.batch}x3x{size} '
-              f'float32; calibrated on {result.images} images of {folder})')
+              f'float32, {names}; calibrated on {result.images} images of {folder})')
         print(f'=> top-1 agreement with the fp32 network on the calibration images: {result.agreement:.2%} '
               f'(at least {AGREEMENT_THRESHOLD:.0%} required; the fp32 export differs from the network by '
               f'{result.fp32_difference:.2g} relative)')
     else:
-        path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path)
-        print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{size} float32; '
+        path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path,
+                                                 class_names)
+        print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{size} float32, {names}; '
               f'max relative difference to the network {difference:.2g})')
     print('=> export success')
 

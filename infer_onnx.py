@@ -22,6 +22,8 @@ def parse_args(argv=None):
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default='bilinear',
                         help='resize interpolation (as in evaluation: bilinear)')
+    parser.add_argument('--with_index', action='store_true',
+                        help="each prediction as {'class': name, 'index': i} instead of the class name alone")
     return parser.parse_args(argv)
 
 
@@ -32,7 +34,7 @@ def main(argv=None):
     inputs = list_inputs(args.dataset_path)
     predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
     print(f'=> {predictor.description}')
-    run_inference(predictor, inputs, args.output, args.interpolation)
+    run_inference(predictor, inputs, args.output, args.interpolation, args.with_index)
 
 
 if __name__ == '__main__':

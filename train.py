@@ -11,21 +11,21 @@ from pathlib import Path
 import mindspore as ms
 
 from src.config import parse_config
-from src.dataset import get_dataset, mixup_active
+from src.dataset import class_names, get_dataset, mixup_active
 from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
-from src.tools.base.files import remove_partial_files
+from src.tools.base.files import check_writable, remove_partial_files
 from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
 from src.tools.checkpoints.saver import CheckpointSaver
-from src.tools.demo_data import build_demo_data
+from src.tools.demo_data import build_demo_data, is_complete
 from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import MetricsLog, new_run_folder, save_config
+from src.tools.training.run_folder import MetricsLog, new_run_folder, save_class_names, save_config
 from src.tools.training.schedulers import lr_schedule
 from src.tools.training.trainer import Trainer
 
@@ -36,9 +36,17 @@ def check_args(args):
         raise UserError('set data_url (a folder with train/ and val/ class folders), e.g. --data_url /data/imagenet')
     if args.eval_ema and not args.with_ema:
         raise UserError('eval_ema needs the EMA: set with_ema: 1')
-    if args.save_every < 1:
-        raise UserError(f'save_every must be at least 1, got {args.save_every}')
     check_continues(args)
+    check_writable(args.continues or args.train_url, 'continues' if args.continues else 'train_url')
+
+
+def training_classes(args):
+    """The class folder names of data_url/train, in label order; their count must be num_classes."""
+    classes = class_names(Path(args.data_url) / 'train')
+    if len(classes) != args.num_classes:
+        raise UserError(f'{args.data_url}/train has {len(classes)} class folders but num_classes is '
+                        f'{args.num_classes}: set num_classes: {len(classes)}')
+    return classes
 
 
 def main():
@@ -56,11 +64,15 @@ def main():
         print('=> note: use_data_sink is not used: batches are fed from the host so that a run can '
               'resume mid-epoch')
 
-    # Data: this rank's shard of the training set, its part of the validation set.
-    if args.demo_data:
+    # Data: the training classes name the labels; this rank's shard of the training set, its part
+    # of the validation set (labelled by class name).
+    if args.demo_data and not is_complete(args.data_url):
         build_demo_data(args.data_url)
-    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size)
-    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size)
+        print(f'=> demo_data: 1, so the scikit-learn digits demo set was built in {args.data_url}, which did not '
+              f'exist yet (set demo_data: 0 to train on a folder of your own)', flush=True)
+    classes = training_classes(args)
+    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size, classes=classes)
+    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size, classes=classes)
     steps_per_epoch = train_ds.get_dataset_size()
     if steps_per_epoch == 0:
         raise UserError(f'{args.data_url}/train gives no full batch of {args.batch_size} per rank; '
@@ -68,7 +80,7 @@ def main():
 
     # Model, where training starts (pretrained / continues), the run folder.
     net = cast_amp(get_model(args), args.amp_level)
-    start = starting_point(args, net, steps_per_epoch, rank, group_size)
+    start = starting_point(args, net, steps_per_epoch, rank, group_size, classes)
     folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
     saver = CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
@@ -92,16 +104,22 @@ def main():
     if ranks.is_main:
         remove_partial_files(folder)
         save_config(folder, args)
+        save_class_names(folder, classes)
         metrics_log.keep_until(start.epoch)
         saver.forget_after(start.epoch)
     sample_log = (folder / f'samples_rank{rank}.txt').open('a', encoding='utf-8') if args.log_samples else None
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 
-    trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema,
+    trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema, classes=classes,
                       saver=saver, metrics_log=metrics_log, ranks=ranks,
                       steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log)
-    summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
+    try:
+        summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
+    except KeyboardInterrupt:
+        print(f'=> interrupted; the checkpoints written so far are complete: resume with --continues {folder}',
+              flush=True)
+        raise
     if sample_log is not None:
         sample_log.close()
 

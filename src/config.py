@@ -87,6 +87,10 @@ class Option:
     aliases: tuple = ()
     nullable: bool = False
     yaml: bool = True  # False: command line only
+    at_least: float = None  # range of a number, checked before any work
+    above: float = None
+    at_most: float = None
+    below: float = None
 
     def convert(self, value):
         if value is None or (self.type is to_path and value == ''):
@@ -100,11 +104,20 @@ class Option:
                 raise ValueError(f'expected a list of {self.nargs} values, got {value!r}')
             return [self.type(item) for item in value]
         converted = self.type(value)
+        self._check_range(converted)
         if self.choices is not None and converted not in self.choices:
             close = difflib.get_close_matches(str(converted), self.choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
             raise ValueError(f"got {value!r}{hint}; choose one of: {', '.join(map(str, self.choices))}")
         return converted
+
+
+    def _check_range(self, value):
+        limits = ((self.at_least, lambda v, x: v >= x, 'at least'), (self.above, lambda v, x: v > x, 'above'),
+                  (self.at_most, lambda v, x: v <= x, 'at most'), (self.below, lambda v, x: v < x, 'below'))
+        for limit, holds, words in limits:
+            if limit is not None and not holds(value, limit):
+                raise ValueError(f'must be {words} {limit:g}, got {value!r}')
 
 
 def _opt(name, type_, default, help_, **kwargs):
@@ -123,48 +136,48 @@ OPTIONS = (
          'eval/export/infer: the model file.'),
     _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
     # checkpoints
-    _opt('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).'),
-    _opt('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.'),
-    _opt('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.'),
+    _opt('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).', at_least=1),
+    _opt('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.', at_least=1),
+    _opt('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.', at_least=0),
     # model
     _opt('arch', to_str, 'RepVGG-B0', 'Architecture name.', choices=ARCH_NAMES, aliases=('-a',)),
-    _opt('num_classes', to_int, 1000, 'Number of classes.'),
-    _opt('image_size', to_int, 224, 'Input image size (size x size).'),
+    _opt('num_classes', to_int, 1000, 'Number of classes.', at_least=1),
+    _opt('image_size', to_int, 224, 'Input image size (size x size).', at_least=1),
     _opt('deploy', to_flag, False, 'Build the network directly in deploy (re-parameterized) form.'),
     # training duration
-    _opt('epochs', to_int, 120, 'Number of epochs.'),
-    _opt('batch_size', to_int, 32, 'Batch size per device.'),
-    _opt('start_epoch', to_int, 0, 'Epoch to start from (restarts).'),
-    _opt('start_step', to_int, 0, 'Step of the start epoch to start from (restarts).'),
+    _opt('epochs', to_int, 120, 'Number of epochs.', at_least=1),
+    _opt('batch_size', to_int, 32, 'Batch size per device.', at_least=1),
+    _opt('start_epoch', to_int, 0, 'Epoch to start from (restarts).', at_least=0),
+    _opt('start_step', to_int, 0, 'Step of the start epoch to start from (restarts).', at_least=0),
     # optimizer and schedule
     _opt('optimizer', to_str, 'momentum', 'Optimizer.', choices=('momentum', 'adamw')),
-    _opt('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.'),
-    _opt('warmup_lr', to_float, 7e-8, 'Learning rate at the start of warm-up.'),
-    _opt('base_lr', to_float, 0.1, 'Learning rate after warm-up.'),
-    _opt('min_lr', to_float, 0.0, 'Lower bound of the learning rate.'),
-    _opt('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.'),
+    _opt('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.', at_least=0),
+    _opt('warmup_lr', to_float, 7e-8, 'Learning rate at the start of warm-up.', at_least=0),
+    _opt('base_lr', to_float, 0.1, 'Learning rate after warm-up.', above=0),
+    _opt('min_lr', to_float, 0.0, 'Lower bound of the learning rate.', at_least=0),
+    _opt('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.', at_least=0, below=1),
     _opt('beta', to_float, [0.9, 0.999], 'AdamW betas.', nargs=2),
     _opt('lr_scheduler', to_str, 'cosine_lr', 'Learning-rate schedule.',
          choices=('constant_lr', 'cosine_lr', 'multistep_lr', 'exp_lr')),
-    _opt('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).'),
-    _opt('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).'),
+    _opt('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).', above=0),
+    _opt('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).', above=0),
     _opt('weight_decay', to_float, 0.0001, 'Weight decay of conv and dense kernels (not BN, not biases).',
-         aliases=('--wd',)),
-    _opt('eps', to_float, 1e-8, 'AdamW epsilon.'),
+         aliases=('--wd',), at_least=0),
+    _opt('eps', to_float, 1e-8, 'AdamW epsilon.', above=0),
     # train one step (loss scale, EMA)
-    _opt('loss_scale', to_float, 1024.0, 'Fixed loss scale (dynamic scaling starts at 2^24; O0 uses 1).'),
+    _opt('loss_scale', to_float, 1024.0, 'Fixed loss scale (dynamic scaling starts at 2^24; O0 uses 1).', above=0),
     _opt('is_dynamic_loss_scale', to_flag, True, 'Adapt the loss scale to overflows.'),
     _opt('with_ema', to_flag, False, 'Keep an exponential moving average of the weights.'),
-    _opt('ema_decay', to_float, 0.9999, 'EMA decay.'),
+    _opt('ema_decay', to_float, 0.9999, 'EMA decay.', at_least=0, at_most=1),
     _opt('eval_ema', to_flag, False, 'Validate with the EMA weights and store them in the best checkpoints.'),
     _opt('amp_level', to_str, 'O0', 'Mixed-precision level (BN stays fp32).', choices=('O0', 'O1', 'O2', 'O3')),
     # hardware
     _opt('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
-    _opt('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).'),
-    _opt('device_id', to_int, 0, 'Device id (standalone runs).'),
+    _opt('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).', at_least=1),
+    _opt('device_id', to_int, 0, 'Device id (standalone runs).', at_least=0),
     # data loading
-    _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',)),
-    _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).'),
+    _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',), at_least=1),
+    _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).', at_least=1),
     _opt('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
     _opt('use_data_sink', to_flag, False, 'Accepted for the reference; batches are always fed from the host.'),
     # augmentation
@@ -172,19 +185,20 @@ OPTIONS = (
     _opt('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),
     _opt('interpolation', to_str, 'bilinear', 'Resize interpolation (random crop, resizes, policy ops).',
          choices=('bilinear', 'bicubic')),
-    _opt('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).'),
+    _opt('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).', at_least=0, at_most=1),
     _opt('re_mode', to_str, 'pixel', 'Random erasing fill.', choices=('pixel', 'rand', 'const')),
-    _opt('re_count', to_int, 1, 'Random erasing regions per image.'),
-    _opt('mixup_prob', to_float, 0.0, 'Probability of applying mixup or cutmix.'),
-    _opt('mix_up', to_float, 0.0, 'Mixup alpha (active when > 0).'),
-    _opt('cutmix', to_float, 0.0, 'CutMix alpha (active when > 0).'),
-    _opt('switch_prob', to_float, 0.0, 'Probability of CutMix instead of mixup when both are active.'),
+    _opt('re_count', to_int, 1, 'Random erasing regions per image.', at_least=1),
+    _opt('mixup_prob', to_float, 0.0, 'Probability of applying mixup or cutmix.', at_least=0, at_most=1),
+    _opt('mix_up', to_float, 0.0, 'Mixup alpha (active when > 0).', at_least=0),
+    _opt('cutmix', to_float, 0.0, 'CutMix alpha (active when > 0).', at_least=0),
+    _opt('switch_prob', to_float, 0.0, 'Probability of CutMix instead of mixup when both are active.',
+         at_least=0, at_most=1),
     _opt('mixup_mode', to_str, 'batch', 'Mixup parameters per batch, pair or element.',
          choices=('batch', 'pair', 'elem')),
-    _opt('label_smoothing', to_float, 0.0, 'Label smoothing.'),
+    _opt('label_smoothing', to_float, 0.0, 'Label smoothing.', at_least=0, below=1),
     # other
     _opt('brief', to_str, 'epochs-120_bs-32x8_lr-0.1-0.0', 'Suffix of the run folder name.', nullable=True),
-    _opt('seed', to_int, 0, 'Random seed.'),
+    _opt('seed', to_int, 0, 'Random seed.', at_least=0),
     _opt('demo_data', to_flag, False, 'Build the scikit-learn digits demo set at data_url if it is missing.'),
     _opt('log_samples', to_flag, False, 'Debug: write a fingerprint of every training image per rank '
          'to the run folder (checks data-parallel sharding).'),
@@ -196,11 +210,15 @@ OPTIONS = (
     _opt('calibration_path', to_path, None, 'INT8 calibration images, one sub-folder per class (default: '
          'data_url/train).', yaml=False),
     _opt('calibration_images', to_int, 300, 'Calibration images drawn evenly over the class folders of '
-         'calibration_path.', yaml=False),
+         'calibration_path.', yaml=False, at_least=1),
     _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
     _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
     _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),
     _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
+         yaml=False),
+    _opt('with_index', to_flag, False, "infer.py: each prediction as {'class': name, 'index': i} instead of the "
+         'class name alone.', yaml=False),
+    _opt('report_dir', to_path, None, 'eval.py: also write per_class_top1.csv and confusion_matrix.png there.',
          yaml=False),
     _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: a .ckpt through the '
          "oneDNN kernel on CPU (MindSpore's convolutions where it cannot be built) and MindSpore on GPU, a "

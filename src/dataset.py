@@ -155,8 +155,9 @@ def check_images(paths, show_progress=True, threads=8):
                              disable=not show_progress or len(paths) < 2000))
     bad = [(path, problem) for path, problem in zip(paths, problems) if problem]
     if bad:
-        for path, problem in bad:
-            print(f'unreadable image: {path}: {problem}', file=sys.stderr)
+        if len(bad) > 3:  # the error line names three
+            for path, problem in bad:
+                print(f'unreadable image: {path}: {problem}', file=sys.stderr)
         shown = '; '.join(f'{path} ({problem})' for path, problem in bad[:3])
         more = f'; and {len(bad) - 3} more (listed above)' if len(bad) > 3 else ''
         raise UserError(f'{len(bad)} unreadable image(s): {shown}{more}; fix or remove them and run again')
@@ -311,11 +312,42 @@ def _check_settings(args, training):
         raise UserError(f'batch_size must be >= 1, got {args.batch_size}')
 
 
-def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1):
+def class_indexing(folder, names, classes, num_classes, show=True):
+    """{class folder name: label} of a split folder with class folders ``names``.
+
+    ``classes``: the model's class names in label order (those it was trained on); labels are then
+    looked up by name, so a folder missing some of the model's classes still scores correctly (a
+    note says which are missing), and a class the model does not know is an error naming it.
+    Without ``classes`` (a model that records none) labels are the sorted folder positions, of which
+    there may not be more than ``num_classes``.
+    """
+    if classes is None:
+        if len(names) > num_classes:
+            raise UserError(f'{folder} has {len(names)} class folders but num_classes is {num_classes}; '
+                            f'set num_classes: {len(names)}')
+        return {name: label for label, name in enumerate(names)}
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise UserError(f'{folder} has class folders the model was not trained on: {_listed(unknown)}; the model '
+                        f'knows {len(classes)} classes ({_listed(classes)}); rename or remove those folders')
+    missing = [name for name in classes if name not in names]
+    if missing and show:
+        print(f'=> note: {folder} has {len(names)} of the model\'s {len(classes)} classes (missing: '
+              f'{_listed(missing)}); labels are matched by class name', flush=True)
+    return {name: classes.index(name) for name in names}
+
+
+def _listed(names, limit=5):
+    shown = ', '.join(repr(name) for name in names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1, classes=None):
     """The batched dataset of one split folder (one sub-folder per class); columns image, label.
 
     image: float32 (B, 3, S, S); label: int32 (B,), or float32 (B, num_classes) soft targets when
-    training with mixup / cutmix (see ``mixup_active``).
+    training with mixup / cutmix (see ``mixup_active``). ``classes``: the model's class names in
+    label order; labels are then given by name (see ``class_indexing``).
     """
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
@@ -326,9 +358,7 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
         raise ValueError(f'rank {rank} outside group of {group_size}')
     _check_settings(args, training)
     names, files = split_files(folder)
-    if len(names) > args.num_classes:
-        raise UserError(f'{folder} has {len(names)} class folders but num_classes is {args.num_classes}; '
-                        f'set num_classes: {len(names)}')
+    indexing = class_indexing(folder, names, classes, args.num_classes, show=rank == 0)
     if not training and len(files) < group_size:
         raise UserError(f'{folder} has {len(files)} images, fewer than the {group_size} evaluating devices')
     if training and -(-len(files) // group_size) < args.batch_size:
@@ -342,7 +372,7 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
     ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
     ds.config.set_prefetch_size(max(1, args.prefetch))
     source = dict(extensions=sorted({path.suffix for path, _ in files}),
-                  class_indexing={name: label for label, name in enumerate(names)},
+                  class_indexing=indexing,
                   decode=False, num_parallel_workers=workers, cache=dataset_cache(args))
     if training:
         ds.config.set_seed(args.seed)  # same on every rank: the shards come from one shuffle
@@ -367,13 +397,14 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
         transform = f'aug_type {args.aug_type}' if training else 'eval transform'
         print(f'=> {"train" if training else "eval"} data {folder}: {len(files)} images, {len(names)} classes, '
               f'{group_size} device(s), batch {args.batch_size}, {transform}', flush=True)
+    data.image_count = len(files)  # the whole folder's, for "scored N of M images"
     return data
 
 
-def get_dataset(args, training, rank=0, group_size=1):
+def get_dataset(args, training, rank=0, group_size=1, classes=None):
     """``args.data_url``/train (training) or /val as a batched dataset (see create_dataset_imagenet)."""
     if args.data_url is None:
         raise UserError('data_url is not set: pass --data_url with a folder holding train/ and val/ '
                         '(python -m src.tools.demo_data DIR writes a small one)')
     return create_dataset_imagenet(Path(args.data_url) / ('train' if training else 'val'), args,
-                                   training=training, rank=rank, group_size=group_size)
+                                   training=training, rank=rank, group_size=group_size, classes=classes)

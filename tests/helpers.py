@@ -1,6 +1,14 @@
-"""Shared test utilities (not fixtures): deterministic random BN statistics."""
+"""Shared test utilities (not fixtures): deterministic random BN statistics, running the top-level
+scripts in this process or as processes, and the one-line error every bad input must get."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from mindspore import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def randomize_bn(net, seed=0):
@@ -20,3 +28,52 @@ def randomize_bn(net, seed=0):
             continue
         param.set_data(Tensor(value.astype(np.float32)))
     return net
+
+
+def load_script(name):
+    """A top-level script (eval.py, ...) as a module, so that its main(argv) runs in this process."""
+    spec = importlib.util.spec_from_file_location(f'script_{name[:-3]}', ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(capsys, name, *argv):
+    """(exit status, stdout, stderr) of script ``name``'s main(argv), run in this process."""
+    try:
+        load_script(name).main([str(arg) for arg in argv])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_process(*argv, cwd=ROOT, timeout=300):
+    """(exit status, stdout, stderr) of ``python *argv`` run as a process."""
+    result = subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def assert_one_line_error(status, err, *fragments):
+    """Exit status 2 and one line 'error: ...' on stderr, as a terminal shows it (a progress bar
+    that had started is overwritten through carriage returns, on the same line)."""
+    lines = [line.rsplit('\r', 1)[-1] for line in err.split('\n')]
+    lines = [line for line in lines if line.strip()]
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert 'Traceback' not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def assert_ends_with_error(status, err, *fragments):
+    """Exit status 2 and, as the last line, one 'error: ...' line (after warnings that other
+    libraries print, e.g. the image decoder naming the files it could not decode)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2, err
+    assert lines and lines[-1].startswith('error: ') and 'Traceback' not in err, err
+    assert sum(line.startswith('error: ') for line in lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]

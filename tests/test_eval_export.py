@@ -8,11 +8,9 @@ costs seconds); a few run as real processes.
 """
 import ast
 import collections
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mindspore as ms
@@ -31,7 +29,7 @@ from src.tools.deployment.evaluation import ClassificationMetrics, reference_res
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
 from src.tools.base.numerics import relative_difference
-from tests.helpers import randomize_bn
+from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, NUM_CLASSES, SIZE = 'RepVGG-A0', 10, 32
@@ -39,42 +37,6 @@ A0_BLOCKS = 1 + 2 + 4 + 14 + 1
 
 
 # ----------------------------------------------------------------------------- helpers
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f'script_{name[:-3]}', ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_main(capsys, name, *argv):
-    """(exit status, stdout, stderr) of script ``name``'s main(argv), run in this process."""
-    try:
-        load_script(name).main([str(arg) for arg in argv])
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def run_process(*argv):
-    result = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, check=False)
-    return result.returncode, result.stdout, result.stderr
-
-
-def assert_one_line_error(status, err, *fragments):
-    """Exit status 2 and one line 'error: ...' on stderr, as a terminal shows it (a progress bar
-    that had started is overwritten through carriage returns, on the same line)."""
-    lines = [line.rsplit('\r', 1)[-1] for line in err.split('\n')]
-    lines = [line for line in lines if line.strip()]
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    assert 'Traceback' not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def eval_results(out):
     line = next(line for line in out.splitlines() if line.startswith('=> eval results:'))
     return ast.literal_eval(line[len('=> eval results:'):])
@@ -182,7 +144,7 @@ def test_metrics_by_hand():
     assert reference_results(three, with_loss=False) == {'Top1-Acc': 0.0, 'Top5-Acc': 1.0}  # top-5 is top-3
     with pytest.raises(UserError, match='outside the 6 classes'):
         ClassificationMetrics(6).update(np.zeros((1, 6)), np.array([6]))
-    with pytest.raises(UserError, match='no images were evaluated'):
+    with pytest.raises(UserError, match='no image of the data could be scored'):
         score(lambda images: images, [], 6)
 
 

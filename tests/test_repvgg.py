@@ -100,7 +100,7 @@ def test_b2g2_counts_follow_the_rules():
 
 def test_stage_layout_and_grouping():
     net = create_model('RepVGG-B1g4', num_classes=10)
-    blocks = [net.stage0] + [b for s in (net.stage1, net.stage2, net.stage3, net.stage4) for b in s]
+    blocks = net.blocks()
     assert [b.groups for b in blocks] == [1] + [4 if i % 2 == 0 and i <= 26 else 1 for i in range(1, 28)]
     assert [b.stride for b in blocks[1:]] == [2, 1, 1, 1, 2] + [1] * 5 + [2] + [1] * 15 + [2]
     assert (blocks[0].in_channels, blocks[0].out_channels) == (3, 64)
@@ -184,7 +184,7 @@ def test_grouped_blocks_convert_exactly(arch):
     net = randomize_bn(create_model(arch, num_classes=10), seed=4)
     net.set_train(False)
     rng = np.random.default_rng(4)
-    blocks = [net.stage0] + [b for s in (net.stage1, net.stage2, net.stage3, net.stage4) for b in s]
+    blocks = net.blocks()
     grouped = 0
     for block in blocks:
         x = Tensor(rng.normal(size=(1, block.in_channels, 6, 6)).astype(np.float32))

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from src.tools.base.cli import UserError, user_entry_point
+from src.tools.base.files import make_folder, partial_name, remove_partial_files
 
 IMAGE_SIZE = 32
 VAL_FRACTION = 0.2
@@ -81,16 +82,20 @@ def build_demo_data(out_dir):
                         f'another folder')
     images, labels = digit_images()
     splits = split_indices(labels)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.partial-', dir=out_dir.parent))
+    make_folder(out_dir.parent)
+    remove_partial_files(out_dir.parent, out_dir.name)  # of a build that was killed
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=partial_name(out_dir, '-').name, dir=out_dir.parent))
+    except OSError as error:
+        raise UserError(f'could not build the demo data in {out_dir}: {error.strerror or error}') from None
     try:
         _write(staging, images, labels, splits)
         if out_dir.exists():
             out_dir.rmdir()  # an empty folder the user made for us
         os.rename(staging, out_dir)
-    except OSError:
+    except OSError as error:
         if not is_complete(out_dir):  # another process may have finished the same build first
-            raise
+            raise UserError(f'could not build the demo data in {out_dir}: {error.strerror or error}') from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir

@@ -2,6 +2,7 @@
 import argparse
 import difflib
 import functools
+import signal
 import sys
 
 
@@ -10,15 +11,30 @@ class UserError(Exception):
 
 
 def user_entry_point(main):
-    """Run ``main``; report a UserError as ``error: <message>`` on stderr and exit with status 2."""
+    """Run ``main``; report a UserError as ``error: <message>`` on stderr and exit with status 2, and
+    Ctrl+C as one line with status 130 (files are written atomically, so nothing half-written stays).
+
+    Importing MindSpore installs a SIGINT handler of its own that swallows Ctrl+C in the main
+    process; Python's is put back first, so Ctrl+C stops a run at any moment.
+    """
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        restore_ctrl_c()
         try:
             return main(*args, **kwargs)
         except UserError as error:
             print(f'error: {error}', file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print('error: interrupted (Ctrl+C); no file was left half-written', file=sys.stderr)
+            sys.exit(130)
     return wrapper
+
+
+def restore_ctrl_c():
+    """Put Python's Ctrl+C handler back (MindSpore installs its own at import and again while it
+    runs graphs; a training loop calls this once per step)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,6 +1,8 @@
 """Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group, and
 the one workaround for networks whose structure changes after they ran (re-parameterization,
 back-end swaps)."""
+import contextlib
+import logging
 import os
 import random
 import time
@@ -8,6 +10,8 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore.communication import get_group_size, get_rank, init
+
+from src.tools.base.cli import UserError
 
 
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
@@ -17,6 +21,8 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
     on 2 cores one per core measured the same speed, so the default stays unless asked).
     """
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
+    if device_target != 'CPU':
+        check_device_available(device_target)
     if device_target == 'CPU':
         ms.set_device('CPU')
         if cpu_threads:
@@ -26,6 +32,35 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
                 pass
     else:
         ms.set_device(device_target, device_id)
+
+
+@contextlib.contextmanager
+def _mindspore_quiet():
+    """Silence MindSpore's Python logger (its plugin loaders log errors before raising their own)."""
+    try:
+        logger = ms.log._get_logger()  # pylint: disable=protected-access  (no public handle on it)
+    except AttributeError:
+        logger = logging.getLogger('mindspore')
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_device_available(device_target):
+    """A one-line UserError when MindSpore cannot run on ``device_target`` here (e.g. GPU on a machine
+    without a GPU, CUDA 11 or the GPU plugin), instead of MindSpore's log lines and traceback."""
+    with _mindspore_quiet():
+        try:
+            available = ms.hal.is_available(device_target)
+        except (RuntimeError, ValueError):
+            available = False
+    if not available:
+        raise UserError(f'MindSpore cannot use a {device_target} on this machine (no device, or no CUDA 11 / GPU '
+                        f'plugin it can load): run with --device_target CPU (the scripts take CPU as their '
+                        f'optional DEVICE_TARGET argument)')
 
 
 def set_seed(seed):

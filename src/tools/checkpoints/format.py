@@ -11,23 +11,28 @@ docs/training.md shows it from a user's side):
   ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
 - the position (``POSITION_KEYS``): ``epoch_num`` (1-based epoch of the last step taken),
   ``step_num`` (steps of that epoch taken), ``steps_per_epoch``; and ``arch`` (str) and
-  ``num_classes``.
+  ``num_classes``;
+- ``class_names``: the training classes in label order (the sorted class folder names), as a JSON
+  list in a string. Exports and predictions carry them on; files without them (older checkpoints,
+  converted ImageNet weights) still work, with class indices.
 
 A checkpoint may hold more than the network, so only the entries under the network's own top-level
 names count as network tensors when reading: nothing the network needs or the file offers as
 weights is silently ignored. Files are written under a hidden temporary name and renamed into
 place (src/tools/base/files.py), so a process killed at any moment leaves only complete files.
 """
+import json
 from pathlib import Path
 
 import mindspore as ms
 
 from src.tools.base.cli import UserError
-from src.tools.base.files import atomic_path
+from src.tools.base.files import atomic_path, give_usual_permissions
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
 EMA_PREFIX = 'ema.'
 POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
+CLASS_NAMES_KEY = 'class_names'
 # Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
 NOT_SAVED = ('learning_rate',)
 
@@ -49,17 +54,24 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
         entries = [{'name': name, 'data': ms.Tensor(value)} for name, value in entries.items()]
     with atomic_path(path, '.ckpt') as temporary:
         ms.save_checkpoint(entries, str(temporary), append_dict=append_dict)
+        give_usual_permissions(temporary)  # MindSpore leaves its checkpoints readable by their owner only
         result = verify(temporary) if verify is not None else path
     return result
 
 
-def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes):
+def class_names_entry(names):
+    """{CLASS_NAMES_KEY: JSON list} for an append_dict, or {} when the names are unknown."""
+    return {CLASS_NAMES_KEY: json.dumps(list(names), ensure_ascii=False)} if names else {}
+
+
+def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes, class_names=None):
     """(entries, append_dict) for ``save_checkpoint``: every parameter of the train cell (network,
-    optimizer, loss scale, EMA) except the per-step learning rates, plus the position."""
+    optimizer, loss scale, EMA) except the per-step learning rates, plus the position and the
+    class names."""
     entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
                if param.name not in NOT_SAVED]
     append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
-              'arch': arch, 'num_classes': int(num_classes)}
+              'arch': arch, 'num_classes': int(num_classes), **class_names_entry(class_names)}
     return entries, append
 
 
@@ -72,6 +84,9 @@ def read_checkpoint(path):
     if path.suffix != '.ckpt':
         raise UserError(f'checkpoint {path} is not a MindSpore .ckpt file; convert PyTorch/timm '
                         f'weights first with convert.py')
+    if path.stat().st_size == 0:
+        raise UserError(f'checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk? '
+                        f'use another checkpoint')
     try:
         return ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, TypeError, OSError) as error:
@@ -82,6 +97,20 @@ def read_checkpoint(path):
 def integer(value):
     """A position entry (stored by MindSpore as a Parameter or a plain int) as an int."""
     return int(value.asnumpy()) if hasattr(value, 'asnumpy') else int(value)
+
+
+def recorded_class_names(checkpoint, source='checkpoint'):
+    """The class names a checkpoint records (a list of str), or None when it records none."""
+    text = checkpoint.get(CLASS_NAMES_KEY)
+    if text is None:
+        return None
+    try:
+        names = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UserError(f'{source}: its {CLASS_NAMES_KEY} entry is not a list of names; re-save it with this project')
+    return names
 
 
 def check_recorded_arch(checkpoint, arch, source):

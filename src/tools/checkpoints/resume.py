@@ -15,7 +15,7 @@ import mindspore as ms
 
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, integer, load_weights,
-                                          read_checkpoint)
+                                          read_checkpoint, recorded_class_names)
 from src.tools.checkpoints.saver import CheckpointSaver
 
 # Train-cell state restored on resume (the network tensors are loaded by load_weights).
@@ -45,14 +45,19 @@ def check_continues(args):
         raise UserError(f'continues: run folder {folder} does not exist')
 
 
-def starting_point(args, net, steps_per_epoch, rank=0, group_size=1):
-    """Load what the run starts from into ``net`` and say where training begins."""
+def starting_point(args, net, steps_per_epoch, rank=0, group_size=1, classes=None):
+    """Load what the run starts from into ``net`` and say where training begins.
+
+    ``classes``: the class names of the training folder, in label order. A resumed run must train
+    on the classes it started with; a pretrained classifier kept for other classes is named in a note.
+    """
     if args.continues is not None:
         saver = CheckpointSaver(args.continues, args.arch, rank, args.keep_checkpoint_max,
                                 args.keep_best_checkpoints_max)
         path = saver.resume_path(group_size)
         source = f'checkpoint {path}'
         checkpoint = read_training_checkpoint(path, args.arch, source)
+        _check_same_classes(checkpoint, classes, source, args.data_url)
         load_weights(net, checkpoint, source=source)
         position = start_position(checkpoint, steps_per_epoch)
         if position is None:
@@ -65,11 +70,30 @@ def starting_point(args, net, steps_per_epoch, rank=0, group_size=1):
         if dropped:
             print(f'=> {source}: classifier of another class count dropped ({", ".join(dropped)}); '
                   f'training starts at epoch 0 with a new {args.num_classes}-class head', flush=True)
+        else:
+            _note_other_classes(checkpoint, classes, source)
         position = None if (args.exclude_epoch_state or dropped) else start_position(checkpoint, steps_per_epoch)
         if position is None:
             return _checked(Start(args.start_epoch, args.start_step, None, source), args, steps_per_epoch)
         return _checked(Start(*position, checkpoint, source), args, steps_per_epoch)
     return _checked(Start(args.start_epoch, args.start_step), args, steps_per_epoch)
+
+
+def _check_same_classes(checkpoint, classes, source, data_url):
+    recorded = recorded_class_names(checkpoint, source)
+    if recorded is not None and classes is not None and recorded != list(classes):
+        changed = [f'{index}: {old!r} -> {new!r}' for index, (old, new) in enumerate(zip(recorded, classes))
+                   if old != new][:3]
+        counts = f'{len(recorded)} classes then, {len(classes)} now' if len(recorded) != len(classes) else ''
+        raise UserError(f'{source} was trained on other classes than {data_url}/train holds now '
+                        f'({"; ".join(changed) or counts}); resume on the data it started with, or start a new run')
+
+
+def _note_other_classes(checkpoint, classes, source):
+    recorded = recorded_class_names(checkpoint, source)
+    if recorded is not None and classes is not None and recorded != list(classes):
+        print(f'=> note: {source} was trained on other class names ({recorded[0]!r}, ... vs {classes[0]!r}, ...); '
+              f'its classifier is kept (same class count) and trained on the new classes', flush=True)
 
 
 def _checked(start, args, steps_per_epoch):

@@ -28,8 +28,10 @@ import numpy as np
 from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
                         stage_widths, switch_net_to_deploy)
 from src.tools.base.cli import UserError
+from src.tools.base.files import check_writable, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
-from src.tools.checkpoints.format import EMA_PREFIX, load_weights, read_checkpoint, save_checkpoint
+from src.tools.checkpoints.format import (EMA_PREFIX, class_names_entry, load_weights, read_checkpoint,
+                                          recorded_class_names, save_checkpoint)
 from src.tools.conversion.torch_pickle import is_safetensors, read_pth, read_safetensors
 
 NETWORK_ROOTS = ('stage0', 'stage1', 'stage2', 'stage3', 'stage4', 'linear')
@@ -137,6 +139,7 @@ class Source:
     tensors: dict           # network name -> float32 array
     read_count: int         # entries read from the file (before dropping counters etc.)
     notes: list = field(default_factory=list)
+    class_names: list = None  # recorded by a checkpoint of this project; PyTorch/timm files have none
 
 
 def unwrap_state_dict(obj, source):
@@ -221,7 +224,11 @@ def _read_mindspore(path, ema):
         notes.append(f'left out {left_out} training-state entries (optimizer, counters'
                      f'{", EMA copy: add --ema to convert it instead" if has_ema else ""})')
     form = detect_form(tensors, source)
-    return Source(path, 'ckpt', 'mindspore', form, _as_float32(tensors, source), len(checkpoint), notes)
+    class_names = recorded_class_names(checkpoint, source)
+    if class_names:
+        notes.append(f'carried its {len(class_names)} class names')
+    return Source(path, 'ckpt', 'mindspore', form, _as_float32(tensors, source), len(checkpoint), notes,
+                  class_names)
 
 
 # ----------------------------------------------------------------------------- arch
@@ -411,6 +418,9 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
     output_path = Path(output_path)
     if output_path.suffix != '.ckpt':
         raise UserError(f'output {output_path} must end with .ckpt')
+    check_writable(output_path, 'output')
+    if output_path.parent.is_dir():
+        remove_partial_files(output_path.parent, output_path.name)  # of a conversion that was killed
     src = read_source(input_path, ema=ema)
     label = f'input {src.path}'
     arch = resolve_arch(src.tensors, arch, label)
@@ -420,6 +430,7 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
         return create_model(arch, num_classes=num_classes, deploy=deploy)
 
     conversion = convert_tensors(src.tensors, build, src.form, deploy, source=label)
-    diff = save_checkpoint(conversion.params, output_path, verify=lambda written: verify_written(
-        written, build, conversion, src.tensors, src.form, output_path))
+    diff = save_checkpoint(conversion.params, output_path, class_names_entry(src.class_names),
+                           verify=lambda written: verify_written(written, build, conversion, src.tensors,
+                                                                 src.form, output_path))
     return Report(src, arch, num_classes, output_path, conversion, diff, deploy)

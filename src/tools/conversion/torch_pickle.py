@@ -186,7 +186,8 @@ def is_safetensors(path):
 
 
 def read_safetensors(path):
-    """{name: numpy array} of a safetensors file; bfloat16 becomes float32."""
+    """{name: numpy array} of a safetensors file; bfloat16 becomes float32. A file that does not
+    follow the format is a one-line UserError naming what is wrong."""
     path = Path(path)
     data = path.read_bytes()
     try:
@@ -194,17 +195,26 @@ def read_safetensors(path):
         header = json.loads(data[8:8 + size])
     except (struct.error, ValueError) as error:
         raise UserError(f'{path} is not a valid safetensors file ({error})') from None
+    if not isinstance(header, dict):
+        raise UserError(f'{path} is not a valid safetensors file (its header is not a JSON object)')
     body = memoryview(data)[8 + size:]
     tensors = {}
     for name, info in header.items():
         if name == '__metadata__':
             continue
-        dtype = _SAFETENSORS_DTYPES.get(info.get('dtype'))
-        if dtype is None:
-            raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        start, end = info['data_offsets']
-        if not 0 <= start <= end <= len(body):
-            raise UserError(f'{path}: tensor {name} reaches past the end of the file')
-        values = _decode(body[start:end], dtype)
-        tensors[name] = values.reshape(info['shape'])
+        try:
+            tensors[name] = _safetensors_tensor(info, body, name, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserError(f'{path} is not a valid safetensors file (tensor {name}: '
+                            f'{type(error).__name__} {error})') from None
     return tensors
+
+
+def _safetensors_tensor(info, body, name, path):
+    dtype = _SAFETENSORS_DTYPES.get(info.get('dtype'))
+    if dtype is None:
+        raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+    start, end = info['data_offsets']
+    if not 0 <= start <= end <= len(body):
+        raise UserError(f'{path}: tensor {name} reaches past the end of the file')
+    return _decode(body[start:end], dtype).reshape(info['shape'])

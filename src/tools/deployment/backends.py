@@ -63,12 +63,13 @@ def load_predictor(config):
     if backend == 'onednn' and config.device_target != 'CPU':
         raise UserError(f'--backend onednn runs on CPU only; this run targets {config.device_target}: '
                         f'use --backend mindspore (or --device_target CPU)')
-    net, description = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
+    net, description, class_names = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
     if backend == 'onnxruntime':
-        return onnx_runtime_predictor(net, config, description)
+        return onnx_runtime_predictor(net, config, description, class_names)
     if backend == 'onednn' or (backend == 'auto' and config.device_target == 'CPU'):
         description += onednn_kernels(net, config.image_size, required=backend == 'onednn')
-    return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description)
+    return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
+                             class_names)
 
 
 def onednn_kernels(net, image_size, required=False):
@@ -89,11 +90,11 @@ def onednn_kernels(net, image_size, required=False):
     return f', convolutions by oneDNN (checked: {difference:.1e} relative)'
 
 
-def onnx_runtime_predictor(net, config, description):
+def onnx_runtime_predictor(net, config, description, class_names=None):
     """The deploy network run by ONNX Runtime (on CPU about as fast as the oneDNN kernel, with less
     memory). The ONNX file lives only while the session is created; the export checks it first."""
     with tempfile.TemporaryDirectory() as folder:
-        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model')
+        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model', class_names)
         predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)
     predictor.description = f'{description}, run by ONNX Runtime (export checked: {difference:.1e} relative)'
     return predictor

@@ -2,9 +2,13 @@
 validation of every training epoch.
 
 The metrics are computed here from the logits in float64, the same way for a network in training,
-a checkpoint, a MINDIR and an ONNX file, so all of them can be compared exactly.
+a checkpoint, a MINDIR and an ONNX file, so all of them can be compared exactly. Labels come from
+the folder's class names matched to the model's (src/dataset.class_indexing); a model that records
+no class names is matched by position, with a note.
 """
 import argparse
+import csv
+import io
 import time
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from tqdm import tqdm
 
 from src.dataset import class_names, create_dataset_imagenet
 from src.tools.base.cli import UserError
+from src.tools.base.files import atomic_path, check_writable, write_text_atomic
 
 
 class ClassificationMetrics:
@@ -29,6 +34,7 @@ class ClassificationMetrics:
         self.loss_sum = 0.0
         self.top1 = 0
         self.topk = 0
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)  # [label, top-1 prediction]
 
     def update(self, logits, labels):
         logits = np.asarray(logits, np.float64)
@@ -47,17 +53,20 @@ class ClassificationMetrics:
         self.top1 += int((rank < 1).sum())
         self.topk += int((rank < self.top_k).sum())
         self.count += len(labels)
+        np.add.at(self.confusion, (labels, logits.argmax(axis=1)), 1)
 
     def sums(self):
         return [self.loss_sum, self.top1, self.topk, self.count]
 
 
-def score(predict, batches, num_classes, num_batches=None, reduce=None, show_progress=True, desc='eval'):
+def score(predict, batches, num_classes, num_batches=None, reduce=None, show_progress=True, desc='eval',
+          source='the data'):
     """Run ``predict`` (images -> logits) over ``batches`` of (images, labels) and score it.
 
     ``reduce`` sums a vector over data-parallel ranks (training validation: every rank scores its
     own part of the set); without it the sums are this process's. Returns {'loss', 'top1', 'top5',
-    'count', 'batches', 'time'}; 'top5' is top-min(5, classes).
+    'count', 'batches', 'time', 'confusion'}; 'top5' is top-min(5, classes); 'confusion' counts
+    (label, top-1 prediction) pairs of this process. Nothing scored is an error naming ``source``.
     """
     metrics = ClassificationMetrics(num_classes)
     steps = 0
@@ -68,9 +77,18 @@ def score(predict, batches, num_classes, num_batches=None, reduce=None, show_pro
         steps += 1
     loss_sum, top1, topk, count = reduce(metrics.sums()) if reduce is not None else metrics.sums()
     if count == 0:
-        raise UserError('no images were evaluated')
+        raise UserError(f'no image of {source} could be scored (every one failed to decode: see the '
+                        f'warnings above, which name the files); fix or remove them')
     return {'loss': loss_sum / count, 'top1': top1 / count, 'top5': topk / count, 'count': int(count),
-            'batches': steps, 'time': time.time() - begin}
+            'batches': steps, 'time': time.time() - begin, 'confusion': metrics.confusion}
+
+
+def partial_count_line(scored, total, source):
+    """The line that says images were skipped (undecodable), or None when every image was scored."""
+    if scored >= total:
+        return None
+    return (f'=> scored {scored} of {total} images of {source}; {total - scored} could not be decoded '
+            f'(the warnings above name them)')
 
 
 def reference_results(result, with_loss=True):
@@ -87,7 +105,8 @@ def format_results(results):
 
 
 def check_class_count(folder, num_classes):
-    """A UserError when the folder's class folders do not match the model's outputs."""
+    """A UserError when the folder's class folders do not match the model's outputs (for a model
+    that records no class names, whose labels can only be matched by position)."""
     classes = class_names(folder)
     if len(classes) != num_classes:
         raise UserError(f'{folder} has {len(classes)} class folders but the model predicts {num_classes} '
@@ -106,17 +125,93 @@ def validation_folder(dataset_path, data_url=None):
     return folder
 
 
-def evaluate_folder(predictor, folder, config, with_loss=True):
+def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None):
     """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py;
-    returns the reference's result dict.
+    returns the reference's result dict, and writes the per-class report into ``report_dir``.
 
     ``config`` supplies what the pipeline reads (batch_size, interpolation, workers, ...); image
     size and class count are the predictor's, so the model always gets the size it was built for.
     """
-    check_class_count(folder, predictor.num_classes)
+    if report_dir is not None:
+        check_writable(report_dir, 'report folder')
+    if predictor.class_names is None:
+        check_class_count(folder, predictor.num_classes)
+        print(f'=> note: the model records no class names (an older checkpoint, or converted weights): '
+              f'the sorted class folders of {folder} are taken as its classes 0-{predictor.num_classes - 1}')
     config = argparse.Namespace(**{**vars(config), 'image_size': predictor.image_size,
                                    'num_classes': predictor.num_classes})
-    dataset = create_dataset_imagenet(str(folder), config, training=False)
+    dataset = create_dataset_imagenet(str(folder), config, training=False, classes=predictor.class_names)
     batches = dataset.create_tuple_iterator(columns=['image', 'label'], output_numpy=True, num_epochs=1)
-    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size())
+    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size(), source=folder)
+    skipped = partial_count_line(result['count'], dataset.image_count, folder)
+    if skipped:
+        print(skipped)
+    if report_dir is not None:
+        names = predictor.class_names or [str(index) for index in range(predictor.num_classes)]
+        for path in write_report(report_dir, result['confusion'], names):
+            print(f'=> wrote {path}')
     return reference_results(result, with_loss)
+
+
+# ----------------------------------------------------------------------------- per-class report
+def per_class_rows(confusion, names):
+    """One row per class with images: name, images, top-1, and the class it is most often taken for."""
+    rows = []
+    for index, name in enumerate(names):
+        images = int(confusion[index].sum())
+        if images == 0:
+            continue
+        wrong = confusion[index].copy()
+        wrong[index] = 0
+        confused = int(wrong.argmax())
+        rows.append({'index': index, 'class': name, 'images': images,
+                     'top1': confusion[index, index] / images,
+                     'most_confused_with': names[confused] if wrong[confused] else '',
+                     'times': int(wrong[confused])})
+    return rows
+
+
+def write_report(folder, confusion, names):
+    """per_class_top1.csv and confusion_matrix.png in ``folder``; returns their paths."""
+    folder = Path(folder)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ['index', 'class', 'images', 'top1', 'most_confused_with', 'times'],
+                            lineterminator='\n')
+    writer.writeheader()
+    for row in per_class_rows(confusion, names):
+        writer.writerow({**row, 'top1': f"{row['top1']:.4f}"})
+    csv_path = folder / 'per_class_top1.csv'
+    write_text_atomic(csv_path, text.getvalue())
+    png_path = folder / 'confusion_matrix.png'
+    _plot_confusion(confusion, names, png_path)
+    return csv_path, png_path
+
+
+def _plot_confusion(confusion, names, path):
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    totals = confusion.sum(axis=1, keepdims=True)
+    shares = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    count = len(names)
+    side = min(4 + 0.35 * count, 20)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(shares, cmap='Blues', vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, label='share of the class\'s images')
+    if count <= 40:  # beyond that, labels overlap: the CSV names the classes
+        axis.set_xticks(range(count), names, rotation=90, fontsize=8)
+        axis.set_yticks(range(count), names, fontsize=8)
+        if count <= 15:
+            for row in range(count):
+                for column in range(count):
+                    if confusion[row, column]:
+                        axis.text(column, row, int(confusion[row, column]), ha='center', va='center', fontsize=7,
+                                  color='white' if shares[row, column] > 0.5 else 'black')
+    axis.set_xlabel('predicted class')
+    axis.set_ylabel('true class')
+    images = int(confusion.sum())
+    axis.set_title(f'confusion matrix ({images} images, top-1 {np.trace(confusion) / max(images, 1):.4f})')
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format='png')
+    plt.close(figure)

@@ -3,6 +3,7 @@
 The file is written in a temporary folder beside the target, loaded back and run on random
 images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
+import json
 import os
 import shutil
 import tempfile
@@ -15,8 +16,11 @@ from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
 from src.tools.base.cli import UserError
+from src.tools.base.files import (check_writable, give_usual_permissions, make_folder, partial_name,
+                                  remove_partial_files)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
-from src.tools.deployment.model_files import load_mindir, load_onnx
+from src.tools.checkpoints.format import CLASS_NAMES_KEY
+from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 # Operators that work on each sample independently: a graph of only these keeps its meaning
@@ -59,16 +63,19 @@ def make_onnx_batch_dynamic(model):
     return True
 
 
-def _export_raw(net, image_size, file_format, stem):
-    """Write ``stem``+suffix; MINDIR gets a dynamic batch, ONNX batch 1 made dynamic afterwards."""
+def _export_raw(net, image_size, file_format, stem, class_names=None):
+    """Write ``stem``+suffix; MINDIR gets a dynamic batch, ONNX batch 1 made dynamic afterwards.
+    The class names go into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
     shape = (3, image_size, image_size)
     path = stem.with_suffix(FORMAT_SUFFIXES[file_format])
+    names = json.dumps(list(class_names), ensure_ascii=False) if class_names else None
     if file_format == 'MINDIR':
-        ms.export(net, Tensor(shape=[None, *shape], dtype=ms.float32), file_name=str(stem), file_format='MINDIR')
-        # MindSpore makes the file read-only for its owner; give it a normal file's permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
+        def add_class_names(model):
+            if names:
+                set_mindir_user_info(model, CLASS_NAMES_KEY, names)
+        ms.export(net, Tensor(shape=[None, *shape], dtype=ms.float32), file_name=str(stem), file_format='MINDIR',
+                  custom_func=add_class_names)
+        give_usual_permissions(path)  # MindSpore leaves the file readable by its owner only
     else:
         # mindspore.onnx.export's dynamic_axes marks the input only (the output keeps batch 1),
         # whatever the graph does; make_onnx_batch_dynamic checks the operators first.
@@ -77,7 +84,9 @@ def _export_raw(net, image_size, file_format, stem):
         model = onnx.load(str(path))
         if make_onnx_batch_dynamic(model):
             onnx.checker.check_model(model)
-            onnx.save(model, str(path))
+        if names:
+            onnx.helper.set_model_props(model, {CLASS_NAMES_KEY: names})
+        onnx.save(model, str(path))
     return path
 
 
@@ -90,25 +99,55 @@ def exported_difference(path, net, image_size, num_images=2, seed=0):
     return relative_difference(predictor(images), expected), predictor
 
 
-def export_network(net, image_size, file_format, export_path):
-    """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
-
-    Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
-    """
+def check_export_target(export_path, file_format):
+    """The file export_path names, checked before any work: not a folder, its folder writable.
+    Leftovers of an export that was killed on the same target are removed."""
     target = export_file_path(export_path, file_format)
     if target.is_dir():
         raise UserError(f'export path {target} is a folder; pass a file name such as {target / "model"}')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.'))
+    check_writable(target, 'export path')
+    if target.parent.is_dir():
+        remove_partial_files(target.parent, target.name)
+    return target
+
+
+def export_network(net, image_size, file_format, export_path, class_names=None):
+    """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
+
+    Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
+    The file is written in a hidden folder beside the target and renamed into place once checked.
+    """
+    target = check_export_target(export_path, file_format)
+    make_folder(target.parent)
     try:
-        written = _export_raw(net, image_size, file_format, workdir / 'model')
+        workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-').name))
+    except OSError as error:
+        raise UserError(f'could not write {target}: {error.strerror or error}') from None
+    try:
+        written = _export_raw(net, image_size, file_format, workdir / 'model', class_names)
         difference, predictor = exported_difference(written, net, image_size)
         if not difference <= BACKEND_TOLERANCE:
-            raise RuntimeError(f'the exported {file_format} file differs from the network by {difference:.3g} '
-                               f'(relative); nothing was written')
+            raise UserError(f'the exported {file_format} file differs from the network by {difference:.3g} '
+                            f'(relative); nothing was written. Please report this')
+        if predictor.class_names != (list(class_names) if class_names else None):
+            raise UserError(f'the exported {file_format} file does not carry the class names; nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)
         os.replace(written, target)
+    except (OSError, RuntimeError) as error:
+        raise UserError(f'could not write {target}: {_write_failure(error, workdir)}') from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target, difference, batch
 
+
+def _write_failure(error, folder):
+    """Why writing into ``folder`` failed, in words. MindSpore's and onnx's writers report a full
+    disk in their own ways (a FileNotFoundError for a file they failed to write, say)."""
+    try:
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return 'no space left on the device'
+    except OSError:
+        pass
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

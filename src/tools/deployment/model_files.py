@@ -5,7 +5,13 @@ re-parameterized, so evaluation, export and inference always run the plain deplo
 ``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime. All three take
 the float32 (N, 3, S, S) batches of the one eval preprocessing (src/dataset.py), so their results
 can be compared number for number. Which back-end runs a checkpoint: src/tools/deployment/backends.py.
+
+The class names a model was trained on travel with it: a checkpoint's ``class_names`` entry
+(src/tools/checkpoints/format.py), an ONNX file's metadata and a MINDIR file's user info under
+``CLASS_NAMES_KEY`` (written by export.py). A Predictor has them as ``class_names`` (None for a
+model that records none).
 """
+import json
 from pathlib import Path
 
 import mindspore as ms
@@ -17,8 +23,8 @@ from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR 
 
 from src.repvgg import count_params, create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
-from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, is_deploy_form, load_weights,
-                                          read_checkpoint)
+from src.tools.checkpoints.format import (CLASS_NAMES_KEY, EMA_PREFIX, check_recorded_arch, is_deploy_form,
+                                          load_weights, read_checkpoint, recorded_class_names)
 
 
 class Predictor:
@@ -31,9 +37,13 @@ class Predictor:
     """
 
     def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
-                 description=''):
+                 description='', class_names=None):
         if batch_size < 1:
             raise UserError(f'batch_size must be at least 1, got {batch_size}')
+        if class_names is not None and len(class_names) != num_classes:
+            raise UserError(f'the model records {len(class_names)} class names for its {num_classes} outputs; '
+                            f'export it again from its checkpoint')
+        self.class_names = list(class_names) if class_names is not None else None
         self.run = run
         self.image_size = image_size
         self.num_classes = num_classes
@@ -85,11 +95,25 @@ def _input_dims(dims, path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def class_names_from_text(text, source):
+    """The JSON list of class names stored in a model file's metadata, or None."""
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UserError(f'{source}: its {CLASS_NAMES_KEY} metadata is not a list of names; export it again')
+    return names
+
+
 def load_deploy_network(path, arch, num_classes, ema=False):
     """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
 
     The form (train or deploy) is read from the checkpoint's names; ``ema`` takes the EMA copy
-    (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description).
+    (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, class names
+    or None).
     """
     checkpoint = read_checkpoint(path)
     prefix = EMA_PREFIX if ema else ''
@@ -112,18 +136,37 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     else:
         form = (f'train form, {params_before:,} parameters, re-parameterized to deploy form, '
                 f'{count_params(net):,} parameters')
-    return net, f'{arch} {weights} from {path} ({form})'
+    return net, f'{arch} {weights} from {path} ({form})', recorded_class_names(checkpoint, f'checkpoint {path}')
 
 
-def network_predictor(net, image_size, num_classes, batch_size, description=''):
+def network_predictor(net, image_size, num_classes, batch_size, description='', class_names=None):
     """A Predictor running a MindSpore network (already in eval mode)."""
     return Predictor(lambda images: net(Tensor(images)).asnumpy(), image_size, num_classes, batch_size,
-                     pad_to_seen=True, description=description)
+                     pad_to_seen=True, description=description, class_names=class_names)
 
 
 # ----------------------------------------------------------------------------- MINDIR
+def mindir_user_info(model):
+    """A MINDIR ModelProto's user_info as a dict. It is a map in MindSpore's schema, which newer
+    protobuf runtimes expose as a list of key/value entries."""
+    try:
+        return dict(model.user_info)
+    except TypeError:
+        return {entry.key: entry.value for entry in model.user_info}
+
+
+def set_mindir_user_info(model, key, value):
+    """Set ``key`` in a MINDIR ModelProto's user_info (map or list of entries, see mindir_user_info)."""
+    try:
+        model.user_info[key] = value
+    except TypeError:
+        entry = model.user_info.add()
+        entry.key, entry.value = key, value
+
+
 def read_mindir_signature(path):
-    """(input dims, output dims) recorded in a MINDIR file (-1 marks a dynamic dimension).
+    """(input dims, output dims, class names or None) recorded in a MINDIR file (-1 marks a dynamic
+    dimension).
 
     Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
     error (mindspore.load would also print a C++ error log) and tells the input shape.
@@ -138,13 +181,14 @@ def read_mindir_signature(path):
             or not graph.input[0].tensor or not graph.output[0].tensor):
         raise UserError(f'{path} is not a MINDIR model with one input and one output '
                         f'(corrupt, or not written by export.py)')
-    return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims)
+    names = class_names_from_text(mindir_user_info(model).get(CLASS_NAMES_KEY), path)
+    return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims), names
 
 
 def load_mindir(path, batch_size, image_size=None):
     """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
     path = _check_file(path, 'MINDIR file')
-    input_dims, output_dims = read_mindir_signature(path)
+    input_dims, output_dims, names = read_mindir_signature(path)
     static_batch, size = _input_dims(input_dims, path)
     _check_image_size(path, size, image_size)
     try:
@@ -153,7 +197,7 @@ def load_mindir(path, batch_size, image_size=None):
         raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
     batch = 'batch' if static_batch is None else str(static_batch)
     return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
-                     static_batch=static_batch,
+                     static_batch=static_batch, class_names=names,
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
@@ -176,8 +220,11 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     if path.suffix.lower() != '.onnx':
         raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     providers = onnx_providers(device_target)
+    options = ort.SessionOptions()
+    if device_target == 'GPU':
+        ort.set_default_logger_severity(4)  # a CUDA provider that cannot start is reported below, in one line
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime has its own error types)
         raise UserError(f'{path} cannot be loaded by ONNX Runtime: '
                         f'{str(error).strip().splitlines()[0]}') from None
@@ -194,7 +241,8 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
         raise UserError(f'{path}: the number of classes of its output {outputs[0].shape} is not fixed')
     name = inputs[0].name
     batch = 'batch' if static_batch is None else str(static_batch)
+    names = class_names_from_text(session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY), path)
     return Predictor(lambda images: session.run(None, {name: images})[0], size, num_classes, batch_size,
-                     static_batch=static_batch,
+                     static_batch=static_batch, class_names=names,
                      description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '
                                   f'{session.get_providers()[0]})'))

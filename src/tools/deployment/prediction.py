@@ -1,19 +1,20 @@
 """Inference on an image or a folder of images: the reference's printout and a {path: class} JSON.
 
-infer.py (checkpoint, MINDIR) and infer_onnx.py (ONNX) both go through ``run_inference``, so the
-same images give the same lines and the same file whatever the model format.
+infer.py (checkpoint, MINDIR, ONNX) and infer_onnx.py (ONNX) both go through ``run_inference``, so
+the same images give the same lines and the same file whatever the model format. The class is the
+class name the model was trained with (the index with ``with_index``); a model that records no
+class names gives indices, and says so.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
+from src.dataset import IMAGE_SUFFIXES, check_images, list_images, preprocess_image
 from src.tools.base.cli import UserError
-from src.tools.base.files import write_text_atomic
+from src.tools.base.files import check_writable, write_text_atomic
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
 
@@ -63,12 +64,7 @@ def check_output_path(path):
     path = Path(path)
     if path.is_dir():
         raise UserError(f'output {path} is a folder; pass a file name such as {path / "predictions.json"}')
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f'output {path} cannot be written ({parent} is not a writable folder)')
-    return path
+    return check_writable(path, 'output')
 
 
 def write_json(data, path):
@@ -77,16 +73,26 @@ def write_json(data, path):
     write_text_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
-def run_inference(predictor, inputs, output, interpolation='bilinear'):
+def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False):
     """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
-    ``output``. Nothing is written unless every image was read and predicted.
+    ``output``: {path: class name}, {path: index} for a model without names, or with
+    ``with_index`` {path: {'class': name, 'index': index}}. Every image is checked as training
+    checks it first; nothing is written unless every image was read and predicted.
     """
     output = check_output_path(output)
     kind, paths = inputs
+    check_images(paths, show_progress=len(paths) > 1)
+    names = predictor.class_names
+    if names is None:
+        print('=> note: the model records no class names (an older checkpoint, or converted weights): '
+              'predictions are class indices')
     print(BANNERS[kind])
-    predictions = predict_classes(predictor, paths, interpolation)
-    for path, label in predictions.items():
+    indices = predict_classes(predictor, paths, interpolation)
+    predictions = {}
+    for path, index in indices.items():
+        label = names[index] if names is not None else index
         print(f'{path} (class: {label})')
+        predictions[path] = {'class': label, 'index': index} if with_index else label
     write_json(predictions, output)
     print(f'=> {len(predictions)} prediction{"s" if len(predictions) != 1 else ""} written to {output}')
     return predictions

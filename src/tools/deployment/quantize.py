@@ -27,8 +27,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from src.dataset import class_names, list_images, preprocess_image
 from src.tools.base.cli import UserError
-from src.tools.base.files import atomic_path
-from src.tools.deployment.export import export_file_path, export_network
+from src.tools.base.files import atomic_path, make_folder, partial_name
+from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
 
 QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
@@ -180,22 +180,24 @@ class Int8Export:
     description: str         # of the INT8 file, as ONNX Runtime loaded it
 
 
-def export_int8(net, image_size, export_path, files, interpolation='bilinear', threshold=AGREEMENT_THRESHOLD):
+def export_int8(net, image_size, export_path, files, class_names=None, interpolation='bilinear',
+                threshold=AGREEMENT_THRESHOLD):
     """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
-    ``export_path`` (suffix .onnx added), calibrated on the image ``files``; refused (UserError, nothing
-    written) when its top-1 agreement with the fp32 network on those images is below ``threshold``."""
-    target = export_file_path(export_path, 'ONNX')
-    if target.is_dir():
-        raise UserError(f'export path {target} is a folder; pass a file name such as {target / "model"}')
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ``export_path`` (suffix .onnx added), calibrated on the image ``files``, carrying ``class_names`` as
+    the fp32 export does; refused (UserError, nothing written) when its top-1 agreement with the fp32
+    network on those images is below ``threshold``."""
+    target = check_export_target(export_path, 'ONNX')
     images = load_images(files, image_size, interpolation)
-    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.int8.'))
+    make_folder(target.parent)
+    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-int8-').name))
     try:
-        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32')
+        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names)
         fp32_logits = load_onnx(fp32_path, batch_size=CALIBRATION_BATCH, image_size=image_size)(images)
         with atomic_path(target) as temporary:
             quantize_onnx(fp32_path, temporary, images, workdir)
             int8 = load_onnx(temporary, batch_size=CALIBRATION_BATCH, image_size=image_size)
+            if int8.class_names != (list(class_names) if class_names else None):
+                raise UserError('the INT8 file does not carry the class names; nothing was written')
             agreement = top1_agreement(fp32_logits, int8(images))
             if agreement < threshold:
                 raise UserError(f'the INT8 model predicts the fp32 top-1 class on only {agreement:.1%} of the '

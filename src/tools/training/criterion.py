@@ -1,4 +1,5 @@
-"""Training loss: soft-target, label-smoothing or plain cross-entropy (eval metrics: src/tools/deployment/evaluation.py).
+"""Training loss: soft-target, label-smoothing or plain cross-entropy (eval metrics:
+src/tools/deployment/evaluation.py).
 
 The loss is always computed in float32: logits are cast before the softmax, so AMP levels that
 run the network in float16 do not compute the log-sum-exp in float16.

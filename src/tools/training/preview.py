@@ -1,9 +1,11 @@
-"""A picture of the training preprocessing (vis_img_preprocessing.py): originals next to augmented, de-normalised draws."""
+"""A picture of the training preprocessing (vis_img_preprocessing.py): originals next to augmented,
+de-normalised draws."""
 from pathlib import Path
 
 import numpy as np
 
 from src.dataset import MEAN, STD, check_images, read_image_rgb, split_files, train_stages
+from src.tools.base.files import atomic_path
 
 
 def pick_images(folder, count):
@@ -73,7 +75,7 @@ def draw_preprocessing(config, output, num_images=4, num_draws=5):
     figure.suptitle(f'Training preprocessing ({_describe(config)}); draws de-normalised', fontsize=9)
     figure.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110)
+    with atomic_path(output) as temporary:
+        figure.savefig(temporary, dpi=110, format='png')
     plt.close(figure)
     return output

@@ -1,9 +1,11 @@
 """A training run's folder: its name, its config copy, its metrics file and curves.
 
-``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, the checkpoints
-(src/tools/checkpoints/), metrics.csv (one row per epoch) and curves.png.
+``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, class_names.json (the
+training classes in label order), the checkpoints (src/tools/checkpoints/), metrics.csv (one row
+per epoch) and curves.png.
 """
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -45,6 +47,13 @@ def save_config(folder, args):
         count = len(list(Path(folder).glob('config_resumed_*.yaml'))) + 1
         path = Path(folder) / f'config_resumed_{count}.yaml'
     write_text_atomic(path, yaml.safe_dump(config_to_dict(args), sort_keys=False))
+    return path
+
+
+def save_class_names(folder, classes):
+    """class_names.json: the training classes in label order (also inside every checkpoint)."""
+    path = Path(folder) / 'class_names.json'
+    write_text_atomic(path, json.dumps(list(classes), ensure_ascii=False, indent=1) + '\n')
     return path
 
 

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
+from src.tools.base.cli import UserError, restore_ctrl_c
 from src.tools.checkpoints.format import train_state
-from src.tools.deployment.evaluation import score
+from src.tools.deployment.evaluation import partial_count_line, score
 
 
 def validate(net, num_classes, dataset, ranks, desc='eval'):
@@ -30,15 +31,17 @@ def validate(net, num_classes, dataset, ranks, desc='eval'):
     net.set_train(False)
     batches = dataset.create_tuple_iterator(num_epochs=1)
     return score(lambda images: net(images).asnumpy(), ((images, labels.asnumpy()) for images, labels in batches),
-                 num_classes, dataset.get_dataset_size(), reduce=ranks.sum, show_progress=ranks.is_main, desc=desc)
+                 num_classes, dataset.get_dataset_size(), reduce=ranks.sum, show_progress=ranks.is_main, desc=desc,
+                 source='the validation set')
 
 
 class Trainer:
     """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
 
     def __init__(self, *, args, train_cell, net, ema, saver, metrics_log, ranks,
-                 steps_per_epoch, lr_values, sample_log=None):
+                 steps_per_epoch, lr_values, classes=None, sample_log=None):
         self.args = args
+        self.classes = classes
         self.train_cell = train_cell
         self.net = net
         self.ema = ema
@@ -54,7 +57,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch_num, step_num):
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
-                           self.args.num_classes)
+                           self.args.num_classes, self.classes)
 
     def save_periodic(self, epoch_num, step_num):
         return self.saver.save_periodic(*self._state(epoch_num, step_num))
@@ -80,6 +83,7 @@ class Trainer:
             if step <= skip:
                 continue  # the steps the resumed checkpoint had already taken
             loss, overflow, _ = self.train_cell(images, labels)
+            restore_ctrl_c()
             loss = np.float32(loss.asnumpy())  # printed as the reference's LossMonitor does
             steps_run += 1
             if bool(overflow.asnumpy()):
@@ -96,20 +100,40 @@ class Trainer:
                     self.save_periodic(epoch + 1, step)
         train_time = time.time() - begin
         total, count = self.ranks.sum([sum(losses), len(losses)])
-        return total / max(count, 1.0), overflows, train_time, steps_run
+        if count == 0:
+            self._nothing_trained(epoch, steps_run)
+            return float('nan'), overflows, train_time, steps_run
+        return total / count, overflows, train_time, steps_run
+
+    def _nothing_trained(self, epoch, steps_run):
+        """No step of the epoch updated the weights: an error, unless the dynamic loss scale is
+        still coming down from 2^24 (float16 overflows at the start of a run are expected)."""
+        if steps_run == 0:
+            raise UserError(f'epoch {epoch + 1}: the training data gave no batch (every image failed to decode? '
+                            f'see the warnings above, which name the files)')
+        scale = float(self.train_cell.scale_sense.asnumpy().reshape(-1)[0])
+        amp_hint = f'; amp_level {self.args.amp_level} computes in float16: amp_level O0 avoids that' \
+            if self.args.amp_level != 'O0' else ''
+        if self.args.is_dynamic_loss_scale and self.args.amp_level != 'O0' and scale > 1.0:
+            print(f'=> note: no step of epoch {epoch + 1} updated the weights: all {steps_run} overflowed while the '
+                  f'dynamic loss scale came down (now {scale:g}){amp_hint}', flush=True)
+            return
+        raise UserError(f'epoch {epoch + 1}: none of its {steps_run} steps updated the weights (every gradient '
+                        f'overflowed or the loss was not finite){amp_hint}; nothing was saved from this epoch')
 
     def _end_epoch(self, epoch, val_ds, train_loss, overflows, train_time, steps_run):
-        """Validate, print the reference's lines, keep the best, log the row, save the epoch's end."""
+        """Validate, print the reference's lines, log the row, keep the best, save the epoch's end
+        (the numbers are printed and logged before any checkpoint is written, so a full disk loses none)."""
         args = self.args
         # Each rank's BN statistics come from its own batches: one model for everyone first.
         self.ranks.average_params('bn', self.bn_statistics)
-        swap = self.ema.applied() if args.eval_ema else contextlib.nullcontext()
-        with swap:
+        self._check_finite(epoch)
+        validated = self.ema.applied if args.eval_ema else contextlib.nullcontext
+        with validated():
             result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
-            best_path = None
-            if self.ranks.is_main:
-                best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
-                                                 result['top1'])
+        skipped = partial_count_line(result['count'], val_ds.image_count, 'the validation set')
+        if skipped and self.ranks.is_main:
+            print(skipped)
         per_eval = 1000 * result['time'] / max(result['batches'], 1)
         print(f"Eval epoch time: {1000 * result['time']:.3f} ms, per step time: {per_eval:.3f} ms")
         summary = {'acc': result['top1'], 'eval_loss': result['loss'], 'loss': train_loss}
@@ -118,16 +142,29 @@ class Trainer:
         print(f'Train epoch time: {1000 * train_time:.3f} ms, per step time: {per_step:.3f} ms')
         metrics = {'acc': result['top1'], 'top5': result['top5'], 'eval_loss': result['loss'], 'loss': train_loss}
         print(f'Eval result: epoch {epoch + 1}, metrics: {metrics}', flush=True)
-        if best_path is not None:
-            print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
         if self.ranks.is_main:
             self.metrics_log.add({
                 'epoch': epoch + 1, 'lr': float(self.lr_values[(epoch + 1) * self.steps_per_epoch - 1]),
                 'train_loss': train_loss, 'eval_loss': result['loss'], 'top1': result['top1'],
                 'top5': result['top5'], 'epoch_time_s': train_time, 'eval_time_s': result['time'],
                 'overflow_steps': overflows})
+            if np.isfinite(train_loss):  # an epoch that updated no weights is no candidate
+                with validated():  # the best checkpoints hold the weights that were validated
+                    best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
+                                                     result['top1'])
+                if best_path is not None:
+                    print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
         self.save_periodic(epoch + 1, self.steps_per_epoch)
         return metrics
+
+    def _check_finite(self, epoch):
+        """Stop when training diverged: a model with inf/NaN weights or BN statistics would be
+        validated, saved and reported as if it were a result."""
+        broken = [param.name for param in self.net.get_parameters() if not np.isfinite(param.asnumpy()).all()]
+        if broken:
+            raise UserError(f'epoch {epoch + 1}: training diverged: {len(broken)} tensors of the network are no '
+                            f'longer finite (e.g. {broken[0]}); lower base_lr or raise batch_size; nothing was '
+                            f'saved from this epoch')
 
     def _log_samples(self, epoch_num, step, images):
         for image in images.asnumpy():

@@ -24,7 +24,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from src.tools.base.device import invalidate_compiled_graphs
-from src.tools.base.files import atomic_path
+from src.tools.base.cli import UserError
+from src.tools.base.files import atomic_path, write_text_atomic
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
@@ -73,13 +74,16 @@ def build_kernel(directory=None):
 
     The file name carries a hash of the source and of the oneDNN library, so an edit or a
     MindSpore upgrade builds a new one; concurrent builds (several ranks) are safe because
-    each writes its own temporary file and renames it into place.
+    each writes its own temporary file and renames it into place. A sidecar ``.sha256`` records
+    the library's checksum: a damaged file in the cache (truncated by a full disk or a copy) is
+    rebuilt rather than loaded, which would crash the process with a bus error.
     """
     onednn = mindspore_onednn_library().resolve()
     identity = f'{onednn}|{onednn.stat().st_size}|{ms.__version__}'.encode()
     digest = hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()[:16]
     target = Path(directory or cache_dir()) / f'onednn_conv-{digest}.so'
-    if target in _built or target.is_file():
+    checksum = target.with_name(target.name + '.sha256')
+    if target in _built or _intact(target, checksum):
         _built.add(target)
         return target
     compiler = shutil.which(os.environ.get('CXX', 'g++'))
@@ -92,10 +96,20 @@ def build_kernel(directory=None):
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise OneDNNUnavailable(f'compiling {SOURCE.name} failed:\n{result.stderr.strip()}')
-    except OSError as error:  # e.g. a cache folder that cannot be written
+            sha = hashlib.sha256(temporary.read_bytes()).hexdigest()
+        write_text_atomic(checksum, sha + '\n')
+    except (OSError, UserError) as error:  # e.g. a cache folder that cannot be written
         raise OneDNNUnavailable(f'cannot build into {target.parent}: {error}') from None
     _built.add(target)
     return target
+
+
+def _intact(library, checksum):
+    """Whether ``library`` exists with the checksum recorded when it was built."""
+    try:
+        return hashlib.sha256(library.read_bytes()).hexdigest() == checksum.read_text().strip()
+    except OSError:
+        return False
 
 
 class OneDNNConv2d(nn.Cell):
