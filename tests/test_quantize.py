@@ -98,7 +98,7 @@ def test_qarepvgg_trains_resumes_and_converts(run, tmp_path, capsys):
 # ----------------------------------------------------------------------------- the INT8 file
 def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported):
     out = exported['int8_out']
-    assert 'ONNX INT8: QDQ, per-channel int8 weights, uint8 activations' in out
+    assert 'ONNX INT8: QDQ, per-channel int8 weights, uint8 activations' in out and '3 class names' in out
     assert f'calibrated on 12 images of {run["data"] / "train"}' in out
     agreement = float(out.split('top-1 agreement with the fp32 network on the calibration images: ')[1].split('%')[0])
     assert AGREEMENT_THRESHOLD * 100 <= agreement <= 100
@@ -114,6 +114,7 @@ def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported)
             for value in (model.graph.input[0], model.graph.output[0])]
     assert dims == [['batch', 3, SIZE, SIZE], ['batch', CLASSES]]
     assert exported['int8'].stat().st_size < 0.35 * exported['fp32'].stat().st_size
+    assert load_onnx(exported['int8']).class_names == ['class0', 'class1', 'class2']  # as the fp32 export
 
 
 def test_int8_logits_follow_the_fp32_network(run, exported):
@@ -163,11 +164,11 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
 
 # ----------------------------------------------------------------------------- refusals
 def test_an_int8_model_below_the_agreement_threshold_is_refused_and_nothing_is_written(run, tmp_path):
-    net, _ = load_deploy_network(run['checkpoint'], ARCH, CLASSES)
+    net, _, names = load_deploy_network(run['checkpoint'], ARCH, CLASSES)
     files = calibration_files(run['data'] / 'train', 6)
     with pytest.raises(UserError, match=r'predicts the fp32 top-1 class on only 100\.0% of the 6 calibration images '
                                         r'\(at least 101% required\); nothing was written'):
-        export_int8(net, SIZE, tmp_path / 'refused', files, threshold=1.01)
+        export_int8(net, SIZE, tmp_path / 'refused', files, names, threshold=1.01)
     assert not list(tmp_path.iterdir())
 
 
@@ -203,11 +204,11 @@ def test_calibration_images_are_spread_evenly_over_the_classes():
     assert pick_evenly(classes, 3) == ['a5', 'b1', 'c2']  # the middle of each class
 
 
-def test_int8_file_carries_the_fp32_metadata(exported, tmp_path):
+def test_int8_file_carries_all_the_fp32_metadata(exported, tmp_path):
     fp32 = onnx.load(str(exported['fp32']))
-    fp32.metadata_props.add(key='class_names', value='["cat", "dog", "eel"]')
+    fp32.metadata_props.add(key='training_run', value='qa, 2 epochs')
     source = tmp_path / 'fp32_meta.onnx'
     onnx.save(fp32, str(source))
     quantize_onnx(source, tmp_path / 'int8.onnx', np.zeros((2, 3, SIZE, SIZE), np.float32), tmp_path)
     props = {prop.key: prop.value for prop in onnx.load(str(tmp_path / 'int8.onnx')).metadata_props}
-    assert props['class_names'] == '["cat", "dog", "eel"]'
+    assert props['training_run'] == 'qa, 2 epochs' and props['class_names'] == '["class0", "class1", "class2"]'
