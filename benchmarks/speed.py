@@ -7,7 +7,8 @@
 Rows: MindSpore train form and deploy form (GRAPH mode), each with MindSpore's own Conv2D and
 with the oneDNN direct kernel of src/tools/deployment/onednn (``+onednn``), ONNX Runtime on the exported
 deploy ONNX in fp32 and statically quantized to INT8 (``onnxruntime-int8``: export.py --quantize int8's
-quantization, calibrated on 16 random images, as speed does not depend on the calibration data), and
+quantization, calibrated on 16 random images, as speed does not depend on the calibration data; the
+INT8 / fp32 ratio is measured once more with both sessions in one process taking turns), and
 PyTorch eager on the reparameterized model when torch is installed (timm's
 ``repvgg_*`` + ``reparameterize_model`` when timm imports, else the same plain 3x3 conv + ReLU
 stack written here); then training images/s (forward, backward, momentum update). Each case runs
@@ -282,6 +283,8 @@ def main():
     parser.add_argument('--int8_types', action='store_true',
                         help='instead of the table: ONNX Runtime INT8 speed with uint8 or int8 activations, '
                              'reduce_range or not (weights int8 per channel), on the first arch')
+    parser.add_argument('--paired_calls', type=int, default=30,
+                        help='calls per model of the interleaved INT8 / fp32 ONNX Runtime ratio')
     parser.add_argument('--cases', nargs='+', default=list(INFERENCE_CASES), choices=INFERENCE_CASES,
                         help='inference rows to measure (default: all)')
     parser.add_argument('--onnx', default='', help=argparse.SUPPRESS)
@@ -313,6 +316,8 @@ def main():
                 for case, result in results.items():
                     print_row(arch, batch, case, result)
                 print_ratios(results)
+                if {'onnxruntime', 'onnxruntime-int8'} <= set(args.cases):
+                    print_paired_int8(onnx_paths, batch, args)
     if args.train_batch < 1:
         return
     for case, result in measure(TRAINING_CASES, args.train_arch, args.train_batch, args).items():
@@ -335,6 +340,17 @@ def print_ratios(results):
         baseline = max((speed.get(b) or 0 for b in baselines), default=0)
         if speed.get(case) and baseline:
             print(f'{"":<17} {label + ":":<48} {speed[case] / baseline:.2f}x')
+
+
+def print_paired_int8(onnx_paths, batch, args):
+    """The INT8 / fp32 ONNX Runtime ratio once more, both sessions in one process taking turns
+    (``interleaved_speeds``): the rows above run at different moments, which on a shared machine can
+    move a ratio of two rows by tens of percent."""
+    speed = interleaved_speeds({case: onnx_paths[case] for case in ('onnxruntime', 'onnxruntime-int8')}, batch,
+                               args.image_size, args.threads, args.paired_calls)
+    ratio = speed['onnxruntime-int8'] / speed['onnxruntime']
+    print(f'{"":<17} {"ONNX Runtime INT8 / fp32, taking turns:":<48} {ratio:.2f}x '
+          f'({speed["onnxruntime-int8"]:.1f} / {speed["onnxruntime"]:.1f} images/s, median of {args.paired_calls})')
 
 
 def measure(cases, arch, batch, args, onnx_paths=None):
@@ -402,40 +418,46 @@ INT8_TYPES = (  # (label, quantize_onnx keyword arguments); weights are always i
 )
 
 
+def interleaved_speeds(paths, batch, image_size, threads, calls, block=5):
+    """{label: images/s} of the ONNX files ``paths`` ({label: path}) in ONNX Runtime, all sessions in this
+    process taking turns in blocks of ``block`` timed calls, so that a slow spell of a shared machine hits
+    every model alike; each figure is batch / median call time over ``calls`` calls. Each block starts
+    with one untimed call: a model that follows another finds the caches full of the other's weights
+    (taking turns call by call measured INT8 / fp32 at 2.67x where blocks of 3 and 6 gave 3.17x and
+    3.29x, RepVGG-A0 batch 8)."""
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(threads, 0)
+    sessions = {label: ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+                for label, path in paths.items()}
+    feed = images(batch, image_size)
+    times = {label: [] for label in sessions}
+    for _ in range(max(1, calls // block)):
+        for label, session in sessions.items():
+            for index in range(1 + block):
+                begin = time.perf_counter()
+                session.run(None, {session.get_inputs()[0].name: feed})
+                if index:
+                    times[label].append(time.perf_counter() - begin)
+    return {label: batch / float(np.median(calls_)) for label, calls_ in times.items()}
+
+
 def int8_types(args):
     """ONNX Runtime INT8 images/s per activation type (the choice in src/tools/deployment/quantize.py),
-    fp32 beside them. All sessions live in this process and take turns call by call, so that a slow
-    spell of a shared machine hits every model alike; each figure is batch / median call time."""
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    fp32 beside them, measured by ``interleaved_speeds``."""
     arch = args.archs[0]
     with tempfile.TemporaryDirectory() as folder:
         fp32 = export_onnx(arch, args.image_size, folder)
         paths = {'fp32 (no quantization)': fp32}
         for index, (label, types) in enumerate(INT8_TYPES):
             paths[label] = quantize_int8(fp32, args.image_size, folder, name=f'types{index}', **types)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        sessions = {label: ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-                    for label, path in paths.items()}
-    print(f'# {machine()}; {arch}, input {args.image_size}x{args.image_size}, {args.threads} threads; '
-          f'QDQ, per-channel int8 weights; batch / median of {args.min_iters} interleaved calls')
-    print(f'{"model":<36}' + ''.join(f'{f"batch {batch}":>12}' for batch in args.batches) + '   images/s')
-    speeds = {label: [] for label in sessions}
-    for batch in args.batches:
-        feed = images(batch, args.image_size)
-        times = {label: [] for label in sessions}
-        for _ in range(2):  # warm-up
-            for label, session in sessions.items():
-                session.run(None, {session.get_inputs()[0].name: feed})
-        for _ in range(args.min_iters):
-            for label, session in sessions.items():
-                begin = time.perf_counter()
-                session.run(None, {session.get_inputs()[0].name: feed})
-                times[label].append(time.perf_counter() - begin)
-        for label, calls in times.items():
-            speeds[label].append(batch / float(np.median(calls)))
-    for label, cells in speeds.items():
-        print(f'{label:<36}' + ''.join(f'{cell:>12.1f}' for cell in cells))
+        print(f'# {machine()}; {arch}, input {args.image_size}x{args.image_size}, {args.threads} threads; '
+              f'QDQ, per-channel int8 weights; batch / median of {args.min_iters} calls, models taking turns')
+        print(f'{"model":<36}' + ''.join(f'{f"batch {batch}":>12}' for batch in args.batches) + '   images/s')
+        speeds = [interleaved_speeds(paths, batch, args.image_size, args.threads, args.min_iters)
+                  for batch in args.batches]
+    for label in paths:
+        print(f'{label:<36}' + ''.join(f'{by_label[label]:>12.1f}' for by_label in speeds))
 
 
 def print_row(arch, batch, case, result):

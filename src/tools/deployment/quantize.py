@@ -33,12 +33,12 @@ from src.tools.deployment.model_files import load_onnx
 
 QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
 # Activation type, measured with `python benchmarks/speed.py --int8_types --min_iters 40` (RepVGG-A0,
-# 224x224, 2 threads, AVX-512 VNNI, ONNX Runtime 1.31; sessions interleaved call by call), batch 8, images/s
-# in two runs on the shared machine: uint8 83.8 / 163.8, int8 69.1 / 170.4, uint8 + reduce_range 73.2 /
-# 169.1, int8 + reduce_range 72.2 / 177.2 (fp32 28.1 / 39.0); batch 1: 31.4 / 134.3, 31.5 / 134.8, 31.6 /
-# 135.2, 28.2 / 135.7. No type is reliably faster (the spread is the machine's noise); uint8 without
-# reduce_range is kept: as fast, and after a ReLU every activation is >= 0, so it spends all 256 levels
-# where reduce_range would keep 128. Weights: int8.
+# 224x224, 2 threads, AVX-512 VNNI, ONNX Runtime 1.31; the models take turns in one process), images/s at
+# batch 1 / 8: uint8 85.5 / 166.8, int8 85.2 / 166.6, uint8 + reduce_range 85.4 / 166.4, int8 +
+# reduce_range 85.7 / 166.7 (fp32 39.6 / 50.0). All four run equally fast here. Kept: uint8 activations
+# (ReLU outputs are >= 0, so the zero point is 0 and all 256 levels cover them) and no reduce_range, which
+# would quantize the weights to 7 bits; it exists for CPUs without VNNI, whose u8s8 instruction can
+# overflow. Weights: int8, symmetric, per output channel.
 ACTIVATION_TYPES = {'uint8': QuantType.QUInt8, 'int8': QuantType.QInt8}
 ACTIVATION_TYPE = 'uint8'
 REDUCE_RANGE = False
