@@ -21,8 +21,8 @@ import pytest
 from src.tools.base.cli import UserError
 from src.tools.base.numerics import relative_difference
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
-from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, calibration_files, export_int8, load_images,
-                                           pick_evenly, quantize_onnx)
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, calibration_files, export_int8,
+                                           load_images, pick_evenly, quantize_onnx)
 from tests.test_eval_export import assert_one_line_error, eval_results, load_script, run_main
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
@@ -180,7 +180,8 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
     (imageless / 'cat' / 'notes.txt').write_text('no image')
     base = [*run['config'], '--pretrained', run['checkpoint'], '--export_path', tmp_path / 'refused']
     cases = (
-        (['--file_format', 'MINDIR', '--quantize', 'int8'], ('--quantize int8 writes ONNX files', '--file_format ONNX')),
+        (['--file_format', 'MINDIR', '--quantize', 'int8'],
+         ('--quantize int8 writes ONNX files', '--file_format ONNX')),
         (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', tmp_path / 'missing'],
          ('calibration folder', 'does not exist')),
         (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', empty], ('has no class sub-folders',)),
@@ -202,6 +203,20 @@ def test_calibration_images_are_spread_evenly_over_the_classes():
     assert pick_evenly(classes, 9) == ['a1', 'a3', 'a6', 'a8', 'b0', 'b1', 'c0', 'c2', 'c4']
     assert pick_evenly(classes, 100) == [name for names in classes for name in names]
     assert pick_evenly(classes, 3) == ['a5', 'b1', 'c2']  # the middle of each class
+
+
+def test_calibration_batches_fit_a_dynamic_or_a_fixed_batch():
+    images = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+
+    def fed(reader):
+        batches = []
+        while (feed := reader.get_next()) is not None:
+            batches.append(feed['image'].reshape(-1).astype(int).tolist())
+        return batches
+
+    assert fed(ImageBatches(images, 'image', batch=4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert fed(ImageBatches(images, 'image', fixed_batch=4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    assert fed(ImageBatches(images[:3], 'image', fixed_batch=8)) == [[0, 1, 2, 0, 1, 2, 0, 1]]
 
 
 def test_int8_file_carries_all_the_fp32_metadata(exported, tmp_path):

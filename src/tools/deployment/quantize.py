@@ -19,8 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mindspore  # pylint: disable=unused-import  (first: it selects protobuf's Python implementation,
-import numpy as np  # which MindSpore's own .proto modules need, before onnx loads protobuf)
+# MindSpore before onnx: importing it selects protobuf's Python implementation, which MindSpore's own
+# .proto modules need; onnx loaded first would fix the C++ one (benchmarks import this module first).
+import mindspore  # noqa: F401  pylint: disable=unused-import
+import numpy as np
 import onnx
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -101,15 +103,16 @@ def load_images(paths, image_size, interpolation='bilinear'):
 
 
 class ImageBatches(CalibrationDataReader):
-    """Feeds ``images`` to ONNX Runtime's calibrator in batches (of ``batch``; a fixed-batch model's
-    last batch is filled up with the first images again)."""
+    """Feeds ``images`` to ONNX Runtime's calibrator in batches of ``batch``, or of exactly
+    ``fixed_batch`` for a model exported with a fixed batch (its last batch filled up with the first
+    images again, so that no made-up input widens the calibrated ranges)."""
 
     def __init__(self, images, input_name, batch=CALIBRATION_BATCH, fixed_batch=None):
         self.input_name = input_name
         size = fixed_batch or batch
         self.batches = [images[start:start + size] for start in range(0, len(images), size)]
         if fixed_batch and len(self.batches[-1]) < fixed_batch:
-            self.batches[-1] = np.resize(images, (fixed_batch, *images.shape[1:]))
+            self.batches[-1] = np.resize(np.concatenate([self.batches[-1], images]), (fixed_batch, *images.shape[1:]))
         self.position = 0
 
     def get_next(self):
