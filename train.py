@@ -5,6 +5,7 @@ see scripts/. The demo: ``python train.py --config src/configs/RepVGG-A0_digits.
 Reads top to bottom like torchvision's references/classification/train.py; the machinery lives
 in src/tools (loop, checkpoints, run folder) and src/ema.
 """
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import remove_partial_files
+from src.tools.checkpoints.format import integer
 from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.demo_data import build_demo_data
@@ -25,9 +27,10 @@ from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import MetricsLog, new_run_folder, save_config
+from src.tools.training.run_folder import MetricsLog, check_schedule, new_run_folder, save_config
 from src.tools.training.schedulers import lr_schedule
 from src.tools.training.trainer import Trainer
+from src.tools.training.watchdog import Watchdog
 
 
 def check_args(args):
@@ -47,6 +50,14 @@ def main():
     check_args(args)
     rank, group_size = init_device(args.device_target, args.device_id)
     ranks = Ranks(rank, group_size)
+    # Under msrun: if a rank dies, the others stop and name it (src/tools/training/watchdog.py).
+    watchdog = Watchdog.for_launcher(rank, group_size, args.watchdog_timeout, args.watchdog_port)
+    with watchdog or contextlib.nullcontext():
+        train(args, ranks, watchdog, began)
+
+
+def train(args, ranks, watchdog, began):
+    rank, group_size = ranks.rank, ranks.group_size
     set_seed(args.seed)
     print(f'=> rank {rank} of {group_size}, {args.device_target}, {args.arch}, amp {args.amp_level}', flush=True)
     if args.device_num != group_size:
@@ -59,8 +70,8 @@ def main():
     # Data: this rank's shard of the training set, its part of the validation set.
     if args.demo_data:
         build_demo_data(args.data_url)
-    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size)
-    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size)
+    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size, total=ranks.sum)
+    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size, total=ranks.sum)
     steps_per_epoch = train_ds.get_dataset_size()
     if steps_per_epoch == 0:
         raise UserError(f'{args.data_url}/train gives no full batch of {args.batch_size} per rank; '
@@ -68,8 +79,13 @@ def main():
 
     # Model, where training starts (pretrained / continues), the run folder.
     net = cast_amp(get_model(args), args.amp_level)
-    start = starting_point(args, net, steps_per_epoch, rank, group_size)
+    start = starting_point(args, net, steps_per_epoch, rank, group_size, total=ranks.sum)
+    if args.continues:
+        saved_steps = integer(start.checkpoint['steps_per_epoch']) if 'steps_per_epoch' in start.checkpoint else None
+        check_schedule(args.continues, args, saved_steps, steps_per_epoch, ranks)
     folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
+    if watchdog is not None:
+        watchdog.resume_hint = f'Resume with continues {folder}'
     saver = CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
     # Optimizer over a per-step learning-rate schedule, loss, EMA, one training step.
@@ -89,8 +105,8 @@ def main():
 
     # Run folder contents: config copy, metrics of the epochs that stay, no half-written files.
     metrics_log = MetricsLog(folder)
+    remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{rank}-')  # each machine its own
     if ranks.is_main:
-        remove_partial_files(folder)
         save_config(folder, args)
         metrics_log.keep_until(start.epoch)
         saver.forget_after(start.epoch)
@@ -100,7 +116,8 @@ def main():
 
     trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema,
                       saver=saver, metrics_log=metrics_log, ranks=ranks,
-                      steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log)
+                      steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log,
+                      watchdog=watchdog)
     summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
     if sample_log is not None:
         sample_log.close()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from src import dataset as data
+from src import image_check
 from src.tools import demo_data
 from src.tools.base.cli import UserError
 from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
@@ -199,7 +200,7 @@ def test_unreadable_images_are_refused_before_training_with_their_paths(tmp_path
     for name in bad:
         assert str(tmp_path / 'train' / 'c0' / name) in listed
     assert 'good.jpg' not in listed
-    assert [data.image_problem(tmp_path / 'train' / 'c0' / name) is None for name in bad] == [False] * 6
+    assert [image_check.image_problem(tmp_path / 'train' / 'c0' / name) is None for name in bad] == [False] * 6
     for name in bad:
         if name == 'animation.png':  # GIF data: PIL (inference) reads it, MindSpore's decoder does not
             assert data.read_image_rgb(tmp_path / 'train' / 'c0' / name).mode == 'RGB'
@@ -216,7 +217,7 @@ def test_corruption_found_only_when_decoding_is_skipped_with_its_path(tmp_path, 
     content = bytearray(broken.read_bytes())
     content[60:70] = bytes(10)  # inside the pixel data: header and end marker intact
     broken.write_bytes(bytes(content))
-    assert data.image_problem(broken) is None  # the cheap check cannot see it
+    assert image_check.image_problem(broken) is None  # the cheap check cannot see it
     got = batches(data.get_dataset(data_config(tmp_path), False))
     assert sorted(_ids(got)) == list(range(5))  # the other images all arrive
     assert str(broken) in capfd.readouterr().err

@@ -30,7 +30,8 @@ def write_text_atomic(path, text):
         temporary.write_text(text, encoding='utf-8')
 
 
-def remove_partial_files(folder):
-    """Delete the temporary files that a killed run left in ``folder``."""
-    for path in Path(folder).glob(f'.*{PARTIAL_MARK}*'):
+def remove_partial_files(folder, prefix='.'):
+    """Delete the temporary files that a killed run left in ``folder`` (those of files whose name
+    starts with ``prefix[1:]``, e.g. one rank's checkpoints: '.RepVGG-A0_1-')."""
+    for path in Path(folder).glob(f'{prefix}*{PARTIAL_MARK}*'):
         path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from src.dataset import resume_batches
 from src.tools.checkpoints.format import train_state
 from src.tools.deployment.evaluation import score
 
@@ -37,7 +38,7 @@ class Trainer:
     """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
 
     def __init__(self, *, args, train_cell, net, ema, saver, metrics_log, ranks,
-                 steps_per_epoch, lr_values, sample_log=None):
+                 steps_per_epoch, lr_values, sample_log=None, watchdog=None):
         self.args = args
         self.train_cell = train_cell
         self.net = net
@@ -48,6 +49,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.lr_values = lr_values
         self.sample_log = sample_log
+        self.watchdog = watchdog  # src/tools/training/watchdog.py, under msrun with several ranks
         self.bn_statistics = [p for p in train_cell.get_parameters()
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
@@ -56,29 +58,37 @@ class Trainer:
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
                            self.args.num_classes)
 
+    def _writing(self):
+        """A lost rank stops this one only after the checkpoint being written is complete."""
+        return self.watchdog.holding() if self.watchdog is not None else contextlib.nullcontext()
+
     def save_periodic(self, epoch_num, step_num):
-        return self.saver.save_periodic(*self._state(epoch_num, step_num))
+        with self._writing():
+            path = self.saver.write_periodic(*self._state(epoch_num, step_num))
+        self.ranks.barrier()  # every rank has written this position: older ones may go
+        self.saver.prune_periodic()
+        return path
 
     # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step):
         """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}."""
         args = self.args
-        batches = train_ds.create_tuple_iterator(num_epochs=args.epochs - start_epoch)
+        batches = resume_batches(train_ds, args.epochs, start_epoch, start_step)  # the done steps are not read
         last = None
         for epoch in range(start_epoch, args.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            train_loss, overflows, train_time, steps_run = self._train_epoch(batches, epoch, skip)
+            first_step = start_step + 1 if epoch == start_epoch else 1
+            train_loss, overflows, train_time, steps_run = self._train_epoch(batches, epoch, first_step)
             last = self._end_epoch(epoch, val_ds, train_loss, overflows, train_time, steps_run)
         best = self.saver.best()[0] if self.ranks.is_main and self.saver.best() else None
         return {'best': best, 'last': last}
 
-    def _train_epoch(self, batches, epoch, skip):
+    def _train_epoch(self, batches, epoch, first_step):
         self.train_cell.set_train(True)
         losses, overflows, steps_run = [], 0, 0
         begin = time.time()
-        for step, (images, labels) in enumerate(batches, 1):
-            if step <= skip:
-                continue  # the steps the resumed checkpoint had already taken
+        for step, (images, labels) in enumerate(batches, first_step):
+            if self.watchdog is not None:
+                self.watchdog.position = f'epoch {epoch + 1} step {step}'
             loss, overflow, _ = self.train_cell(images, labels)
             loss = np.float32(loss.asnumpy())  # printed as the reference's LossMonitor does
             steps_run += 1
@@ -108,8 +118,9 @@ class Trainer:
             result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
             best_path = None
             if self.ranks.is_main:
-                best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
-                                                 result['top1'])
+                with self._writing():
+                    best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
+                                                     result['top1'])
         per_eval = 1000 * result['time'] / max(result['batches'], 1)
         print(f"Eval epoch time: {1000 * result['time']:.3f} ms, per step time: {per_eval:.3f} ms")
         summary = {'acc': result['top1'], 'eval_loss': result['loss'], 'loss': train_loss}
