@@ -29,7 +29,7 @@ from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
 from src.tools.training.run_folder import MetricsLog, check_schedule, new_run_folder, save_config
 from src.tools.training.schedulers import lr_schedule
-from src.tools.training.trainer import Trainer
+from src.tools.training.trainer import Trainer, open_sample_log
 from src.tools.training.watchdog import Watchdog
 
 
@@ -110,7 +110,7 @@ def train(args, ranks, watchdog, began):
         save_config(folder, args)
         metrics_log.keep_until(start.epoch)
         saver.forget_after(start.epoch)
-    sample_log = (folder / f'samples_rank{rank}.txt').open('a', encoding='utf-8') if args.log_samples else None
+    sample_log = open_sample_log(folder / f'samples_rank{rank}.txt') if args.log_samples else None
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 

@@ -16,6 +16,7 @@ TimeMonitor and evaluation callback:
 """
 import contextlib
 import hashlib
+import os
 import time
 
 import numpy as np
@@ -32,6 +33,19 @@ def validate(net, num_classes, dataset, ranks, desc='eval'):
     batches = dataset.create_tuple_iterator(num_epochs=1)
     return score(lambda images: net(images).asnumpy(), ((images, labels.asnumpy()) for images, labels in batches),
                  num_classes, dataset.get_dataset_size(), reduce=ranks.sum, show_progress=ranks.is_main, desc=desc)
+
+
+def open_sample_log(path):
+    """The log_samples file, appended to; a line cut short by a killed run is ended first."""
+    cut_short = False
+    if os.path.getsize(path) if os.path.exists(path) else 0:
+        with open(path, 'rb') as existing:
+            existing.seek(-1, os.SEEK_END)
+            cut_short = existing.read(1) != b'\n'
+    handle = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    if cut_short:
+        handle.write('\n')
+    return handle
 
 
 class Trainer:

@@ -86,7 +86,11 @@ class Watchdog:
             self._hub = self._connect(connect_within)
             _keepalive(self._hub, self.timeout)
             self._hub.sendall(f'hello {self.rank}\n'.encode())
-            self._thread(self._listen_to_hub)
+            lines = self._lines(self._hub)
+            line, ended = next(lines)  # rank 0's welcome: from here on it watches this rank
+            if line != 'welcome':
+                self._stop(f'rank 0 of {self.group_size} was lost ({ended or "it did not answer"})')
+            self._thread(self._listen_to_hub, lines)
         return self
 
     def _thread(self, target, *args):
@@ -154,14 +158,16 @@ class Watchdog:
                 peer = int(rest)
                 with self._lock:
                     self._peers[peer] = conn
+                with contextlib.suppress(OSError):
+                    conn.sendall(b'welcome\n')
             elif word == 'done':
                 self._done.add(peer)
             elif word == 'error':
                 self._lost(peer, f'it stopped on an error: {rest}')
                 return
 
-    def _listen_to_hub(self):
-        for line, ended in self._lines(self._hub):
+    def _listen_to_hub(self, lines):
+        for line, ended in lines:
             if line is None:
                 if not self._closing:
                     self._stop(f'rank 0 of {self.group_size} was lost ({ended})')
