@@ -209,8 +209,8 @@ def check_split(split_folder, names, mode='cached', rank=0, group_size=1, cache_
         write_manifest_part(folder, rank, group_size,
                             {name: value for name, value in signatures.items() if name not in failed})
     report.manifest = folder
+    report.seconds = time.perf_counter() - began
     count = len(bad) if total is None else int(total([len(bad)])[0])
     if count:
         refuse_unreadable(bad, count)
-    report.seconds = time.perf_counter() - began
     return report

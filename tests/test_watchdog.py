@@ -27,10 +27,10 @@ with watchdog:
             time.sleep(2)
             print('checkpoint written', flush=True)
         time.sleep(60)
-    elif action == 'error':
-        raise RuntimeError('out of memory')
-    else:  # 'finish', once both are connected (in a run, the collectives see to that)
+    else:  # 'error' or 'finish', once both are connected (in a run, the collectives see to that)
         time.sleep(1)
+        if action == 'error':
+            raise RuntimeError('out of memory')
 print('clean end', flush=True)
 '''
 
@@ -71,12 +71,14 @@ def test_a_killed_rank_stops_the_other_at_once_naming_it(killed):
     ranks[killed].wait()
 
 
-def test_an_error_on_one_rank_is_named_by_the_other():
-    ranks = pair(['wait', 'error'])
-    status, _, err, _ = finish(ranks[0], within=20)
+@pytest.mark.parametrize('failing', [0, 1])
+def test_an_error_on_one_rank_is_named_by_the_other(failing):
+    ranks = pair(['error' if rank == failing else 'wait' for rank in (0, 1)])
+    status, _, err, _ = finish(ranks[1 - failing], within=20)
     assert status == 1
-    assert err.startswith('error: rank 1 of 2 was lost (it stopped on an error: RuntimeError: out of memory) at epoch 1')
-    status, _, err, _ = finish(ranks[1], within=20)
+    assert err.startswith(f'error: rank {failing} of 2 was lost (it stopped on an error: RuntimeError: out of memory) '
+                          f'at epoch 1 step 3; stopping rank {1 - failing}.')
+    status, _, err, _ = finish(ranks[failing], within=20)
     assert status == 1 and 'RuntimeError: out of memory' in err  # its own traceback, as usual
 
 

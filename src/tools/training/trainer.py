@@ -38,7 +38,7 @@ def validate(net, num_classes, dataset, ranks, desc='eval'):
 def open_sample_log(path):
     """The log_samples file, appended to; a line cut short by a killed run is ended first."""
     cut_short = False
-    if os.path.getsize(path) if os.path.exists(path) else 0:
+    if os.path.exists(path) and os.path.getsize(path):
         with open(path, 'rb') as existing:
             existing.seek(-1, os.SEEK_END)
             cut_short = existing.read(1) != b'\n'

@@ -60,8 +60,8 @@ class Watchdog:
     @classmethod
     def for_launcher(cls, rank, group_size, timeout, port=0):
         """A started watchdog under msrun (which sets MS_SCHED_HOST / MS_SCHED_PORT) for more than
-        one rank and ``timeout`` > 0; otherwise None (one process; mpirun, which aborts the whole
-        job itself when a rank dies)."""
+        one rank and ``timeout`` > 0; otherwise None: one process, or mpirun (GPU only, not run
+        here: Open MPI documents that it aborts the whole job when one rank exits abnormally)."""
         host, scheduler_port = os.environ.get('MS_SCHED_HOST'), os.environ.get('MS_SCHED_PORT')
         if group_size < 2 or timeout <= 0 or not host or not scheduler_port:
             return None
@@ -182,6 +182,8 @@ class Watchdog:
     # ------------------------------------------------------------------ stopping
     def _lost(self, rank, why):
         """Rank 0: tell the others which rank was lost, then stop this one."""
+        if self._closing or self._stopping:
+            return
         with self._lock:
             peers = [conn for peer, conn in self._peers.items() if peer != rank]
         for conn in peers:
@@ -225,20 +227,16 @@ class Watchdog:
         self._leave('done')
 
     def _leave(self, word):
+        """Say goodbye ('done', or 'error <first line>') and stop watching."""
         self._closing = True
         if self.rank == 0:
-            if word.startswith('error'):
-                with self._lock:
-                    peers = list(self._peers.values())
-                for conn in peers:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(f'lost 0 it stopped on an {word}\n'.encode())
-            else:
-                with self._lock:
-                    peers = list(self._peers.values())
-                for conn in peers:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(b'done\n')
+            kind, _, detail = word.partition(' ')
+            notice = f'lost 0 it stopped on an error: {detail}' if kind == 'error' else 'done'
+            with self._lock:
+                peers = list(self._peers.values())
+            for conn in peers:
+                with contextlib.suppress(OSError):
+                    conn.sendall(f'{notice}\n'.encode())
             with contextlib.suppress(OSError):
                 self._server.close()
         elif self._hub is not None:
