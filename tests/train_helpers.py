@@ -53,3 +53,28 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def worker_pid(rank, cwd):
+    """The pid of the msrun worker of ``rank`` started from ``cwd`` (read from /proc), or None."""
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / 'environ').read_bytes().split(b'\0')
+            if Path(os.readlink(entry / 'cwd')) != Path(cwd).resolve():
+                continue
+        except OSError:
+            continue
+        if b'MS_ROLE=MS_WORKER' in environ and f'RANK_ID={rank}'.encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] if Path(f'/proc/{pid}').exists() else 'X'
+    return state not in ('Z', 'X')
