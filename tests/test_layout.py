@@ -24,7 +24,8 @@ ALLOWED = {
     'src.tools.demo_data': {'src.tools.base'},
     'src.tools.checkpoints': {'src.tools.base'},
     'src.tools.conversion': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg'},
-    'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.config'},
+    'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.image_check',
+                             'src.config'},
     'src.tools.training': {'src.tools.base', 'src.tools.checkpoints', 'src.tools.deployment', 'src.repvgg',
                            'src.dataset', 'src.image_check', 'src.config', 'src.ema', 'src.augment'},
 }

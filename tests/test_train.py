@@ -177,7 +177,7 @@ def interrupted_run(data, runs, positions, **settings):
 
 @pytest.mark.parametrize('change, named', [
     (dict(epochs=3), 'epochs 2 -> 3'),
-    (dict(batch_size=4, base_lr=0.02), 'batch_size 2 -> 4, base_lr 0.01 -> 0.02, steps per epoch 12 -> 6'),
+    (dict(batch_size=4, base_lr=0.02), 'batch_size 2 -> 4, base_lr 0.001 -> 0.02, steps per epoch 12 -> 6'),
 ])
 def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsys, monkeypatch, change, named):
     folder = interrupted_run(data, tmp_path / 'runs', [(1, 6)], epochs=2)

@@ -26,7 +26,7 @@ def test_two_cpu_workers_end_identical_after_disjoint_shards(tmp_path):
     config.write_text(
         f'train_url: {tmp_path / "runs"}\narch: {ARCH}\nnum_classes: 2\nimage_size: 16\nepochs: 2\n'
         'batch_size: 4\ndevice_target: CPU\naug_type: none\nnum_parallel_workers: 1\nprefetch: 2\n'
-        'base_lr: 0.01\nweight_decay: 0.0001\nsave_every: 2\nkeep_checkpoint_max: 1\n'
+        'base_lr: 0.001\nweight_decay: 0.0001\nsave_every: 2\nkeep_checkpoint_max: 1\n'
         'keep_best_checkpoints_max: 1\nlog_samples: 1\nbrief: dp\n', encoding='utf-8')
     env = environment()
     env['MASTER_PORT'] = str(free_port())
@@ -107,8 +107,8 @@ def test_two_machines_on_one_host_lose_a_rank_and_continue(tmp_path):
     data = make_image_folder(tmp_path / 'data', classes=2, train_per_class=8, val_per_class=3)
     config = tmp_path / 'two.yaml'
     config.write_text(
-        f'train_url: runs\narch: {ARCH}\nnum_classes: 2\nimage_size: 16\nepochs: 2\nbatch_size: 2\n'
-        'device_target: CPU\naug_type: none\nnum_parallel_workers: 1\nprefetch: 2\nbase_lr: 0.01\n'
+        f'train_url: runs\narch: {ARCH}\nnum_classes: 2\nimage_size: 24\nepochs: 2\nbatch_size: 2\n'
+        'device_target: CPU\naug_type: none\nnum_parallel_workers: 1\nprefetch: 2\nbase_lr: 0.001\n'
         'save_every: 1\nkeep_checkpoint_max: 2\nkeep_best_checkpoints_max: 1\nlog_samples: 1\nbrief: two\n',
         encoding='utf-8')
     machines = [tmp_path / 'machine0', tmp_path / 'machine1']

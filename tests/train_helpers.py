@@ -27,9 +27,9 @@ def make_image_folder(root, classes=3, train_per_class=8, val_per_class=2, size=
 
 def train_args(data, runs, **overrides):
     """Command-line flags for a tiny CPU run of RepVGG-A0 (values as strings)."""
-    flags = dict(config=REPO / 'src/configs/RepVGG.yaml', arch='RepVGG-A0', num_classes=3, image_size=16,
+    flags = dict(config=REPO / 'src/configs/RepVGG.yaml', arch='RepVGG-A0', num_classes=3, image_size=24,
                  batch_size=2, epochs=2, device_target='CPU', data_url=data, train_url=runs, aug_type='none',
-                 num_parallel_workers=1, prefetch=2, base_lr=0.01, warmup_length=0.5, save_every=4,
+                 num_parallel_workers=1, prefetch=2, base_lr=0.001, warmup_length=0.5, save_every=4,
                  keep_checkpoint_max=3, keep_best_checkpoints_max=1, brief='test')
     flags.update(overrides)
     args = []
