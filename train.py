@@ -5,6 +5,7 @@ see scripts/. The demo: ``python train.py --config src/configs/RepVGG-A0_digits.
 Reads top to bottom like torchvision's references/classification/train.py; the machinery lives
 in src/tools (loop, checkpoints, run folder) and src/ema.
 """
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import check_writable, remove_partial_files
+from src.tools.checkpoints.format import integer
 from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.demo_data import build_demo_data, is_complete
@@ -25,9 +27,10 @@ from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import MetricsLog, new_run_folder, save_class_names, save_config
+from src.tools.training.run_folder import MetricsLog, check_schedule, new_run_folder, save_class_names, save_config
 from src.tools.training.schedulers import lr_schedule
-from src.tools.training.trainer import Trainer
+from src.tools.training.trainer import Trainer, open_sample_log
+from src.tools.training.watchdog import Watchdog
 
 
 def check_args(args):
@@ -55,6 +58,14 @@ def main():
     check_args(args)
     rank, group_size = init_device(args.device_target, args.device_id)
     ranks = Ranks(rank, group_size)
+    # Under msrun: if a rank dies, the others stop and name it (src/tools/training/watchdog.py).
+    watchdog = Watchdog.for_launcher(rank, group_size, args.watchdog_timeout, args.watchdog_port)
+    with watchdog or contextlib.nullcontext():
+        train(args, ranks, watchdog, began)
+
+
+def train(args, ranks, watchdog, began):
+    rank, group_size = ranks.rank, ranks.group_size
     set_seed(args.seed)
     print(f'=> rank {rank} of {group_size}, {args.device_target}, {args.arch}, amp {args.amp_level}', flush=True)
     if args.device_num != group_size:
@@ -71,8 +82,8 @@ def main():
         print(f'=> demo_data: 1, so the scikit-learn digits demo set was built in {args.data_url}, which did not '
               f'exist yet (set demo_data: 0 to train on a folder of your own)', flush=True)
     classes = training_classes(args)
-    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size, classes=classes)
-    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size, classes=classes)
+    train_ds = get_dataset(args, training=True, rank=rank, group_size=group_size, classes=classes, total=ranks.sum)
+    val_ds = get_dataset(args, training=False, rank=rank, group_size=group_size, classes=classes, total=ranks.sum)
     steps_per_epoch = train_ds.get_dataset_size()
     if steps_per_epoch == 0:
         raise UserError(f'{args.data_url}/train gives no full batch of {args.batch_size} per rank; '
@@ -80,8 +91,13 @@ def main():
 
     # Model, where training starts (pretrained / continues), the run folder.
     net = cast_amp(get_model(args), args.amp_level)
-    start = starting_point(args, net, steps_per_epoch, rank, group_size, classes)
+    start = starting_point(args, net, steps_per_epoch, rank, group_size, classes, total=ranks.sum)
+    if args.continues:
+        saved_steps = integer(start.checkpoint['steps_per_epoch']) if 'steps_per_epoch' in start.checkpoint else None
+        check_schedule(args.continues, args, saved_steps, steps_per_epoch, ranks)
     folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
+    if watchdog is not None:
+        watchdog.resume_hint = f'Resume with continues {folder}'
     saver = CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
     # Optimizer over a per-step learning-rate schedule, loss, EMA, one training step.
@@ -101,19 +117,20 @@ def main():
 
     # Run folder contents: config copy, metrics of the epochs that stay, no half-written files.
     metrics_log = MetricsLog(folder)
+    remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{rank}-')  # each machine its own
     if ranks.is_main:
-        remove_partial_files(folder)
         save_config(folder, args)
         save_class_names(folder, classes)
         metrics_log.keep_until(start.epoch)
         saver.forget_after(start.epoch)
-    sample_log = (folder / f'samples_rank{rank}.txt').open('a', encoding='utf-8') if args.log_samples else None
+    sample_log = open_sample_log(folder / f'samples_rank{rank}.txt') if args.log_samples else None
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 
     trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema, classes=classes,
                       saver=saver, metrics_log=metrics_log, ranks=ranks,
-                      steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log)
+                      steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log,
+                      watchdog=watchdog)
     try:
         summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
     except KeyboardInterrupt:

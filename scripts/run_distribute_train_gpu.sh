@@ -3,20 +3,47 @@
 # background: output in dist_train.log, per-rank logs under log_output/, in the current folder.
 # Usage: bash scripts/run_distribute_train_gpu.sh CONFIG DATASET DEVICE_NUM [PRETRAINED_CKPT]
 # mpirun + MindSpore needs GPUs; for CPU (or GPU without MPI) use run_distribute_train_msrun.sh.
+# Environment (all optional):
+#   HOSTFILE   an Open MPI host file, one machine a line ('host1 slots=8'): run on all of them,
+#              DEVICE_NUM GPUs each, from this one command (passwordless ssh, the same paths for
+#              the code, the Python environment and DATASET on every machine)
+#   CONTINUES  a run folder to resume (--continues)
+#   DRY_RUN=1  print the mpirun command instead of running it
+# docs/scale-out.md: what each machine writes where, resuming, a lost worker.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 usage_unless 3 4 $# "bash $0 CONFIG DATASET DEVICE_NUM [PRETRAINED_CKPT]"
 CONFIG=$(absolute "$1"); need_file "config file" "$CONFIG"
 DATASET=$(absolute "$2"); need_dir "dataset folder" "$DATASET"
 DEVICE_NUM=$3; need_positive DEVICE_NUM "$DEVICE_NUM"
-command -v mpirun > /dev/null || fail "mpirun not found; install Open MPI, or use run_distribute_train_msrun.sh"
-ARGS=(--config "$CONFIG" --data_url "$DATASET" --device_num "$DEVICE_NUM" --device_target GPU)
+MPIRUN=(mpirun --allow-run-as-root)
+TOTAL=$DEVICE_NUM
+if [ -n "${HOSTFILE:-}" ]; then
+  HOSTFILE=$(absolute "$HOSTFILE"); need_file "host file (HOSTFILE)" "$HOSTFILE"
+  HOSTS=$(grep -cvE '^[[:space:]]*(#|$)' "$HOSTFILE" || true)
+  (( HOSTS > 0 )) || fail "host file $HOSTFILE names no machine; write one 'host slots=$DEVICE_NUM' line per machine"
+  TOTAL=$(( DEVICE_NUM * HOSTS ))
+  MPIRUN+=(--hostfile "$HOSTFILE" --map-by "ppr:$DEVICE_NUM:node")
+  for NAME in PATH LD_LIBRARY_PATH PYTHONPATH; do  # this machine's environment for every rank
+    if [ -n "${!NAME:-}" ]; then MPIRUN+=(-x "$NAME"); fi
+  done
+fi
+ARGS=(--config "$CONFIG" --data_url "$DATASET" --device_num "$TOTAL" --device_target GPU)
 if [ $# -eq 4 ]; then
   CKPT=$(absolute "$4"); need_file checkpoint "$CKPT"
   ARGS+=(--pretrained "$CKPT")
 fi
+if [ -n "${CONTINUES:-}" ]; then
+  RUN=$(absolute "$CONTINUES"); need_dir "run folder (CONTINUES)" "$RUN"
+  ARGS+=(--continues "$RUN")
+fi
 LOG="$PWD/dist_train.log"
+MPIRUN+=(-n "$TOTAL" --output-filename log_output --merge-stderr-to-stdout python "$REPO/train.py" "${ARGS[@]}")
 
-mpirun --allow-run-as-root -n "$DEVICE_NUM" --output-filename log_output --merge-stderr-to-stdout \
-  python "$REPO/train.py" "${ARGS[@]}" > "$LOG" 2>&1 &
-echo "training on $DEVICE_NUM GPUs in the background (pid $!); log: $LOG"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf '%q ' "${MPIRUN[@]}"; echo
+  exit 0
+fi
+command -v mpirun > /dev/null || fail "mpirun not found; install Open MPI, or use run_distribute_train_msrun.sh"
+"${MPIRUN[@]}" > "$LOG" 2>&1 &
+echo "training on $TOTAL GPUs in the background (pid $!); log: $LOG"

@@ -135,6 +135,8 @@ OPTIONS = (
     _opt('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded); '
          'eval/export/infer: the model file.'),
     _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
+    _opt('allow_schedule_change', to_flag, False, 'continues: accept settings that change the learning-rate '
+         'schedule mid-run (epochs, batch size, lr keys, steps per epoch) instead of refusing them.'),
     # checkpoints
     _opt('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).', at_least=1),
     _opt('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.', at_least=1),
@@ -175,11 +177,21 @@ OPTIONS = (
     _opt('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
     _opt('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).', at_least=1),
     _opt('device_id', to_int, 0, 'Device id (standalone runs).', at_least=0),
+    _opt('watchdog_timeout', to_float, 60.0, 'Data parallel under msrun: seconds without a sign of life after '
+         'which a rank counts as lost and the others stop (a killed process is seen at once); 0: no watchdog.',
+         at_least=0),
+    _opt('watchdog_port', to_int, 0, "Port of rank 0's watchdog (0: msrun's MASTER_PORT + 1).", at_least=0,
+         at_most=65535),
     # data loading
     _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',), at_least=1),
     _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).', at_least=1),
     _opt('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
     _opt('use_data_sink', to_flag, False, 'Accepted for the reference; batches are always fed from the host.'),
+    _opt('image_check', to_str, 'cached', 'Check before training that every image decodes: cached (once per '
+         'file, remembered in a manifest by size and mtime), full (every file at every start) or off.',
+         choices=('cached', 'full', 'off')),
+    _opt('image_check_cache', to_path, None, "Folder for the image-check manifests (default: '.image_check' "
+         'beside the split folders, or ~/.cache/repvgg when the data folder is read-only).'),
     # augmentation
     _opt('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
     _opt('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),

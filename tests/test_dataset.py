@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from src import dataset as data
+from src import image_check
 from src.tools import demo_data
 from src.tools.base.cli import UserError
 from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
@@ -115,6 +116,35 @@ def test_distributed_eval_scores_each_image_exactly_once(tmp_path, group_size):
     assert max(counts) - min(counts) <= 1
 
 
+@pytest.mark.parametrize('aug_type', ['none', 'weak'])
+def test_a_resumed_epoch_reads_only_the_images_it_had_not_reached(tmp_path, monkeypatch, aug_type):
+    """resume_batches at epoch 2, step 2 of 3 (2 ranks, batch 2): exactly the rest of the
+    uninterrupted sequence (same images, same order, also with random crops), and only the images
+    it yields are decoded (counted in the Python resize of aug_type none)."""
+    solid_folder(tmp_path / 'train', [6, 6])
+    decoded = []
+    resize = data.ResizeCenterCrop.__call__
+    monkeypatch.setattr(data.ResizeCenterCrop, '__call__', lambda self, image: decoded.append(1) or resize(self, image))
+    config = data_config(tmp_path, batch_size=2, num_classes=2, aug_type=aug_type)
+
+    def run(rank, start_epoch, start_step):
+        decoded.clear()
+        dataset = data.get_dataset(config, True, rank, 2)
+        iterator = data.resume_batches(dataset, 3, start_epoch, start_step)
+        epochs = [[colour_index(image) for images, _ in iterator for image in images.asnumpy()]
+                  for _ in range(start_epoch, 3)]
+        return epochs, len(decoded)
+
+    for rank in (0, 1):
+        whole, whole_decoded = run(rank, 0, 0)
+        assert [len(epoch) for epoch in whole] == [6, 6, 6]
+        resumed, resumed_decoded = run(rank, 1, 2)
+        assert [len(epoch) for epoch in resumed] == [2, 6]
+        assert resumed == [whole[1][4:], whole[2]]  # the images of steps 3.. of epoch 2, then epoch 3
+        if aug_type == 'none':
+            assert (whole_decoded, resumed_decoded) == (18, 8)  # the 10 skipped images were not decoded
+
+
 def test_same_seed_same_data_different_seed_different(tmp_path):
     textured_folder(tmp_path / 'train', [4, 4])
 
@@ -199,7 +229,7 @@ def test_unreadable_images_are_refused_before_training_with_their_paths(tmp_path
     for name in bad:
         assert str(tmp_path / 'train' / 'c0' / name) in listed
     assert 'good.jpg' not in listed
-    assert [data.image_problem(tmp_path / 'train' / 'c0' / name) is None for name in bad] == [False] * 6
+    assert [image_check.image_problem(tmp_path / 'train' / 'c0' / name) is None for name in bad] == [False] * 6
     for name in bad:
         if name == 'animation.png':  # GIF data: PIL (inference) reads it, MindSpore's decoder does not
             assert data.read_image_rgb(tmp_path / 'train' / 'c0' / name).mode == 'RGB'
@@ -216,7 +246,7 @@ def test_corruption_found_only_when_decoding_is_skipped_with_its_path(tmp_path, 
     content = bytearray(broken.read_bytes())
     content[60:70] = bytes(10)  # inside the pixel data: header and end marker intact
     broken.write_bytes(bytes(content))
-    assert data.image_problem(broken) is None  # the cheap check cannot see it
+    assert image_check.image_problem(broken) is None  # the cheap check cannot see it
     got = batches(data.get_dataset(data_config(tmp_path), False))
     assert sorted(_ids(got)) == list(range(5))  # the other images all arrive
     assert str(broken) in capfd.readouterr().err

@@ -19,13 +19,15 @@ ALLOWED = {
     'src.ema': set(),
     'src.augment': {'src.tools.base'},
     'src.config': {'src.repvgg', 'src.tools.base'},
-    'src.dataset': {'src.tools.base', 'src.augment'},
+    'src.image_check': {'src.tools.base'},
+    'src.dataset': {'src.tools.base', 'src.augment', 'src.image_check'},
     'src.tools.demo_data': {'src.tools.base'},
     'src.tools.checkpoints': {'src.tools.base'},
     'src.tools.conversion': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg'},
-    'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.config'},
+    'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.image_check',
+                             'src.config'},
     'src.tools.training': {'src.tools.base', 'src.tools.checkpoints', 'src.tools.deployment', 'src.repvgg',
-                           'src.dataset', 'src.config', 'src.ema', 'src.augment'},
+                           'src.dataset', 'src.image_check', 'src.config', 'src.ema', 'src.augment'},
 }
 
 

@@ -38,7 +38,7 @@ def periodic(folder):
 
 def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_path):
     runs = tmp_path / 'runs'
-    flags = train_args(data, runs, epochs=3, save_every=3)
+    flags = train_args(data, runs, epochs=3, save_every=3, log_samples=1)
     log = (tmp_path / 'first.log').open('w')
     first = subprocess.Popen(command(*flags), stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=tmp_path)
     deadline = time.time() + 240
@@ -83,6 +83,19 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
     assert [row.split(',')[0] for row in rows] == ['1', '2', '3']
     assert float(rows[2].split(',')[1]) == pytest.approx(float(lr[3 * STEPS - 1]), rel=1e-4)
     assert (folder / 'curves.png').is_file() and len(list(folder.glob(f'{ARCH}_epoch=*_acc=*.ckpt'))) == 1
+    # Every epoch saw each of the 24 training images once, the interrupted one too: its steps up to
+    # the checkpoint from the first run, the rest from the second (a step logged twice: the last).
+    by_step = {}
+    for line in (folder / 'samples_rank0.txt').read_text().splitlines():
+        if len(line.split()) != 3 or len(line.split()[2]) != 16:
+            continue  # a line the kill cut short
+        epoch, step, fingerprint = line.split()
+        by_step.setdefault((int(epoch), int(step)), []).append(fingerprint)
+    for epoch in (1, 2, 3):
+        images = [fingerprint for step in range(1, STEPS + 1) for fingerprint in by_step[(epoch, step)][-2:]]
+        assert len(images) == len(set(images)) == 24, epoch
+    resumed = [line for line in second.stdout.splitlines() if line.startswith('epoch: 2 step:')]
+    assert resumed and int(resumed[0].split()[3].rstrip(',')) > step_num  # the done steps were not re-run
 
 
 def run_main(argv, capsys, monkeypatch):
@@ -137,3 +150,61 @@ def test_ema_run_validates_and_saves_the_ema_weights(data, tmp_path):
     np.testing.assert_array_equal(best[name].asnumpy(), last['ema.' + name].asnumpy())
     assert not np.array_equal(last[name].asnumpy(), last['ema.' + name].asnumpy())
     assert any(key.startswith('adam_m.') for key in last)
+
+
+# ----------------------------------------------------------------------------- continues: schedule, damaged files
+def interrupted_run(data, runs, positions, **settings):
+    """A run folder as train.py leaves it after a kill: its config copy and rank 0's periodic
+    checkpoints of a RepVGG-A0 (3 classes) at ``positions``."""
+    from src.ema.train_one_step_with_ema import TrainOneStepWithEMA  # pylint: disable=import-outside-toplevel
+    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    from src.tools.checkpoints.format import save_checkpoint, train_state  # pylint: disable=import-outside-toplevel
+    from src.tools.training.amp import loss_scale_cell  # pylint: disable=import-outside-toplevel
+    from src.tools.training.criterion import CrossEntropy, NetWithLoss  # pylint: disable=import-outside-toplevel
+    from src.tools.training.optimizer import get_optimizer  # pylint: disable=import-outside-toplevel
+    from src.tools.training.run_folder import save_config  # pylint: disable=import-outside-toplevel
+    folder = runs / f'20250101-000000_{ARCH}_test'
+    args = parse_config(train_args(data, runs, **settings))
+    save_config(folder, args)
+    net = create_model(ARCH, num_classes=3)
+    cell = TrainOneStepWithEMA(NetWithLoss(net, CrossEntropy()), get_optimizer(args, net, lr_schedule(args, STEPS)),
+                               loss_scale_cell('O0', 1.0, True), None)
+    for epoch, step in positions:
+        entries, append = train_state(cell, epoch, step, STEPS, ARCH, 3)
+        save_checkpoint(entries, folder / f'{ARCH}_0-{epoch}_{step}.ckpt', append)
+    return folder
+
+
+@pytest.mark.parametrize('change, named', [
+    (dict(epochs=3), 'epochs 2 -> 3'),
+    (dict(batch_size=4, base_lr=0.02), 'batch_size 2 -> 4, base_lr 0.001 -> 0.02, steps per epoch 12 -> 6'),
+])
+def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsys, monkeypatch, change, named):
+    folder = interrupted_run(data, tmp_path / 'runs', [(1, 6)], epochs=2)
+    before = sorted(path.name for path in folder.iterdir())
+    line = run_main(train_args(data, tmp_path / 'runs', **{'epochs': 2, **change}, continues=folder), capsys,
+                    monkeypatch)
+    assert line == (f'error: continues: the learning-rate schedule of {folder} would change mid-run ({named}); '
+                    f'resume with the settings of its config.yaml, or set allow_schedule_change: 1 to go on with '
+                    f"the new schedule from the checkpoint's step")
+    assert sorted(path.name for path in folder.iterdir()) == before  # nothing written
+
+
+def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
+    """The newest periodic checkpoint is truncated (a disk filled up, a copy cut short): the run
+    resumes from the one before it, says so, and with allow_schedule_change a new epoch count is
+    accepted with a note."""
+    folder = interrupted_run(data, tmp_path / 'runs', [(1, 3), (1, 6)], epochs=1)
+    newest = folder / f'{ARCH}_0-1_6.ckpt'
+    newest.write_bytes(newest.read_bytes()[:100_000])
+    flags = train_args(data, tmp_path / 'runs', epochs=2, allow_schedule_change=1, continues=folder)
+    done = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert (f'=> note: checkpoint {newest} cannot be read (corrupt or not a checkpoint): Failed to read the '
+            f'checkpoint file') in out and 'falling back to the one before it' in out
+    assert f'=> note: the learning-rate schedule changes from here on (epochs 1 -> 2; allow_schedule_change)' in out
+    assert re.search(rf'=> starting from checkpoint \S+{ARCH}_0-1_3\.ckpt: epoch 1, step 3 \(global step 3\)', out)
+    assert re.findall(r'Result metrics epoch (\d+):', out) == ['1', '2'] and 'train success' in out
+    assert int(ms.load_checkpoint(str(folder / f'{ARCH}_0-2_{STEPS}.ckpt'))['global_step'].asnumpy()[0]) == 2 * STEPS

@@ -1,6 +1,11 @@
 """Training checkpoints (src/tools/checkpoints/, src/tools/training/run_folder.py): atomic writes,
 names and retention (last N, best N), resume positions, restored state, pretrained weights."""
+import multiprocessing
 import os
+import pathlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import mindspore as ms
 import numpy as np
@@ -15,13 +20,15 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
-from src.tools.checkpoints.resume import check_continues, restore_state, start_position, starting_point
+from src.tools.checkpoints.resume import (check_continues, first_readable, restore_state, start_position,
+                                          starting_point)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.amp import loss_scale_cell
 from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import MetricsLog, new_run_folder, run_folder_name
+from src.tools.training.run_folder import (MetricsLog, new_run_folder, run_folder_name, save_config,
+                                          schedule_changes)
 
 ARCH = 'RepVGG-A0'
 
@@ -233,3 +240,145 @@ def test_ranks_helpers_are_identities_for_one_process():
     ranks = Ranks()
     assert ranks.is_main and ranks.from_main(1_800_000_123) == 1_800_000_123
     np.testing.assert_array_equal(ranks.sum([1.5, 2.0]), [1.5, 2.0])
+    ranks.barrier()  # nothing to wait for
+
+
+# ----------------------------------------------------------------------------- several ranks, several machines
+class FakeGroup:
+    """``size`` threads standing for ranks: ``total(rank)`` is their sum over ranks (every rank
+    calls it in the same order, as with the all-reduce it replaces)."""
+
+    def __init__(self, size):
+        self.barrier = threading.Barrier(size, timeout=30)
+        self.slots = [None] * size
+
+    def total(self, rank):
+        def summed(values):
+            self.slots[rank] = np.asarray(values, np.float64)
+            self.barrier.wait()
+            result = np.sum(self.slots, axis=0)
+            self.barrier.wait()
+            return result
+        return summed
+
+    def run(self, work):
+        """[work(rank, total) for each rank], run together."""
+        with ThreadPoolExecutor(len(self.slots)) as pool:
+            return list(pool.map(lambda rank: work(rank, self.total(rank)), range(len(self.slots))))
+
+
+def write_positions(folder, rank, positions_and_values):
+    for (epoch, step), value in positions_and_values:
+        save_checkpoint(tiny_entries(value), folder / f'{ARCH}_{rank}-{epoch}_{step}.ckpt',
+                        {'epoch_num': epoch, 'step_num': step, 'steps_per_epoch': 4})
+
+
+def test_ranks_with_their_own_folders_agree_and_pass_over_an_unreadable_newest(tmp_path, capsys):
+    """Two machines, each with its own copy of the run folder (not shared): the ranks agree on the
+    newest position both completed, (2, 2); rank 0's file there is truncated, so both fall back to
+    (1, 4) and say so."""
+    folders = [tmp_path / 'machine0', tmp_path / 'machine1']
+    write_positions(folders[0], 0, [((1, 4), 1.0), ((2, 2), 2.0), ((2, 3), 3.0)])
+    write_positions(folders[1], 1, [((1, 4), 1.0), ((2, 2), 2.0)])
+    damaged = folders[0] / f'{ARCH}_0-2_2.ckpt'
+    damaged.write_bytes(damaged.read_bytes()[:40])
+
+    def resume(rank, total):
+        saver = CheckpointSaver(folders[rank], ARCH, rank, keep_last=3, keep_best=1)
+        candidates = saver.resume_candidates(2, total, count=3)
+        path, checkpoint = first_readable(candidates, total, rank)
+        return [p.name for p in candidates], path.name, checkpoint['linear.bias'].asnumpy().tolist()
+
+    found = FakeGroup(2).run(resume)
+    assert found[0] == ([f'{ARCH}_0-2_2.ckpt', f'{ARCH}_0-1_4.ckpt'], f'{ARCH}_0-1_4.ckpt', [1.0] * 3)
+    assert found[1] == ([f'{ARCH}_1-2_2.ckpt', f'{ARCH}_1-1_4.ckpt'], f'{ARCH}_1-1_4.ckpt', [1.0] * 3)
+    out = capsys.readouterr().out
+    assert f'=> note: checkpoint {damaged} cannot be read (corrupt or not a checkpoint)' in out
+    assert f'=> note: the checkpoint {ARCH}_0-2_2.ckpt cannot be read on 1 rank(s)' not in out  # rank 0 knows why
+    # Without an all-reduce (one process, or one shared folder) the same positions are found.
+    shared = tmp_path / 'shared'
+    write_positions(shared, 0, [((1, 4), 1.0), ((2, 2), 2.0), ((2, 3), 3.0)])
+    write_positions(shared, 1, [((1, 4), 1.0), ((2, 2), 2.0)])
+    assert CheckpointSaver(shared, ARCH, 1, 3, 1).resume_path(2).name == f'{ARCH}_1-2_2.ckpt'
+
+
+def test_no_readable_checkpoint_is_one_error_for_every_rank(tmp_path):
+    folder = tmp_path / 'run'
+    write_positions(folder, 0, [((1, 4), 1.0)])
+    write_positions(folder, 1, [((1, 4), 1.0)])
+    (folder / f'{ARCH}_1-1_4.ckpt').write_bytes(b'\x00' * 64)
+
+    def resume(rank, total):
+        with pytest.raises(UserError, match='no checkpoint to resume from can be read') as error:
+            first_readable(CheckpointSaver(folder, ARCH, rank, 3, 1).resume_candidates(2, total, 3), total, rank)
+        return str(error.value)
+
+    messages = FakeGroup(2).run(resume)
+    assert '1 other rank(s) cannot read theirs' in messages[0] and 'corrupt or not a checkpoint' in messages[1]
+
+
+def test_older_checkpoints_go_only_once_every_rank_wrote_the_new_one(tmp_path):
+    """keep_checkpoint_max 1: a rank deletes its previous checkpoint only after the barrier, so a
+    rank that dies while writing leaves every rank a common position."""
+    calls = []
+    saver = CheckpointSaver(tmp_path, ARCH, rank=0, keep_last=1, keep_best=1)
+    saver.save_periodic(tiny_entries(), {'epoch_num': 1, 'step_num': 2, 'steps_per_epoch': 4})
+
+    def barrier():
+        calls.append(sorted(p.name for p in tmp_path.glob('*.ckpt')))
+
+    saver.save_periodic(tiny_entries(), {'epoch_num': 1, 'step_num': 4, 'steps_per_epoch': 4}, all_written=barrier)
+    assert calls == [[f'{ARCH}_0-1_2.ckpt', f'{ARCH}_0-1_4.ckpt']]  # both still there at the barrier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f'{ARCH}_0-1_4.ckpt']
+
+
+def test_a_damaged_checkpoint_fails_its_crc_instead_of_loading(tmp_path):
+    path = save_checkpoint({'linear.weight': np.ones((64, 256), np.float32)}, tmp_path / 'a.ckpt')
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # one bit pattern inside the tensor data
+    path.write_bytes(bytes(content))
+    with pytest.raises(UserError, match='cannot be read'):
+        checkpoint_format.read_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- run folders
+def _claim(train_url, start, queue):
+    mkdir = pathlib.Path.mkdir
+
+    def slow_mkdir(self, *args, **kwargs):  # a shared file system: creating takes a while
+        time.sleep(0.05)
+        return mkdir(self, *args, **kwargs)
+
+    pathlib.Path.mkdir = slow_mkdir
+    start.wait()
+    queue.put(new_run_folder(train_url, ARCH, 'race', Ranks()).name)
+
+
+def test_racing_launches_never_share_a_run_folder(tmp_path):
+    """Four launches released together into one train_url, five times, on a slow file system:
+    twenty different folders (check-then-create gave 10 of 40 in ten rounds here)."""
+    context = multiprocessing.get_context('fork')
+    names = []
+    for attempt in range(5):
+        start, queue = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_claim, args=(tmp_path / str(attempt % 2), start, queue)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        names += [f'{attempt % 2}/{queue.get(timeout=60)}' for _ in workers]
+        for worker in workers:
+            worker.join(60)
+    assert len(names) == len(set(names)) == 20
+    assert sum(1 for folder in tmp_path.iterdir() for _ in folder.iterdir()) == 20
+
+
+def test_schedule_changes_are_named_against_the_last_config_copy(tmp_path):
+    args = make_config(epochs=5, base_lr=0.1, batch_size=32)
+    save_config(tmp_path, args)
+    assert schedule_changes(tmp_path, args, 100, 100) == []
+    resumed = make_config(epochs=8, base_lr=0.1, batch_size=32)
+    save_config(tmp_path, resumed)  # config_resumed_1.yaml: a run resumed with 8 epochs
+    later = make_config(epochs=8, base_lr=0.05, batch_size=64, lr_scheduler='exp_lr')
+    assert schedule_changes(tmp_path, later, 100, 50) == [
+        ('batch_size', 32, 64), ('lr_scheduler', 'cosine_lr', 'exp_lr'), ('base_lr', 0.1, 0.05),
+        ('steps per epoch', 100, 50)]
+    assert schedule_changes(tmp_path / 'elsewhere', later) == []  # a machine without the config copy

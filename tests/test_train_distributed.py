@@ -2,16 +2,19 @@
 
 Both ranks must end with identical weights (gradient mean, BN statistics averaged) and must have
 trained on disjoint shards (fingerprints of every training image each rank saw, log_samples)."""
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from collections import defaultdict
 
 import mindspore as ms
 import numpy as np
 import pytest
 
-from tests.train_helpers import REPO, environment, free_port, make_image_folder
+from tests.train_helpers import REPO, alive, environment, free_port, make_image_folder, worker_pid
 
 ARCH = 'RepVGG-A0'
 
@@ -23,7 +26,7 @@ def test_two_cpu_workers_end_identical_after_disjoint_shards(tmp_path):
     config.write_text(
         f'train_url: {tmp_path / "runs"}\narch: {ARCH}\nnum_classes: 2\nimage_size: 16\nepochs: 2\n'
         'batch_size: 4\ndevice_target: CPU\naug_type: none\nnum_parallel_workers: 1\nprefetch: 2\n'
-        'base_lr: 0.01\nweight_decay: 0.0001\nsave_every: 2\nkeep_checkpoint_max: 1\n'
+        'base_lr: 0.001\nweight_decay: 0.0001\nsave_every: 2\nkeep_checkpoint_max: 1\n'
         'keep_best_checkpoints_max: 1\nlog_samples: 1\nbrief: dp\n', encoding='utf-8')
     env = environment()
     env['MASTER_PORT'] = str(free_port())
@@ -64,3 +67,208 @@ def test_two_cpu_workers_end_identical_after_disjoint_shards(tmp_path):
     assert results[0] == results[1] and len(results[0]) == 1
     acc = float(re.search(r"'acc': ([0-9.]+)", results[0][0]).group(1))
     assert round(acc * 6, 6) == round(acc * 6)
+
+
+# ----------------------------------------------------------------------------- two machines, a lost rank
+def launch(machine, node_rank, config, data, port, **env):
+    """scripts/run_distribute_train_msrun.sh on 'machine' ``node_rank`` of 2 (one CPU worker, its own
+    folder standing for its own disk), in the background."""
+    environ = environment()
+    environ.update(NODE_NUM='2', NODE_RANK=str(node_rank), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), **env)
+    log = (machine / f'launcher_{port}.out').open('w')
+    process = subprocess.Popen(['bash', str(REPO / 'scripts/run_distribute_train_msrun.sh'), str(config), str(data),
+                                '1', 'CPU'], cwd=machine, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return process
+
+
+def positions(folder, rank):
+    found = set()
+    for path in folder.glob(f'{ARCH}_{rank}-*.ckpt'):
+        epoch, step = re.match(rf'{ARCH}_{rank}-(\d+)_(\d+)\.ckpt', path.name).groups()
+        found.add((int(epoch), int(step)))
+    return found
+
+
+def stop_all(processes):
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+@pytest.mark.skipif(shutil.which('msrun') is None, reason='msrun (MindSpore) not on PATH')
+def test_two_machines_on_one_host_lose_a_rank_and_continue(tmp_path):
+    """Two launches of the script (NODE_NUM=2, NODE_RANK 0 and 1) through 127.0.0.1, each 'machine'
+    with its own run folder (train_url is relative to where it was started). Rank 1 is killed with
+    kill -9 in epoch 2: rank 0 stops at once, naming it. Both machines then continue the run: they
+    agree on the newest position both completed; the finished run has identical weights on both
+    ranks, disjoint shards that cover each epoch exactly once across the kill, the same metrics."""
+    data = make_image_folder(tmp_path / 'data', classes=2, train_per_class=8, val_per_class=3)
+    config = tmp_path / 'two.yaml'
+    config.write_text(
+        f'train_url: runs\narch: {ARCH}\nnum_classes: 2\nimage_size: 24\nepochs: 2\nbatch_size: 2\n'
+        'device_target: CPU\naug_type: none\nnum_parallel_workers: 1\nprefetch: 2\nbase_lr: 0.001\n'
+        'save_every: 1\nkeep_checkpoint_max: 2\nkeep_best_checkpoints_max: 1\nlog_samples: 1\nbrief: two\n',
+        encoding='utf-8')
+    machines = [tmp_path / 'machine0', tmp_path / 'machine1']
+    for machine in machines:
+        machine.mkdir()
+    steps = 4  # 16 images, 2 ranks, batch 2
+
+    first_port = free_port()
+    first = [launch(machine, node, config, data, first_port) for node, machine in enumerate(machines)]
+    try:
+        deadline = time.time() + 240
+        folders = []
+        while time.time() < deadline and all(process.poll() is None for process in first):
+            folders = [next((machine / 'runs').glob(f'*_{ARCH}_two'), None) for machine in machines]
+            if all(folders) and all(any(epoch == 2 and 0 < step < steps for epoch, step in positions(folder, rank))
+                                    for rank, folder in enumerate(folders)):
+                break
+            time.sleep(0.05)
+        pids = [worker_pid(rank, machine) for rank, machine in enumerate(machines)]
+        assert None not in pids, (pids, [process.poll() for process in first])
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.time()
+        while alive(pids[0]) and time.time() < killed + 60:
+            time.sleep(0.05)
+        stopped_after = time.time() - killed
+        first[1].wait(60)  # machine 1's msrun ends with its worker; machine 0's waits about 30 s for its
+        # scheduler to time the lost node out: the second run starts meanwhile, on another port
+        logs = [(machine / 'msrun_log' / f'worker_{rank}.log').read_text(errors='replace')
+                for rank, machine in enumerate(machines)]
+    except BaseException:
+        stop_all(first)
+        raise
+    lost = re.findall(r'error: rank 1 of 2 was lost \(its connection closed: the process ended\) at epoch 2 step \d+; '
+                      r'stopping rank 0\. Resume with continues (\S+)', logs[0])
+    assert len(lost) == 1 and stopped_after < 10, (stopped_after, logs[0][-2000:])
+    assert 'train success' not in logs[0]
+    names = [folder.name for folder in folders]
+    assert names[0] == names[1]  # rank 0's clock named both
+    for rank, folder in enumerate(folders):  # whatever the moment of the kill, every checkpoint loads
+        for position in positions(folder, rank):
+            ms.load_checkpoint(str(folder / f'{ARCH}_{rank}-{position[0]}_{position[1]}.ckpt'))
+    common = max(positions(folders[0], 0) & positions(folders[1], 1))
+    assert common[0] == 2
+    assert sorted(path.name for path in folders[1].iterdir() if not path.name.startswith('.')) == sorted(
+        [f'{ARCH}_1-{epoch}_{step}.ckpt' for epoch, step in positions(folders[1], 1)] + ['samples_rank1.txt'])
+
+    second_port = free_port()
+    second = [launch(machine, node, config, data, second_port, CONTINUES=f'runs/{names[0]}')
+              for node, machine in enumerate(machines)]
+    try:
+        codes = [process.wait(300) for process in second]
+        assert first[0].wait(120) != 0
+    finally:
+        stop_all(first + second)
+    logs = [(machine / 'msrun_log' / f'worker_{rank}.log').read_text(errors='replace')
+            for rank, machine in enumerate(machines)]
+    assert codes == [0, 0], [log[-3000:] for log in logs]
+    for rank, log in enumerate(logs):
+        started = re.findall(rf'=> starting from checkpoint \S+/{ARCH}_(\d)-(\d+)_(\d+)\.ckpt', log)
+        assert started == [(str(rank), str(common[0]), str(common[1]))], started
+        assert 'train success' in log
+    assert not [path for folder in folders for path in folder.iterdir() if path.name.startswith('.')]
+
+    # Identical models on both machines.
+    final = [ms.load_checkpoint(str(folder / f'{ARCH}_{rank}-2_{steps}.ckpt')) for rank, folder in enumerate(folders)]
+    names = [name for name in final[0] if name.split('.')[0].startswith(('stage', 'linear', 'moments'))]
+    assert len(names) > 300
+    for name in names:
+        np.testing.assert_array_equal(final[0][name].asnumpy(), final[1][name].asnumpy(), err_msg=name)
+    assert int(final[0]['global_step'].asnumpy()[0]) == 2 * steps
+
+    # Shards: per epoch each rank saw 8 distinct images, the two ranks disjoint, all 16 covered;
+    # for the interrupted epoch, the first run's steps up to the resumed position plus the second
+    # run's steps (a step logged twice keeps its last record, the resumed one).
+    for epoch in (1, 2):
+        seen = []
+        for rank, folder in enumerate(folders):
+            by_step = defaultdict(list)
+            for line in (folder / f'samples_rank{rank}.txt').read_text().splitlines():
+                if len(line.split()) != 3 or len(line.split()[2]) != 16:
+                    continue  # a line the kill cut short
+                logged_epoch, step, fingerprint = line.split()
+                if int(logged_epoch) == epoch:
+                    by_step[int(step)].append(fingerprint)
+            assert sorted(by_step) == list(range(1, steps + 1)), (epoch, rank, sorted(by_step))
+            images = [fingerprint for step in by_step for fingerprint in by_step[step][-2:]]
+            assert len(images) == len(set(images)) == 8, (epoch, rank)
+            seen.append(set(images))
+        assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 16, epoch
+
+    # Rank 0's machine holds the run's record; both ranks report the same metrics.
+    results = [re.findall(r'Result metrics epoch 2: (.*)', log) for log in logs]
+    assert results[0] == results[1] and len(results[0]) == 1
+    rows = (folders[0] / 'metrics.csv').read_text().splitlines()[1:]
+    assert [row.split(',')[0] for row in rows] == ['1', '2']
+    assert not (folders[1] / 'metrics.csv').exists() and not (folders[1] / 'config.yaml').exists()
+
+
+# ----------------------------------------------------------------------------- the launch commands
+def dry_run(script, *args, **env):
+    environ = environment()
+    for name in ('NODE_NUM', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'HOSTFILE', 'CONTINUES'):
+        environ.pop(name, None)
+    environ.update(DRY_RUN='1', **env)
+    done = subprocess.run(['bash', str(REPO / 'scripts' / script), *map(str, args)], env=environ,
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+
+def test_msrun_launcher_one_machine_as_before_several_from_the_environment(tmp_path):
+    config = REPO / 'src/configs/RepVGG.yaml'
+    train = (f'python {REPO}/train.py --config {config} --data_url {tmp_path}')
+    assert dry_run('run_distribute_train_msrun.sh', config, tmp_path, 2, 'CPU') == (0, (
+        f'msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --log_dir={REPO}/msrun_log --join=True '
+        f'{train} --device_num 2 --device_target CPU'), '')
+    (tmp_path / 'runs' / 'r1').mkdir(parents=True)
+    assert dry_run('run_distribute_train_msrun.sh', config, tmp_path, 8, NODE_NUM='2', NODE_RANK='1',
+                   MASTER_ADDR='10.0.0.1', MASTER_PORT='9000', CONTINUES=str(tmp_path / 'runs' / 'r1')) == (0, (
+        f'msrun --worker_num=16 --local_worker_num=8 --node_rank=1 --master_addr=10.0.0.1 --master_port=9000 '
+        f'--log_dir={REPO}/msrun_log --join=True {train} --device_num 16 --continues {tmp_path}/runs/r1'), '')
+    for env, message in ((dict(NODE_NUM='2', NODE_RANK='2'), 'error: NODE_RANK must be below NODE_NUM (2), got 2'),
+                         (dict(NODE_NUM='0'), 'error: NODE_NUM must be a positive number, got 0'),
+                         (dict(CONTINUES='nowhere'), f'error: run folder (CONTINUES) {REPO}/nowhere does not exist')):
+        assert dry_run('run_distribute_train_msrun.sh', config, tmp_path, 2, **env) == (1, '', message)
+
+
+def test_mpirun_launcher_one_machine_as_before_several_from_a_host_file(tmp_path):
+    """Not run on GPUs here (mpirun + MindSpore needs them): the command it would run, and that it
+    runs it (a stand-in mpirun that records its arguments)."""
+    config = REPO / 'src/configs/RepVGG.yaml'
+    train = f'python {REPO}/train.py --config {config} --data_url {tmp_path}'
+    assert dry_run('run_distribute_train_gpu.sh', config, tmp_path, 8) == (0, (
+        f'mpirun --allow-run-as-root -n 8 --output-filename log_output --merge-stderr-to-stdout {train} '
+        f'--device_num 8 --device_target GPU'), '')
+    hosts = tmp_path / 'hosts'
+    hosts.write_text('gpu-a slots=8\n# spare: gpu-c slots=8\n\ngpu-b slots=8\n')
+    status, command_line, _ = dry_run('run_distribute_train_gpu.sh', config, tmp_path, 8, HOSTFILE=str(hosts),
+                                      LD_LIBRARY_PATH='/opt/lib')
+    assert status == 0 and command_line.startswith(f'mpirun --allow-run-as-root --hostfile {hosts} --map-by ppr:8:node '
+                                                   f'-x PATH -x LD_LIBRARY_PATH')
+    assert command_line.endswith(f'-n 16 --output-filename log_output --merge-stderr-to-stdout {train} '
+                                 f'--device_num 16 --device_target GPU')
+    hosts.write_text('# nothing\n')
+    assert dry_run('run_distribute_train_gpu.sh', config, tmp_path, 8, HOSTFILE=str(hosts)) == (
+        1, '', f"error: host file {hosts} names no machine; write one 'host slots=8' line per machine")
+
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'mpirun').write_text('#!/usr/bin/env bash\necho "mpirun $*"\n')
+    (fake / 'mpirun').chmod(0o755)
+    environ = environment()
+    environ.pop('DRY_RUN', None)
+    environ['PATH'] = f'{fake}:{environ["PATH"]}'
+    done = subprocess.run(['bash', str(REPO / 'scripts/run_distribute_train_gpu.sh'), str(config), str(tmp_path), '2'],
+                          env=environ, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0 and 'training on 2 GPUs in the background' in done.stdout
+    log = tmp_path / 'dist_train.log'
+    deadline = time.time() + 10
+    while time.time() < deadline and not (log.exists() and log.read_text(errors='replace').strip()):
+        time.sleep(0.05)
+    assert log.read_text().strip() == (
+        f'mpirun --allow-run-as-root -n 2 --output-filename log_output --merge-stderr-to-stdout {train} '
+        f'--device_num 2 --device_target GPU')

@@ -27,9 +27,9 @@ def make_image_folder(root, classes=3, train_per_class=8, val_per_class=2, size=
 
 def train_args(data, runs, **overrides):
     """Command-line flags for a tiny CPU run of RepVGG-A0 (values as strings)."""
-    flags = dict(config=REPO / 'src/configs/RepVGG.yaml', arch='RepVGG-A0', num_classes=3, image_size=16,
+    flags = dict(config=REPO / 'src/configs/RepVGG.yaml', arch='RepVGG-A0', num_classes=3, image_size=24,
                  batch_size=2, epochs=2, device_target='CPU', data_url=data, train_url=runs, aug_type='none',
-                 num_parallel_workers=1, prefetch=2, base_lr=0.01, warmup_length=0.5, save_every=4,
+                 num_parallel_workers=1, prefetch=2, base_lr=0.001, warmup_length=0.5, save_every=4,
                  keep_checkpoint_max=3, keep_best_checkpoints_max=1, brief='test')
     flags.update(overrides)
     args = []
@@ -53,3 +53,28 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def worker_pid(rank, cwd):
+    """The pid of the msrun worker of ``rank`` started from ``cwd`` (read from /proc), or None."""
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / 'environ').read_bytes().split(b'\0')
+            if Path(os.readlink(entry / 'cwd')) != Path(cwd).resolve():
+                continue
+        except OSError:
+            continue
+        if b'MS_ROLE=MS_WORKER' in environ and f'RANK_ID={rank}'.encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] if Path(f'/proc/{pid}').exists() else 'X'
+    return state not in ('Z', 'X')

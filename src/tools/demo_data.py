@@ -83,7 +83,7 @@ def build_demo_data(out_dir):
     images, labels = digit_images()
     splits = split_indices(labels)
     make_folder(out_dir.parent)
-    remove_partial_files(out_dir.parent, out_dir.name)  # of a build that was killed
+    remove_partial_files(out_dir.parent, f'.{out_dir.name}.')  # of a build that was killed
     try:
         staging = Path(tempfile.mkdtemp(prefix=partial_name(out_dir, '-').name, dir=out_dir.parent))
     except OSError as error:

@@ -90,7 +90,11 @@ def init_device(device_target, device_id=0, graph_mode=True):
     """
     if os.environ.get('MS_ROLE') == 'MS_SCHED':
         # msrun also runs the script as its scheduler process: init() serves the cluster; never train.
-        init()
+        # msrun starts one on every machine that owns MASTER_ADDR, so on both 'machines' of a run
+        # tried on one host; scripts/run_distribute_train_msrun.sh says which machine this is, and
+        # only machine 0's serves (the other would fail on the taken port, failing its msrun).
+        if os.environ.get('MSRUN_NODE_RANK', '0') == '0':
+            init()
         raise SystemExit(0)
     local_rank = launcher_local_rank()
     set_device(device_target, device_id if local_rank is None else local_rank, graph_mode)

@@ -8,7 +8,6 @@
   in the same run folder) can tell a dead process's leftovers from a live writer's and remove them.
 """
 import contextlib
-import errno
 import os
 import shutil
 from pathlib import Path
@@ -103,10 +102,11 @@ def _owner_alive(name):
     return pid != 0
 
 
-def remove_partial_files(folder, name=None):
-    """Delete the temporaries that killed processes left in ``folder`` (only those of ``name`` when
-    given): files and folders named ``.<name>.<pid>.partial*`` whose process is gone."""
-    pattern = f'.{name}.*{PARTIAL_MARK}*' if name else f'.*{PARTIAL_MARK}*'
+def remove_partial_files(folder, prefix='.'):
+    """Delete the temporaries that killed processes left in ``folder``: files and folders named
+    ``.<name>.<pid>.partial*`` whose process is gone, of names starting with ``prefix[1:]`` (one
+    target: '.model.onnx.'; one rank's checkpoints: '.RepVGG-A0_1-')."""
+    pattern = f'{prefix}*{PARTIAL_MARK}*'
     removed = []
     for path in Path(folder).glob(pattern):
         if _owner_alive(path.name):
@@ -118,6 +118,3 @@ def remove_partial_files(folder, name=None):
         removed.append(path)
     return removed
 
-
-def is_disk_full(error):
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -19,7 +19,8 @@ docs/training.md shows it from a user's side):
 A checkpoint may hold more than the network, so only the entries under the network's own top-level
 names count as network tensors when reading: nothing the network needs or the file offers as
 weights is silently ignored. Files are written under a hidden temporary name and renamed into
-place (src/tools/base/files.py), so a process killed at any moment leaves only complete files.
+place (src/tools/base/files.py), so a process killed at any moment leaves only complete files;
+they carry MindSpore's CRC, so that a file damaged later fails to read instead of loading garbage.
 """
 import json
 from pathlib import Path
@@ -53,7 +54,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     if isinstance(entries, dict):
         entries = [{'name': name, 'data': ms.Tensor(value)} for name, value in entries.items()]
     with atomic_path(path, '.ckpt') as temporary:
-        ms.save_checkpoint(entries, str(temporary), append_dict=append_dict)
+        ms.save_checkpoint(entries, str(temporary), append_dict=append_dict, crc_check=True)
         give_usual_permissions(temporary)  # MindSpore leaves its checkpoints readable by their owner only
         result = verify(temporary) if verify is not None else path
     return result
@@ -88,7 +89,7 @@ def read_checkpoint(path):
         raise UserError(f'checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk? '
                         f'use another checkpoint')
     try:
-        return ms.load_checkpoint(str(path))
+        return ms.load_checkpoint(str(path), crc_check=True)  # files written without a CRC load too
     except (ValueError, RuntimeError, TypeError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f'checkpoint {path} cannot be read (corrupt or not a checkpoint): {first_line}') from None

@@ -1,8 +1,10 @@
 """How a run restarts from a checkpoint: where it starts, and which state it takes back.
 
-- ``continues RUN_FOLDER``: the newest periodic checkpoint of the folder (every rank at the same
-  position); weights, optimizer, loss scale and EMA are restored, training goes on at its epoch
-  and step (so at its learning rate) and writes into the same folder.
+- ``continues RUN_FOLDER``: the newest periodic checkpoint of the folder at a position that every
+  rank completed (agreed through a collective, so each machine may keep its own copy of the
+  folder); one that cannot be read (truncated, failing its CRC) is passed over for the one before
+  it, with a note. Weights, optimizer, loss scale and EMA are restored, training goes on at its
+  epoch and step (so at its learning rate) and writes into the same folder.
 - ``pretrained CKPT``: the weights; a classifier of another class count is dropped (transfer
   learning). Unless ``exclude_epoch_state`` is set (or the head was dropped), the checkpoint's
   epoch, step and optimizer/EMA state are taken too.
@@ -45,18 +47,21 @@ def check_continues(args):
         raise UserError(f'continues: run folder {folder} does not exist')
 
 
-def starting_point(args, net, steps_per_epoch, rank=0, group_size=1, classes=None):
+def starting_point(args, net, steps_per_epoch, rank=0, group_size=1, classes=None, total=None):
     """Load what the run starts from into ``net`` and say where training begins.
 
     ``classes``: the class names of the training folder, in label order. A resumed run must train
     on the classes it started with; a pretrained classifier kept for other classes is named in a note.
+    ``total`` sums numbers over ranks (None: one process): with it the ranks agree on the checkpoint
+    to resume.
     """
     if args.continues is not None:
         saver = CheckpointSaver(args.continues, args.arch, rank, args.keep_checkpoint_max,
                                 args.keep_best_checkpoints_max)
-        path = saver.resume_path(group_size)
+        candidates = saver.resume_candidates(group_size, total, count=args.keep_checkpoint_max)
+        path, checkpoint = first_readable(candidates, total, rank)
         source = f'checkpoint {path}'
-        checkpoint = read_training_checkpoint(path, args.arch, source)
+        check_recorded_arch(checkpoint, args.arch, source)
         _check_same_classes(checkpoint, classes, source, args.data_url)
         load_weights(net, checkpoint, source=source)
         position = start_position(checkpoint, steps_per_epoch)
@@ -105,6 +110,29 @@ def _checked(start, args, steps_per_epoch):
         raise UserError(f'start_step is {start.step}, but an epoch has {steps_per_epoch} steps; '
                         f'set start_step between 0 and {steps_per_epoch - 1}')
     return start
+
+
+def first_readable(candidates, total=None, rank=0):
+    """(path, checkpoint) of the first of ``candidates`` (newest first) that every rank can read;
+    each one passed over is named. With ``total`` all ranks try the same positions in step."""
+    errors = []
+    for index, path in enumerate(candidates):
+        try:
+            checkpoint, error = read_checkpoint(path), None
+        except UserError as failure:
+            checkpoint, error = None, str(failure)
+        failed = int(error is not None) if total is None else int(total([float(error is not None)])[0])
+        if not failed:
+            return path, checkpoint
+        errors.append(error or f'{failed} other rank(s) cannot read theirs')
+        later = 'falling back to the one before it' if index + 1 < len(candidates) else 'none is left'
+        if error is not None:
+            print(f'=> note: {error}; {later}', flush=True)
+        elif rank == 0:
+            print(f'=> note: the checkpoint {Path(path).name} cannot be read on {failed} rank(s) (see their '
+                  f'logs); {later}', flush=True)
+    raise UserError(f'continues: no checkpoint to resume from can be read ({"; ".join(errors[:2])}); '
+                    f'start a new run, or restore the files')
 
 
 def read_training_checkpoint(path, arch, source):

@@ -2,7 +2,8 @@
 
 - periodic, every ``save_every`` steps and at each epoch's end, per rank:
   ``<arch>_<rank>-<epoch_num>_<step_num>.ckpt`` (MindSpore ModelCheckpoint's pattern); the
-  ``keep_checkpoint_max`` newest of each rank are kept;
+  ``keep_checkpoint_max`` newest of each rank are kept, older ones only deleted once every rank has
+  written the new one (so the ranks always share a position to resume from, even with 1 kept);
 - best, after each epoch's validation, rank 0: ``<arch>_epoch=<E>_acc=<top-1, 4 decimals>.ckpt``;
   the ``keep_best_checkpoints_max`` best by top-1 are kept (on a tie the older stays). They hold
   the weights that were validated: with ``eval_ema`` the EMA weights are under the network names.
@@ -11,6 +12,8 @@ What is inside a checkpoint and how it is written: src/tools/checkpoints/format.
 """
 import re
 from pathlib import Path
+
+import numpy as np
 
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import save_checkpoint
@@ -44,27 +47,60 @@ class CheckpointSaver:
                 found[(int(match.group(2)), int(match.group(3)))] = path
         return found
 
-    def save_periodic(self, entries, append_dict):
-        path = save_checkpoint(entries, self.periodic_path(append_dict['epoch_num'], append_dict['step_num']),
+    def save_periodic(self, entries, append_dict, all_written=None):
+        """Write this rank's checkpoint, then delete its old ones beyond ``keep_last``;
+        ``all_written()`` (a barrier over ranks) returns once every rank has written its own."""
+        path = self.write_periodic(entries, append_dict)
+        if all_written is not None:
+            all_written()
+        self.prune_periodic()
+        return path
+
+    def write_periodic(self, entries, append_dict):
+        return save_checkpoint(entries, self.periodic_path(append_dict['epoch_num'], append_dict['step_num']),
                                append_dict)
+
+    def prune_periodic(self):
         mine = self.periodic()
         for position in sorted(mine)[:-self.keep_last]:
             mine[position].unlink(missing_ok=True)
-        return path
 
-    def resume_path(self, group_size):
-        """This rank's newest checkpoint at a position that every rank reached; else rank 0's
-        newest (the group size changed); a UserError when the folder has none."""
-        per_rank = [self.periodic(rank) for rank in range(group_size)]
-        common = set(per_rank[0]).intersection(*per_rank[1:])
+    def resume_candidates(self, group_size, total=None, count=None):
+        """This rank's checkpoints at the positions that every rank reached, newest first; when the
+        ranks share none (the group size changed), rank 0's newest, for every rank.
+
+        Without ``total`` the folder holds every rank's files (one process, or a shared folder). With
+        ``total`` (a sum over ranks; every rank calls this together) each rank looks only at its own
+        files, so that a run folder that each machine keeps for itself works too: rank 0 names its
+        ``count`` newest positions and every rank says which of them it has.
+        """
+        mine = self.periodic()
+        if total is None or group_size == 1:
+            per_rank = [self.periodic(rank) for rank in range(group_size)]
+            common = sorted(set(per_rank[0]).intersection(*per_rank[1:]), reverse=True)
+            rank0_newest = max(per_rank[0]) if per_rank[0] else None
+        else:
+            count = max(int(count or 0), 1)
+            named = np.zeros((count, 2))
+            if self.rank == 0:
+                for row, position in enumerate(sorted(mine, reverse=True)[:count]):
+                    named[row] = position
+            named = total(named.ravel()).reshape(count, 2)  # rank 0's rows; exact below 2**24
+            positions = [(int(epoch), int(step)) for epoch, step in named if epoch > 0]
+            held = total([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
+            common = [position for position, ranks in zip(positions, held) if int(ranks) == group_size]
+            rank0_newest = positions[0] if positions else None
         if common:
-            return per_rank[self.rank][max(common)]
-        rank0 = self.periodic(0)
-        if rank0:
-            return rank0[max(rank0)]
+            return [mine[position] for position in common]
+        if rank0_newest is not None:
+            return [self.periodic_path(*rank0_newest, rank=0)]
         raise UserError(f'continues: {self.folder} holds no periodic checkpoint '
                         f'{self.arch}_<rank>-<epoch>_<step>.ckpt; pass the run folder of an earlier run of '
                         f'{self.arch}, or start without continues')
+
+    def resume_path(self, group_size):
+        """The newest of ``resume_candidates`` (every rank's files in this folder)."""
+        return self.resume_candidates(group_size)[0]
 
     # ------------------------------------------------------------------ best
     def best_path(self, epoch, acc):

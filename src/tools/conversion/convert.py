@@ -420,7 +420,7 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
         raise UserError(f'output {output_path} must end with .ckpt')
     check_writable(output_path, 'output')
     if output_path.parent.is_dir():
-        remove_partial_files(output_path.parent, output_path.name)  # of a conversion that was killed
+        remove_partial_files(output_path.parent, f'.{output_path.name}.')  # of a conversion that was killed
     src = read_source(input_path, ema=ema)
     label = f'input {src.path}'
     arch = resolve_arch(src.tensors, arch, label)

@@ -107,7 +107,7 @@ def check_export_target(export_path, file_format):
         raise UserError(f'export path {target} is a folder; pass a file name such as {target / "model"}')
     check_writable(target, 'export path')
     if target.parent.is_dir():
-        remove_partial_files(target.parent, target.name)
+        remove_partial_files(target.parent, f'.{target.name}.')
     return target
 
 

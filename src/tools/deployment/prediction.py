@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.dataset import IMAGE_SUFFIXES, check_images, list_images, preprocess_image
+from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
+from src.image_check import check_images
 from src.tools.base.cli import UserError
 from src.tools.base.files import check_writable, write_text_atomic
 

@@ -54,6 +54,11 @@ class Ranks:
             return np.asarray(values, np.float64)
         return self._sum(Tensor(np.asarray(values, np.float32))).asnumpy().astype(np.float64)
 
+    def barrier(self):
+        """Return once every rank has called it (an all-reduce of one number)."""
+        if self._sum is not None:
+            self.sum([0.0])
+
     def from_main(self, value):
         """Rank 0's integer ``value`` on every rank (sent as two exact float32 halves)."""
         if self._sum is None:

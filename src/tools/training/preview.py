@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.dataset import MEAN, STD, check_images, read_image_rgb, split_files, train_stages
+from src.dataset import MEAN, STD, read_image_rgb, split_files, train_stages
+from src.image_check import check_images
 from src.tools.base.files import atomic_path
 
 

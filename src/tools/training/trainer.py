@@ -16,10 +16,12 @@ TimeMonitor and evaluation callback:
 """
 import contextlib
 import hashlib
+import os
 import time
 
 import numpy as np
 
+from src.dataset import resume_batches
 from src.tools.base.cli import UserError, restore_ctrl_c
 from src.tools.checkpoints.format import train_state
 from src.tools.deployment.evaluation import partial_count_line, score
@@ -35,11 +37,24 @@ def validate(net, num_classes, dataset, ranks, desc='eval'):
                  source='the validation set')
 
 
+def open_sample_log(path):
+    """The log_samples file, appended to; a line cut short by a killed run is ended first."""
+    cut_short = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, 'rb') as existing:
+            existing.seek(-1, os.SEEK_END)
+            cut_short = existing.read(1) != b'\n'
+    handle = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    if cut_short:
+        handle.write('\n')
+    return handle
+
+
 class Trainer:
     """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
 
     def __init__(self, *, args, train_cell, net, ema, saver, metrics_log, ranks,
-                 steps_per_epoch, lr_values, classes=None, sample_log=None):
+                 steps_per_epoch, lr_values, classes=None, sample_log=None, watchdog=None):
         self.args = args
         self.classes = classes
         self.train_cell = train_cell
@@ -51,6 +66,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.lr_values = lr_values
         self.sample_log = sample_log
+        self.watchdog = watchdog  # src/tools/training/watchdog.py, under msrun with several ranks
         self.bn_statistics = [p for p in train_cell.get_parameters()
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
@@ -59,29 +75,37 @@ class Trainer:
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
                            self.args.num_classes, self.classes)
 
+    def _writing(self):
+        """A lost rank stops this one only after the checkpoint being written is complete."""
+        return self.watchdog.holding() if self.watchdog is not None else contextlib.nullcontext()
+
     def save_periodic(self, epoch_num, step_num):
-        return self.saver.save_periodic(*self._state(epoch_num, step_num))
+        with self._writing():
+            path = self.saver.write_periodic(*self._state(epoch_num, step_num))
+        self.ranks.barrier()  # every rank has written this position: older ones may go
+        self.saver.prune_periodic()
+        return path
 
     # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step):
         """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}."""
         args = self.args
-        batches = train_ds.create_tuple_iterator(num_epochs=args.epochs - start_epoch)
+        batches = resume_batches(train_ds, args.epochs, start_epoch, start_step)  # the done steps are not read
         last = None
         for epoch in range(start_epoch, args.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            train_loss, overflows, train_time, steps_run = self._train_epoch(batches, epoch, skip)
+            first_step = start_step + 1 if epoch == start_epoch else 1
+            train_loss, overflows, train_time, steps_run = self._train_epoch(batches, epoch, first_step)
             last = self._end_epoch(epoch, val_ds, train_loss, overflows, train_time, steps_run)
         best = self.saver.best()[0] if self.ranks.is_main and self.saver.best() else None
         return {'best': best, 'last': last}
 
-    def _train_epoch(self, batches, epoch, skip):
+    def _train_epoch(self, batches, epoch, first_step):
         self.train_cell.set_train(True)
         losses, overflows, steps_run = [], 0, 0
         begin = time.time()
-        for step, (images, labels) in enumerate(batches, 1):
-            if step <= skip:
-                continue  # the steps the resumed checkpoint had already taken
+        for step, (images, labels) in enumerate(batches, first_step):
+            if self.watchdog is not None:
+                self.watchdog.position = f'epoch {epoch + 1} step {step}'
             loss, overflow, _ = self.train_cell(images, labels)
             restore_ctrl_c()
             loss = np.float32(loss.asnumpy())  # printed as the reference's LossMonitor does
@@ -149,7 +173,7 @@ class Trainer:
                 'top5': result['top5'], 'epoch_time_s': train_time, 'eval_time_s': result['time'],
                 'overflow_steps': overflows})
             if np.isfinite(train_loss):  # an epoch that updated no weights is no candidate
-                with validated():  # the best checkpoints hold the weights that were validated
+                with validated(), self._writing():  # the best checkpoints hold the weights that were validated
                     best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
                                                      result['top1'])
                 if best_path is not None:
