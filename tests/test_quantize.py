@@ -2,7 +2,7 @@
 is kept, that runs wherever an ONNX file runs; and QARepVGG through the same commands (train, resume,
 convert, export, quantize).
 
-One module-scoped QARepVGG-A0 run on a tiny folder (3 classes, 16x16) feeds every test: train.py for
+One module-scoped QARepVGG-A0 run on a tiny folder (3 classes, 24x24) feeds every test: train.py for
 one epoch, resumed with --continues for a second, then export.py. Scripts run in this process where
 they can (each MindSpore process start costs seconds).
 """
@@ -26,7 +26,7 @@ from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, ca
 from tests.test_eval_export import assert_one_line_error, eval_results, load_script, run_main
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
-ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 16, 12  # 3 classes x 8 train images / batch 2
+ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 24, 12  # 3 classes x 8 train images / batch 2
 
 
 def main_output(script, *argv):
@@ -46,8 +46,8 @@ def run(tmp_path_factory):
     outputs = []
     for epochs in (1, 2):
         flags = train_args(data, runs, arch=ARCH, num_classes=CLASSES, image_size=SIZE, epochs=epochs, brief='qa')
-        if epochs == 2:
-            flags += ['--continues', str(next(runs.glob(f'*_{ARCH}_qa')))]
+        if epochs == 2:  # a longer schedule than the run's own: allowed when asked for
+            flags += ['--continues', str(next(runs.glob(f'*_{ARCH}_qa'))), '--allow_schedule_change', '1']
         result = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=root,
                                 timeout=300, check=False)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -121,7 +121,7 @@ def test_int8_logits_follow_the_fp32_network(run, exported):
     images, _ = val_images(run)
     fp32 = load_onnx(exported['fp32'], batch_size=4)(images)
     int8 = load_onnx(exported['int8'], batch_size=4)(images)  # chunks of 4 and 2: the batch is dynamic
-    assert 1e-4 < relative_difference(int8, fp32) < 0.15  # quantized, and close: measured 0.064
+    assert 1e-4 < relative_difference(int8, fp32) < 0.15  # quantized, and close: measured 0.050
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(run['root'] / 'optimized.onnx')
