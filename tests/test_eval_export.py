@@ -6,7 +6,6 @@ are randomised (so predictions vary from image to image); the data set is 10 cla
 small PNG/JPEG images. Most runs call the scripts' main() in-process (each MindSpore process start
 costs seconds); a few run as real processes.
 """
-import ast
 import collections
 import json
 import shutil
@@ -29,7 +28,7 @@ from src.tools.deployment.evaluation import ClassificationMetrics, reference_res
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
 from src.tools.base.numerics import relative_difference
-from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
+from tests.helpers import assert_one_line_error, eval_results, load_script, randomize_bn, run_main, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, NUM_CLASSES, SIZE = 'RepVGG-A0', 10, 32
@@ -37,11 +36,6 @@ A0_BLOCKS = 1 + 2 + 4 + 14 + 1
 
 
 # ----------------------------------------------------------------------------- helpers
-def eval_results(out):
-    line = next(line for line in out.splitlines() if line.startswith('=> eval results:'))
-    return ast.literal_eval(line[len('=> eval results:'):])
-
-
 def deploy_twin(train_net):
     """A copy of ``train_net`` converted to deploy form (the reference for every file's logits)."""
     net = create_model(ARCH, num_classes=NUM_CLASSES)

@@ -23,7 +23,7 @@ from src.tools.base.numerics import relative_difference
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
 from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, calibration_files, export_int8,
                                            load_images, pick_evenly, quantize_onnx)
-from tests.test_eval_export import assert_one_line_error, eval_results, load_script, run_main
+from tests.helpers import assert_one_line_error, eval_results, load_script, run_main
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
 ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 24, 12  # 3 classes x 8 train images / batch 2
