@@ -1,7 +1,7 @@
 """Does this project train RepVGG as PyTorch does? Same weights, same batches, compared step by step.
 
     python benchmarks/torch_parity.py
-    python benchmarks/torch_parity.py --arch RepVGG-B0 --image_size 32 --steps 2
+    python benchmarks/torch_parity.py --arch RepVGG-B0 --image_size 32
 
 Equal logits of converted weights (tests/test_convert.py) say nothing about training: the loss with
 label smoothing, BN's gradient in train mode, BN's moving statistics, weight decay on kernels only,
@@ -47,7 +47,7 @@ import mindspore as ms
 import torch
 import torch.nn.functional as F
 
-from benchmarks.torch_repvgg import TorchBlock, TorchRepVGG
+from benchmarks.torch_repvgg import TorchBlock, TorchRepVGG, randomize_torch_bn
 from src.config import make_config
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import ARCH_SPECS, RepVGGBlock, create_model
@@ -69,15 +69,7 @@ def randomized_twin(arch, seed):
     """The official-layout PyTorch model (train form) with seeded random weights and BN statistics."""
     depths, multipliers, groups, use_se = ARCH_SPECS[arch]
     torch.manual_seed(seed)
-    model = TorchRepVGG(depths, multipliers, groups, use_se, CLASSES)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-    return model
+    return randomize_torch_bn(TorchRepVGG(depths, multipliers, groups, use_se, CLASSES))
 
 
 def project_names(tensors, what):
@@ -336,7 +328,7 @@ def main():
     parser.add_argument('--arch', default='RepVGG-A0', choices=sorted(ARCH_SPECS))
     parser.add_argument('--image_size', type=int, default=64)
     parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--steps', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--base_lr', type=float, default=0.1, help='peak of the cosine schedule over the steps')
     parser.add_argument('--label_smoothing', type=float, default=0.1)

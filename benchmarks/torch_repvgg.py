@@ -98,3 +98,17 @@ class TorchRepVGG(torch.nn.Module):
                         state[f'{name}.se.{key}'] = value
         state['linear.weight'], state['linear.bias'] = self.linear.weight.detach(), self.linear.bias.detach()
         return state
+
+
+@torch.no_grad()
+def randomize_torch_bn(model):
+    """Random BN moving statistics and affine parameters (torch's global seed decides them), as
+    tests/helpers.randomize_bn does for MindSpore: default statistics (mean 0, var 1, gamma 1,
+    beta 0) would make a comparison prove little. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.normal_(0, 0.1)
+    return model
