@@ -19,7 +19,6 @@ from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import check_writable, remove_partial_files
-from src.tools.checkpoints.format import integer
 from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.demo_data import build_demo_data, is_complete
@@ -93,8 +92,7 @@ def train(args, ranks, watchdog, began):
     net = cast_amp(get_model(args), args.amp_level)
     start = starting_point(args, net, steps_per_epoch, rank, group_size, classes, total=ranks.sum)
     if args.continues:
-        saved_steps = integer(start.checkpoint['steps_per_epoch']) if 'steps_per_epoch' in start.checkpoint else None
-        check_schedule(args.continues, args, saved_steps, steps_per_epoch, ranks)
+        check_schedule(args.continues, args, start.saved_steps_per_epoch, steps_per_epoch, ranks)
     folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
     if watchdog is not None:
         watchdog.resume_hint = f'Resume with continues {folder}'

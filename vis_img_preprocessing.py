@@ -9,11 +9,10 @@ transform (``aug_type``, ``auto_augment``, ``re_prob``, ``image_size``, ``interp
 Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
 """
 import sys
-from pathlib import Path
 
 from src.config import parse_config
 from src.tools.base.cli import OneLineParser, UserError, user_entry_point
-from src.tools.base.files import check_writable
+from src.tools.base.files import check_writable_file
 
 
 def _extra_flags(argv):
@@ -34,10 +33,7 @@ def main(argv=None):
                           '--num_draws.', require_config=False)
     if config.data_url is None:
         raise UserError('pass --data_url with a folder holding train/ (and a --config)')
-    if Path(extra.output).is_dir():
-        raise UserError(f'--output {extra.output} is a folder; pass a file name such as '
-                        f'{Path(extra.output) / "preprocessing.png"}')
-    check_writable(extra.output, '--output')
+    check_writable_file(extra.output, '--output', 'preprocessing.png')
     from src.tools.training.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
     output = draw_preprocessing(config, extra.output, extra.num_images, extra.num_draws)
     print(f'=> wrote {output}')

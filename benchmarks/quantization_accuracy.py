@@ -11,8 +11,6 @@ folder by eval_onnx.py. Prints one row per arch: fp32 top-1, INT8 top-1 and thei
 Every run and file stays under ``--work_dir``. Not a test: it trains, which takes minutes on the demo.
 """
 import argparse
-import ast
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,8 @@ sys.path.insert(0, str(ROOT))
 from src.config import make_config  # noqa: E402
 from src.dataset import class_names  # noqa: E402
 from src.tools.base.cli import user_entry_point  # noqa: E402
+from src.tools.checkpoints.saver import CheckpointSaver  # noqa: E402
+from src.tools.deployment.evaluation import parse_results  # noqa: E402
 
 
 def run(command, log):
@@ -40,16 +40,12 @@ def run(command, log):
 
 def last_checkpoint(run_folder, arch):
     """The run's checkpoint of its last step (rank 0): the end of training, not the best epoch."""
-    found = {}
-    for path in run_folder.glob(f'{arch}_0-*.ckpt'):
-        epoch, step = re.fullmatch(rf'{re.escape(arch)}_0-(\d+)_(\d+)\.ckpt', path.name).groups()
-        found[(int(epoch), int(step))] = path
+    found = CheckpointSaver(run_folder, arch, rank=0, keep_last=1, keep_best=0).periodic()
     return found[max(found)]
 
 
 def top1(eval_output):
-    line = next(line for line in eval_output.splitlines() if line.startswith('=> eval results:'))
-    return ast.literal_eval(line[len('=> eval results:'):])['Top1-Acc']
+    return parse_results(eval_output)['Top1-Acc']
 
 
 def study(arch, args, log):

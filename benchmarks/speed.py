@@ -308,9 +308,11 @@ def main():
     print('-' * len(header))
     with tempfile.TemporaryDirectory() as folder:
         for arch in args.archs:
-            onnx_path = export_onnx(arch, args.image_size, folder)
-            onnx_paths = {'onnxruntime': onnx_path,
-                          'onnxruntime-int8': quantize_int8(onnx_path, args.image_size, folder)}
+            onnx_paths = {}  # exported (and quantized) only for the ONNX Runtime rows asked for
+            if {'onnxruntime', 'onnxruntime-int8'} & set(args.cases):
+                onnx_paths['onnxruntime'] = export_onnx(arch, args.image_size, folder)
+            if 'onnxruntime-int8' in args.cases:
+                onnx_paths['onnxruntime-int8'] = quantize_int8(onnx_paths['onnxruntime'], args.image_size, folder)
             for batch in args.batches:
                 results = measure(args.cases, arch, batch, args, onnx_paths)
                 for case, result in results.items():

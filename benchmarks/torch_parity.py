@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from benchmarks.torch_repvgg import TorchBlock, TorchRepVGG, randomize_torch_bn
 from src.config import make_config
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
-from src.repvgg import ARCH_SPECS, RepVGGBlock, create_model
+from src.repvgg import ARCH_SPECS, QA_ARCH_NAMES, RepVGGBlock, create_model
 from src.tools.base.device import set_device
 from src.tools.base.numerics import relative_difference
 from src.tools.checkpoints.format import load_weights
@@ -63,6 +63,7 @@ from src.tools.training.schedulers import lr_schedule
 FLOAT32_ROUNDING = 1e-5
 CLASSES = 10
 FIGURES = ('loss', 'weights', 'BN statistics', 'momentum')
+ARCH_NAMES_WITHOUT_QA = sorted(set(ARCH_SPECS) - set(QA_ARCH_NAMES))
 
 
 def randomized_twin(arch, seed):
@@ -325,7 +326,8 @@ def free_run(mindspore, pytorch, exact, data, lr_values, check_images):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', default='RepVGG-A0', choices=sorted(ARCH_SPECS))
+    parser.add_argument('--arch', default='RepVGG-A0', choices=ARCH_NAMES_WITHOUT_QA,
+                        help='a RepVGG arch (the PyTorch twin has the plain block, not QARepVGG\'s)')
     parser.add_argument('--image_size', type=int, default=64)
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--steps', type=int, default=2)

@@ -29,21 +29,11 @@ if [ -n "${HOSTFILE:-}" ]; then
   done
 fi
 ARGS=(--config "$CONFIG" --data_url "$DATASET" --device_num "$TOTAL" --device_target GPU)
-if [ $# -eq 4 ]; then
-  CKPT=$(absolute "$4"); need_file checkpoint "$CKPT"
-  ARGS+=(--pretrained "$CKPT")
-fi
-if [ -n "${CONTINUES:-}" ]; then
-  RUN=$(absolute "$CONTINUES"); need_dir "run folder (CONTINUES)" "$RUN"
-  ARGS+=(--continues "$RUN")
-fi
+add_start_args "${4:-}"
 LOG="$PWD/dist_train.log"
 MPIRUN+=(-n "$TOTAL" --output-filename log_output --merge-stderr-to-stdout python "$REPO/train.py" "${ARGS[@]}")
 
-if [ "${DRY_RUN:-0}" = 1 ]; then
-  printf '%q ' "${MPIRUN[@]}"; echo
-  exit 0
-fi
+print_if_dry_run "${MPIRUN[@]}"
 command -v mpirun > /dev/null || fail "mpirun not found; install Open MPI, or use run_distribute_train_msrun.sh"
 "${MPIRUN[@]}" > "$LOG" 2>&1 &
 echo "training on $TOTAL GPUs in the background (pid $!); log: $LOG"

@@ -30,14 +30,7 @@ if [ $# -ge 4 ] && [ -n "$4" ]; then
   need_target "$4"
   ARGS+=(--device_target "$4")
 fi
-if [ $# -eq 5 ]; then
-  CKPT=$(absolute "$5"); need_file checkpoint "$CKPT"
-  ARGS+=(--pretrained "$CKPT")
-fi
-if [ -n "${CONTINUES:-}" ]; then
-  RUN=$(absolute "$CONTINUES"); need_dir "run folder (CONTINUES)" "$RUN"
-  ARGS+=(--continues "$RUN")
-fi
+add_start_args "${5:-}"
 LOG_DIR="$PWD/msrun_log"
 MSRUN=(msrun --worker_num="$WORKER_NUM" --local_worker_num="$DEVICE_NUM")
 if (( NODE_NUM > 1 )); then
@@ -45,10 +38,7 @@ if (( NODE_NUM > 1 )); then
 fi
 MSRUN+=(--master_port="$PORT" --log_dir="$LOG_DIR" --join=True python "$REPO/train.py" "${ARGS[@]}")
 
-if [ "${DRY_RUN:-0}" = 1 ]; then
-  printf '%q ' "${MSRUN[@]}"; echo
-  exit 0
-fi
+print_if_dry_run "${MSRUN[@]}"
 command -v msrun > /dev/null || fail "msrun not found; activate the environment with MindSpore"
 export MSRUN_NODE_RANK=$NODE_RANK  # train.py's scheduler process serves on machine 0 only
 if (( NODE_NUM > 1 )); then

@@ -2,6 +2,7 @@
 # Train on one device, in the background: output in standalone_train.log in the current folder.
 # Usage: bash scripts/run_standalone_train_gpu.sh CONFIG DATASET DEVICE_ID [PRETRAINED_CKPT]
 # The device (GPU or CPU) is the config's device_target; set DEVICE_TARGET=CPU to override it.
+# CONTINUES=RUN_FOLDER resumes that run (--continues).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 usage_unless 3 4 $# "bash $0 CONFIG DATASET DEVICE_ID [PRETRAINED_CKPT]"
@@ -9,10 +10,7 @@ CONFIG=$(absolute "$1"); need_file "config file" "$CONFIG"
 DATASET=$(absolute "$2"); need_dir "dataset folder" "$DATASET"
 DEVICE_ID=$3; need_count DEVICE_ID "$DEVICE_ID"
 ARGS=(--config "$CONFIG" --data_url "$DATASET" --device_id "$DEVICE_ID" --device_num 1)
-if [ $# -eq 4 ]; then
-  CKPT=$(absolute "$4"); need_file checkpoint "$CKPT"
-  ARGS+=(--pretrained "$CKPT")
-fi
+add_start_args "${4:-}"
 if [ -n "${DEVICE_TARGET:-}" ]; then
   need_target "$DEVICE_TARGET"
   ARGS+=(--device_target "$DEVICE_TARGET")

@@ -103,13 +103,6 @@ def class_names(folder):
     return scan_split(folder)[0]
 
 
-def split_files(folder):
-    """(class names, [(path, label), ...]) of a split folder, in class then file-name order."""
-    names, images = scan_split(folder)
-    folder = Path(folder)
-    return names, [(folder / name / image, label) for label, name in enumerate(names) for image in images[name]]
-
-
 # ----------------------------------------------------------------------------- reading images
 def to_rgb(img):
     """Any PIL image as RGB: grey, palette, CMYK converted, alpha dropped, 16-bit scaled to 8-bit

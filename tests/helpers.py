@@ -1,6 +1,5 @@
 """Shared test utilities (not fixtures): deterministic random BN statistics, running the top-level
 scripts in this process or as processes, and the one-line error every bad input must get."""
-import ast
 import importlib.util
 import subprocess
 import sys
@@ -80,6 +79,3 @@ def assert_ends_with_error(status, err, *fragments):
         assert fragment in lines[-1], lines[-1]
 
 
-def eval_results(out):
-    line = next(line for line in out.splitlines() if line.startswith('=> eval results:'))
-    return ast.literal_eval(line[len('=> eval results:'):])

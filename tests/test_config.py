@@ -1,6 +1,4 @@
 """src/config.py: defaults < YAML < command line, strict keys, one-line errors."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +6,7 @@ import yaml
 
 from src.config import OPTIONS, make_config, parse_config, read_yaml
 from src.tools.base.cli import UserError
+from tests.helpers import run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'src' / 'configs'
@@ -103,11 +102,10 @@ def test_shipped_configs_hold_the_reference_recipe():
 
 def test_command_line_error_is_one_line(tmp_path):
     path = write(tmp_path, 'epochz: 3\n')
-    result = subprocess.run([sys.executable, '-m', 'src.config', '--config', str(path)],
-                            capture_output=True, text=True, cwd=CONFIGS.parents[1])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: config file {path}: unknown key 'epochz'; did you mean 'epochs'?"]
-    assert 'Traceback' not in result.stderr
+    status, _, err = run_process('-m', 'src.config', '--config', path)
+    assert status == 2
+    assert err.strip().splitlines() == [f"error: config file {path}: unknown key 'epochz'; did you mean 'epochs'?"]
+    assert 'Traceback' not in err
 
 
 def _resolved(config):
@@ -138,9 +136,9 @@ def test_a_yaml_with_one_key_gets_the_reference_values_for_the_rest(tmp_path):
 
 
 def test_help_lists_every_key_with_its_default():
-    result = subprocess.run([sys.executable, 'train.py', '--help'], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    text = ' '.join(result.stdout.split())
+    status, out, err = run_process('train.py', '--help')
+    assert status == 0, err
+    text = ' '.join(out.split())
     assert '--weight_decay WEIGHT_DECAY, --wd WEIGHT_DECAY' in text
     assert 'Weight decay of conv and dense kernels (not BN, not biases). (default: 0.0001)' in text
     assert "(default: epochs-120_bs-32x8_lr-0.1-0.0)" in text and "(default: '')" in text

@@ -2,7 +2,6 @@
 (EMA only after successful steps, overflowing steps skipped, the schedule index still advancing)."""
 import mindspore as ms
 import numpy as np
-import pytest
 from mindspore import Tensor, nn
 
 from src.config import make_config

@@ -24,11 +24,11 @@ from src.dataset import preprocess_image
 from src.tools.deployment.onednn import kernel as onednn
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
-from src.tools.deployment.evaluation import ClassificationMetrics, reference_results, score
+from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
 from src.tools.base.numerics import relative_difference
-from tests.helpers import assert_one_line_error, eval_results, load_script, randomize_bn, run_main, run_process
+from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, NUM_CLASSES, SIZE = 'RepVGG-A0', 10, 32
@@ -261,11 +261,11 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
         assert ('run by ONNX Runtime' in out) == (runs_in == 'onnxruntime' and name != 'onnx'), name
         assert ('convolutions by oneDNN' in out) == (runs_in == 'onednn' and onednn_available()), name
         assert out.rstrip().endswith('=> eval success')
-        results[name] = eval_results(out)
+        results[name] = parse_results(out)
     status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
                                 SIZE, '-m', 'CPU', '--prefetch', 2, '-b', 8, '-j', 1)
     assert status == 0, err
-    results['eval_onnx.py'] = eval_results(out)
+    results['eval_onnx.py'] = parse_results(out)
     assert set(results['eval_onnx.py']) == {'Top1-Acc', 'Top5-Acc'}
     for name, result in results.items():
         assert result['Top1-Acc'] == reference['Top1-Acc'], name
@@ -309,7 +309,7 @@ def test_eval_without_a_compiler_falls_back_to_mindspore_kernels(work, capsys, m
     status, reference, err = run_main(capsys, 'eval.py', *argv, '--backend', 'mindspore')
     assert status == 0, err
     assert 'oneDNN' not in reference
-    assert eval_results(out) == eval_results(reference)
+    assert parse_results(out) == parse_results(reference)
 
 
 def test_logits_agree_across_formats(work, exported, images):

@@ -20,10 +20,11 @@ import pytest
 
 from src.tools.base.cli import UserError
 from src.tools.base.numerics import relative_difference
+from src.tools.deployment.evaluation import parse_results
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
 from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, calibration_files, export_int8,
                                            load_images, pick_evenly, quantize_onnx)
-from tests.helpers import assert_one_line_error, eval_results, load_script, run_main
+from tests.helpers import assert_one_line_error, load_script, run_main
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
 ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 24, 12  # 3 classes x 8 train images / batch 2
@@ -138,7 +139,7 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
         status, out, err = run_main(capsys, script, *argv)
         assert status == 0, err
         assert f'ONNX {exported["int8"]} (input batchx3x{SIZE}x{SIZE}, {CLASSES} classes' in out
-        results[script] = eval_results(out)
+        results[script] = parse_results(out)
     assert results['eval.py']['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
     images, labels = val_images(run)
     expected = np.mean(load_onnx(exported['int8'])(images).argmax(axis=1) == labels)
@@ -158,7 +159,7 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
         result = subprocess.run(['bash', REPO / 'scripts' / script, *map(str, args)], cwd=tmp_path,
                                 capture_output=True, text=True, env=environment(), timeout=300, check=False)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert eval_results((tmp_path / 'eval_onnx.log').read_text())['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
+    assert parse_results((tmp_path / 'eval_onnx.log').read_text())['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
     assert json.loads((tmp_path / 'script.json').read_text()) == predictions['onnx']
 
 

@@ -13,7 +13,7 @@ import pytest
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.training.schedulers import lr_schedule
-from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
+from tests.train_helpers import REPO, command, environment, make_image_folder, periodic, samples_by_step, train_args
 
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402  pylint: disable=wrong-import-position
@@ -27,15 +27,6 @@ def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp('data'))
 
 
-def periodic(folder):
-    """{(epoch_num, step_num): path} of rank 0's periodic checkpoints."""
-    found = {}
-    for path in folder.glob(f'{ARCH}_0-*.ckpt'):
-        epoch, step = re.match(rf'{ARCH}_0-(\d+)_(\d+)\.ckpt', path.name).groups()
-        found[(int(epoch), int(step))] = path
-    return found
-
-
 def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_path):
     runs = tmp_path / 'runs'
     flags = train_args(data, runs, epochs=3, save_every=3, log_samples=1)
@@ -45,7 +36,7 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
     try:  # kill it as soon as a mid-epoch checkpoint of epoch 2 exists
         while time.time() < deadline and first.poll() is None:
             folders = list(runs.glob(f'*_{ARCH}_test'))
-            if folders and any(epoch == 2 and step < STEPS for epoch, step in periodic(folders[0])):
+            if folders and any(epoch == 2 and step < STEPS for epoch, step in periodic(folders[0], ARCH)):
                 break
             time.sleep(0.05)
         assert first.poll() is None, 'the first run ended before it could be killed'
@@ -56,7 +47,7 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
             first.kill()
         log.close()
     folder = folders[0]
-    saved = periodic(folder)
+    saved = periodic(folder, ARCH)
     newest = max(saved)
     assert newest[0] == 2 and 0 < newest[1] < STEPS, saved
     for path in saved.values():  # whatever the moment of the kill, every checkpoint loads
@@ -85,12 +76,7 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
     assert (folder / 'curves.png').is_file() and len(list(folder.glob(f'{ARCH}_epoch=*_acc=*.ckpt'))) == 1
     # Every epoch saw each of the 24 training images once, the interrupted one too: its steps up to
     # the checkpoint from the first run, the rest from the second (a step logged twice: the last).
-    by_step = {}
-    for line in (folder / 'samples_rank0.txt').read_text().splitlines():
-        if len(line.split()) != 3 or len(line.split()[2]) != 16:
-            continue  # a line the kill cut short
-        epoch, step, fingerprint = line.split()
-        by_step.setdefault((int(epoch), int(step)), []).append(fingerprint)
+    by_step = samples_by_step(folder / 'samples_rank0.txt')
     for epoch in (1, 2, 3):
         images = [fingerprint for step in range(1, STEPS + 1) for fingerprint in by_step[(epoch, step)][-2:]]
         assert len(images) == len(set(images)) == 24, epoch
@@ -204,7 +190,7 @@ def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
     out = done.stdout
     assert (f'=> note: checkpoint {newest} cannot be read (corrupt or not a checkpoint): Failed to read the '
             f'checkpoint file') in out and 'falling back to the one before it' in out
-    assert f'=> note: the learning-rate schedule changes from here on (epochs 1 -> 2; allow_schedule_change)' in out
+    assert '=> note: the learning-rate schedule changes from here on (epochs 1 -> 2; allow_schedule_change)' in out
     assert re.search(rf'=> starting from checkpoint \S+{ARCH}_0-1_3\.ckpt: epoch 1, step 3 \(global step 3\)', out)
     assert re.findall(r'Result metrics epoch (\d+):', out) == ['1', '2'] and 'train success' in out
     assert int(ms.load_checkpoint(str(folder / f'{ARCH}_0-2_{STEPS}.ckpt'))['global_step'].asnumpy()[0]) == 2 * STEPS

@@ -14,7 +14,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from tests.train_helpers import REPO, alive, environment, free_port, make_image_folder, worker_pid
+from tests.train_helpers import (REPO, alive, environment, free_port, make_image_folder, periodic, samples_by_step,
+                                 worker_pid)
 
 ARCH = 'RepVGG-A0'
 
@@ -83,11 +84,7 @@ def launch(machine, node_rank, config, data, port, **env):
 
 
 def positions(folder, rank):
-    found = set()
-    for path in folder.glob(f'{ARCH}_{rank}-*.ckpt'):
-        epoch, step = re.match(rf'{ARCH}_{rank}-(\d+)_(\d+)\.ckpt', path.name).groups()
-        found.add((int(epoch), int(step)))
-    return found
+    return set(periodic(folder, ARCH, rank))
 
 
 def stop_all(processes):
@@ -186,13 +183,8 @@ def test_two_machines_on_one_host_lose_a_rank_and_continue(tmp_path):
     for epoch in (1, 2):
         seen = []
         for rank, folder in enumerate(folders):
-            by_step = defaultdict(list)
-            for line in (folder / f'samples_rank{rank}.txt').read_text().splitlines():
-                if len(line.split()) != 3 or len(line.split()[2]) != 16:
-                    continue  # a line the kill cut short
-                logged_epoch, step, fingerprint = line.split()
-                if int(logged_epoch) == epoch:
-                    by_step[int(step)].append(fingerprint)
+            by_step = {step: fingerprints for (logged_epoch, step), fingerprints
+                       in samples_by_step(folder / f'samples_rank{rank}.txt').items() if logged_epoch == epoch}
             assert sorted(by_step) == list(range(1, steps + 1)), (epoch, rank, sorted(by_step))
             images = [fingerprint for step in by_step for fingerprint in by_step[step][-2:]]
             assert len(images) == len(set(images)) == 8, (epoch, rank)

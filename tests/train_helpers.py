@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from src.tools.checkpoints.saver import CheckpointSaver
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -78,3 +80,20 @@ def alive(pid):
         return False
     state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] if Path(f'/proc/{pid}').exists() else 'X'
     return state not in ('Z', 'X')
+
+
+def periodic(folder, arch, rank=0):
+    """{(epoch_num, step_num): path} of one rank's periodic checkpoints in a run folder."""
+    return CheckpointSaver(folder, arch, rank, keep_last=1, keep_best=0).periodic()
+
+
+def samples_by_step(path):
+    """{(epoch, step): [image fingerprints, in the order logged]} of a log_samples file; a line
+    that a killed run cut short is left out."""
+    by_step = {}
+    for line in Path(path).read_text().splitlines():
+        fields = line.split()
+        if len(fields) != 3 or len(fields[2]) != 16:
+            continue
+        by_step.setdefault((int(fields[0]), int(fields[1])), []).append(fields[2])
+    return by_step

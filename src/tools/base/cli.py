@@ -37,6 +37,12 @@ def restore_ctrl_c():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def listed(names, limit=6):
+    """Sorted names for an error line: the first ``limit``, then how many more."""
+    names = sorted(names)
+    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that raises UserError (one line) instead of printing usage and exiting, and hints
     at the closest known flag for an unknown one; every script's parser is one of these."""

@@ -23,15 +23,14 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target != 'CPU':
         check_device_available(device_target)
-    if device_target == 'CPU':
-        ms.set_device('CPU')
-        if cpu_threads:
-            try:
-                ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
-            except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
-                pass
-    else:
         ms.set_device(device_target, device_id)
+        return
+    ms.set_device('CPU')
+    if cpu_threads:
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
+        except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
+            pass
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Writing files all or nothing, and failing early and cleanly when they cannot be written.
 
-- ``check_writable``: before any work, a one-line UserError when an output could not be created.
+- ``check_writable`` (``check_writable_file``): before any work, a one-line UserError when an output
+  could not be created.
 - ``atomic_path``: a hidden temporary beside the target, renamed onto it when complete; a failed
   write (disk full, permissions) removes the temporary and becomes one line naming the file and
   the reason, never a traceback or a half-written file.
@@ -35,6 +36,15 @@ def check_writable(path, what='output'):
     if path.exists() and not path.is_dir() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
         raise UserError(f'{what} {path} cannot be replaced: no permission')
     return path
+
+
+def check_writable_file(path, what='output', example='output'):
+    """``check_writable`` for a file: also a UserError when ``path`` is an existing folder, suggesting
+    ``path/example`` instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f'{what} {path} is a folder; pass a file name such as {path / example}')
+    return check_writable(path, what)
 
 
 def make_folder(path, what='folder'):

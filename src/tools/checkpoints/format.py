@@ -27,7 +27,7 @@ from pathlib import Path
 
 import mindspore as ms
 
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, listed
 from src.tools.base.files import atomic_path, give_usual_permissions
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
@@ -60,9 +60,14 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     return result
 
 
+def class_names_text(names):
+    """The class names as stored in checkpoints and model files (a JSON list), or None when unknown."""
+    return json.dumps(list(names), ensure_ascii=False) if names else None
+
+
 def class_names_entry(names):
     """{CLASS_NAMES_KEY: JSON list} for an append_dict, or {} when the names are unknown."""
-    return {CLASS_NAMES_KEY: json.dumps(list(names), ensure_ascii=False)} if names else {}
+    return {CLASS_NAMES_KEY: class_names_text(names)} if names else {}
 
 
 def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes, class_names=None):
@@ -100,9 +105,9 @@ def integer(value):
     return int(value.asnumpy()) if hasattr(value, 'asnumpy') else int(value)
 
 
-def recorded_class_names(checkpoint, source='checkpoint'):
-    """The class names a checkpoint records (a list of str), or None when it records none."""
-    text = checkpoint.get(CLASS_NAMES_KEY)
+def parse_class_names(text, source, remedy='re-save it with this project'):
+    """The class names stored as a JSON list in a string (a checkpoint entry, a model file's
+    metadata), or None when ``text`` is None; a UserError naming ``source`` when it is not one."""
     if text is None:
         return None
     try:
@@ -110,8 +115,13 @@ def recorded_class_names(checkpoint, source='checkpoint'):
     except ValueError:
         names = None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise UserError(f'{source}: its {CLASS_NAMES_KEY} entry is not a list of names; re-save it with this project')
+        raise UserError(f'{source}: its {CLASS_NAMES_KEY} entry is not a list of names; {remedy}')
     return names
+
+
+def recorded_class_names(checkpoint, source='checkpoint'):
+    """The class names a checkpoint records (a list of str), or None when it records none."""
+    return parse_class_names(checkpoint.get(CLASS_NAMES_KEY), source)
 
 
 def check_recorded_arch(checkpoint, arch, source):
@@ -139,12 +149,6 @@ def _network_entries(net, checkpoint, prefix):
         if name.split('.', 1)[0] in roots:
             entries[name] = value
     return entries
-
-
-def _names(names, limit=6):
-    names = sorted(names)
-    shown = ', '.join(names[:limit])
-    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
 def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, source='checkpoint'):
@@ -179,16 +183,16 @@ def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, so
             form_hint = ' The checkpoint is in train form: set deploy: 0 (conversion happens on export/eval).'
         details = []
         if missing:
-            details.append(f'missing from it: {_names(missing)}')
+            details.append(f'missing from it: {listed(missing)}')
         if unexpected:
-            details.append(f'not in the network: {_names(unexpected)}')
+            details.append(f'not in the network: {listed(unexpected)}')
         raise UserError(f'{source} does not match the network ({"; ".join(details)}); '
                         f'check arch and deploy.{form_hint}')
     wrong_shape = [f'{name} {tuple(value.shape)} vs {expected[name]}' for name, value in entries.items()
                    if tuple(value.shape) != expected[name]]
     if wrong_shape:
         raise UserError(f'{source} has tensors of other shapes than the network '
-                        f'({_names(wrong_shape, 3)}); check arch')
+                        f'({listed(wrong_shape, 3)}); check arch')
     return entries, dropped
 
 
@@ -208,5 +212,5 @@ def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, sour
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     not_loaded = [name for name in not_loaded if name not in dropped]
     if not_loaded:  # only possible if names and structure disagree; never ignore it
-        raise UserError(f'{source}: MindSpore did not load {_names(not_loaded)}')
+        raise UserError(f'{source}: MindSpore did not load {listed(not_loaded)}')
     return dropped

@@ -31,6 +31,7 @@ class Start:
     step: int                   # steps of that epoch already taken
     checkpoint: dict = None     # whose optimizer / EMA state to restore, if any
     source: str = None          # for the log line
+    saved_steps_per_epoch: int = None  # continues: the steps per epoch the run had (None: not recorded)
 
 
 def check_continues(args):
@@ -67,7 +68,8 @@ def starting_point(args, net, steps_per_epoch, rank=0, group_size=1, classes=Non
         position = start_position(checkpoint, steps_per_epoch)
         if position is None:
             raise UserError(f'{source} has no epoch_num/step_num; resume needs a checkpoint written by train.py')
-        return _checked(Start(*position, checkpoint, source), args, steps_per_epoch)
+        saved_steps = integer(checkpoint['steps_per_epoch']) if 'steps_per_epoch' in checkpoint else None
+        return _checked(Start(*position, checkpoint, source, saved_steps), args, steps_per_epoch)
     if args.pretrained is not None:
         source = f'checkpoint {args.pretrained}'
         checkpoint = read_training_checkpoint(args.pretrained, args.arch, source)

@@ -10,6 +10,7 @@
 
 What is inside a checkpoint and how it is written: src/tools/checkpoints/format.py.
 """
+import contextlib
 import re
 from pathlib import Path
 
@@ -47,10 +48,12 @@ class CheckpointSaver:
                 found[(int(match.group(2)), int(match.group(3)))] = path
         return found
 
-    def save_periodic(self, entries, append_dict, all_written=None):
+    def save_periodic(self, entries, append_dict, all_written=None, writing=None):
         """Write this rank's checkpoint, then delete its old ones beyond ``keep_last``;
-        ``all_written()`` (a barrier over ranks) returns once every rank has written its own."""
-        path = self.write_periodic(entries, append_dict)
+        ``all_written()`` (a barrier over ranks) returns once every rank has written its own.
+        ``writing``: a context held during the write only (the training watchdog's)."""
+        with writing or contextlib.nullcontext():
+            path = self.write_periodic(entries, append_dict)
         if all_written is not None:
             all_written()
         self.prune_periodic()

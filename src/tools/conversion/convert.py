@@ -27,7 +27,7 @@ import numpy as np
 
 from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
                         stage_widths, switch_net_to_deploy)
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, listed
 from src.tools.base.files import check_writable, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
 from src.tools.checkpoints.format import (EMA_PREFIX, class_names_entry, load_weights, read_checkpoint,
@@ -100,11 +100,6 @@ def detect_form(names, source):
     return 'deploy' if deploy else 'train'
 
 
-def _names(names, limit=6):
-    names = sorted(names)
-    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
-
-
 def to_mindspore_names(tensors, layout, source):
     """({network name: array}, dropped source names) of a torch-layout state dict, or a UserError.
 
@@ -124,7 +119,7 @@ def to_mindspore_names(tensors, layout, source):
             mapped[target], origin[target] = value, name
     if unmapped:
         raise UserError(f'{source} ({layout} layout) has tensors that map to no RepVGG tensor: '
-                        f'{_names(unmapped)}; nothing was converted')
+                        f'{listed(unmapped)}; nothing was converted')
     return mapped, dropped
 
 
@@ -158,7 +153,7 @@ def unwrap_state_dict(obj, source):
         if key is None:
             others = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
             raise UserError(f'{source}: found no state dict (tensors only) and no state_dict/model entry; '
-                            f'entries that are not tensors: {_names(map(str, others))}')
+                            f'entries that are not tensors: {listed(map(str, others))}')
         rest = sorted(str(k) for k in obj if k != key)
         notes.append(f"took '{key}'" + (f" (left out {', '.join(rest)})" if rest else ''))
         obj = obj[key]
@@ -179,7 +174,7 @@ def _as_float32(tensors, source):
         else:
             not_float.append(f'{name} ({value.dtype})')
     if not_float:
-        raise UserError(f'{source}: network tensors must be floating point, these are not: {_names(not_float)}')
+        raise UserError(f'{source}: network tensors must be floating point, these are not: {listed(not_float)}')
     return converted
 
 
@@ -370,7 +365,7 @@ def verify_written(path, build, conversion, source_tensors, source_form, name):
     if source_form == ('deploy' if conversion.deploy else 'train'):
         changed = [key for key, value in source_tensors.items() if not np.array_equal(written[key], value)]
         if changed:
-            raise UserError(f'self-check failed: {name} would change the values of {_names(changed)}; '
+            raise UserError(f'self-check failed: {name} would change the values of {listed(changed)}; '
                             f'nothing was written')
     reloaded = _logits(net, conversion.check_input)
     if not relative_difference(reloaded, conversion.logits) <= RELOAD_TOLERANCE:

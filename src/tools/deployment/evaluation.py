@@ -7,6 +7,7 @@ the folder's class names matched to the model's (src/dataset.class_indexing); a 
 no class names is matched by position, with a note.
 """
 import argparse
+import ast
 import csv
 import io
 import time
@@ -99,9 +100,18 @@ def reference_results(result, with_loss=True):
     return printed
 
 
+RESULTS_PREFIX = '=> eval results:'
+
+
 def format_results(results):
     """The reference's result line: ``=> eval results:{'Loss': ..., 'Top1-Acc': ..., ...}``."""
-    return f'=> eval results:{results}'
+    return f'{RESULTS_PREFIX}{results}'
+
+
+def parse_results(output):
+    """The result dict of the first ``format_results`` line in a script's ``output`` (benchmarks, tests)."""
+    line = next(line for line in output.splitlines() if line.startswith(RESULTS_PREFIX))
+    return ast.literal_eval(line[len(RESULTS_PREFIX):])
 
 
 def check_class_count(folder, num_classes):

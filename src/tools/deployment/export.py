@@ -3,7 +3,6 @@
 The file is written in a temporary folder beside the target, loaded back and run on random
 images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -16,10 +15,10 @@ from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
 from src.tools.base.cli import UserError
-from src.tools.base.files import (check_writable, give_usual_permissions, make_folder, partial_name,
+from src.tools.base.files import (check_writable_file, give_usual_permissions, make_folder, partial_name,
                                   remove_partial_files)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
-from src.tools.checkpoints.format import CLASS_NAMES_KEY
+from src.tools.checkpoints.format import CLASS_NAMES_KEY, class_names_text
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -68,7 +67,7 @@ def _export_raw(net, image_size, file_format, stem, class_names=None):
     The class names go into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
     shape = (3, image_size, image_size)
     path = stem.with_suffix(FORMAT_SUFFIXES[file_format])
-    names = json.dumps(list(class_names), ensure_ascii=False) if class_names else None
+    names = class_names_text(class_names)
     if file_format == 'MINDIR':
         def add_class_names(model):
             if names:
@@ -102,10 +101,7 @@ def exported_difference(path, net, image_size, num_images=2, seed=0):
 def check_export_target(export_path, file_format):
     """The file export_path names, checked before any work: not a folder, its folder writable.
     Leftovers of an export that was killed on the same target are removed."""
-    target = export_file_path(export_path, file_format)
-    if target.is_dir():
-        raise UserError(f'export path {target} is a folder; pass a file name such as {target / "model"}')
-    check_writable(target, 'export path')
+    target = check_writable_file(export_file_path(export_path, file_format), 'export path', 'model')
     if target.parent.is_dir():
         remove_partial_files(target.parent, f'.{target.name}.')
     return target

@@ -11,7 +11,6 @@ The class names a model was trained on travel with it: a checkpoint's ``class_na
 ``CLASS_NAMES_KEY`` (written by export.py). A Predictor has them as ``class_names`` (None for a
 model that records none).
 """
-import json
 from pathlib import Path
 
 import mindspore as ms
@@ -24,7 +23,8 @@ from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR 
 from src.repvgg import count_params, create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import (CLASS_NAMES_KEY, EMA_PREFIX, check_recorded_arch, is_deploy_form,
-                                          load_weights, read_checkpoint, recorded_class_names)
+                                          load_weights, parse_class_names, read_checkpoint,
+                                          recorded_class_names)
 
 
 class Predictor:
@@ -95,19 +95,6 @@ def _input_dims(dims, path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def class_names_from_text(text, source):
-    """The JSON list of class names stored in a model file's metadata, or None."""
-    if text is None:
-        return None
-    try:
-        names = json.loads(text)
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise UserError(f'{source}: its {CLASS_NAMES_KEY} metadata is not a list of names; export it again')
-    return names
-
-
 def load_deploy_network(path, arch, num_classes, ema=False):
     """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
 
@@ -181,7 +168,7 @@ def read_mindir_signature(path):
             or not graph.input[0].tensor or not graph.output[0].tensor):
         raise UserError(f'{path} is not a MINDIR model with one input and one output '
                         f'(corrupt, or not written by export.py)')
-    names = class_names_from_text(mindir_user_info(model).get(CLASS_NAMES_KEY), path)
+    names = parse_class_names(mindir_user_info(model).get(CLASS_NAMES_KEY), path, 'export it again')
     return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims), names
 
 
@@ -241,7 +228,8 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
         raise UserError(f'{path}: the number of classes of its output {outputs[0].shape} is not fixed')
     name = inputs[0].name
     batch = 'batch' if static_batch is None else str(static_batch)
-    names = class_names_from_text(session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY), path)
+    names = parse_class_names(session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY), path,
+                              'export it again')
     return Predictor(lambda images: session.run(None, {name: images})[0], size, num_classes, batch_size,
                      static_batch=static_batch, class_names=names,
                      description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '

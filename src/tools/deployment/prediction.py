@@ -15,7 +15,7 @@ from tqdm import tqdm
 from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
 from src.image_check import check_images
 from src.tools.base.cli import UserError
-from src.tools.base.files import check_writable, write_text_atomic
+from src.tools.base.files import check_writable_file, write_text_atomic
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
 
@@ -25,12 +25,11 @@ def list_inputs(path):
     if path is None:
         raise UserError('pass an image or a folder of images to predict (--dataset_path)')
     path = Path(path)
-    suffixes = {suffix.lower() for suffix in IMAGE_SUFFIXES}
-    kinds = '/'.join(sorted(suffixes))
+    kinds = '/'.join(sorted(IMAGE_SUFFIXES))
     if path.is_dir():
-        images = [Path(image) for image in list_images(path)]
+        images = list_images(path)
         others = sorted(entry.name for entry in path.iterdir()
-                        if entry.is_file() and entry.suffix.lower() not in suffixes)
+                        if entry.is_file() and entry.suffix.lower() not in IMAGE_SUFFIXES)
         if not images:
             found = f' (it holds {len(others)} other files, e.g. {others[0]})' if others else ''
             raise UserError(f'folder {path} has no {kinds} images{found}')
@@ -39,7 +38,7 @@ def list_inputs(path):
                   f'(e.g. {others[0]})', file=sys.stderr)
         return 'directory', images
     if path.is_file():
-        if path.suffix.lower() not in suffixes:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise UserError(f'{path} is not a {kinds} image; pass one, or a folder of them')
         return 'single', [path]
     raise UserError(f'{path} does not exist; pass an image or a folder of images')
@@ -62,10 +61,7 @@ def check_output_path(path):
     """A UserError now, before any work, if the JSON cannot be written at ``path``."""
     if path is None:
         raise UserError('pass the output JSON file')
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f'output {path} is a folder; pass a file name such as {path / "predictions.json"}')
-    return check_writable(path, 'output')
+    return check_writable_file(path, 'output', 'predictions.json')
 
 
 def write_json(data, path):

@@ -27,7 +27,7 @@ import onnx
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from src.dataset import class_names, list_images, preprocess_image
+from src.dataset import preprocess_image, scan_split
 from src.tools.base.cli import UserError
 from src.tools.base.files import atomic_path, make_folder, partial_name
 from src.tools.deployment.export import check_export_target, export_network
@@ -83,8 +83,8 @@ def calibration_files(folder, count):
     if not folder.is_dir():
         raise UserError(f'calibration folder {folder} does not exist; pass --calibration_path with a folder '
                         f'of class folders (e.g. the training folder)')
-    names = class_names(folder)  # UserError for no class folders, or a class folder without images
-    return pick_evenly([list_images(folder / name) for name in names], count)
+    names, images = scan_split(folder)  # UserError for no class folders, or a class folder without images
+    return pick_evenly([[folder / name / image for image in images[name]] for name in names], count)
 
 
 def int8_calibration(file_format, calibration_path, data_url, count):

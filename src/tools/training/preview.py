@@ -4,15 +4,16 @@ from pathlib import Path
 
 import numpy as np
 
-from src.dataset import MEAN, STD, read_image_rgb, split_files, train_stages
+from src.dataset import MEAN, STD, read_image_rgb, scan_split, train_stages
 from src.image_check import check_images
 from src.tools.base.files import atomic_path
 
 
 def pick_images(folder, count):
     """Up to ``count`` (path, class name) pairs, taking the classes in turn."""
-    names, files = split_files(folder)
-    by_class = [[path for path, label in files if label == index] for index in range(len(names))]
+    folder = Path(folder)
+    names, images = scan_split(folder)
+    by_class = [[folder / name / image for image in images[name]] for name in names]
     chosen = []
     for rank in range(max(len(paths) for paths in by_class)):
         for index, paths in enumerate(by_class):

@@ -80,11 +80,8 @@ class Trainer:
         return self.watchdog.holding() if self.watchdog is not None else contextlib.nullcontext()
 
     def save_periodic(self, epoch_num, step_num):
-        with self._writing():
-            path = self.saver.write_periodic(*self._state(epoch_num, step_num))
-        self.ranks.barrier()  # every rank has written this position: older ones may go
-        self.saver.prune_periodic()
-        return path
+        return self.saver.save_periodic(*self._state(epoch_num, step_num), all_written=self.ranks.barrier,
+                                        writing=self._writing())
 
     # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step):

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from src.tools.base.cli import UserError
+
 EXIT_STATUS = 1
 
 
@@ -77,7 +79,6 @@ class Watchdog:
             try:
                 self._server = socket.create_server((self.host, self.port))
             except OSError as error:
-                from src.tools.base.cli import UserError  # pylint: disable=import-outside-toplevel
                 raise UserError(f'watchdog: cannot listen on {self.host}:{self.port} ({error.strerror}); set '
                                 f'watchdog_port to a free port (the same on every machine), or watchdog_timeout: 0 '
                                 f'to run without it') from None
