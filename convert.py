@@ -9,6 +9,7 @@ code they contain. See src/tools/conversion/ and docs/weights.md.
 from src.repvgg import ARCH_NAMES
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.device import set_device
+from src.tools.base.files import check_outputs_apart
 from src.tools.conversion.convert import convert_file
 
 
@@ -32,6 +33,7 @@ def parse_args(argv=None):
 @user_entry_point
 def main(argv=None):
     args = parse_args(argv)
+    check_outputs_apart({'--output': args.output}, {'--input': args.input})
     set_device(args.device_target, graph_mode=False)  # one forward pass: no graph compilation
     report = convert_file(args.input, args.output, arch=args.arch, deploy=args.deploy,
                           num_classes=args.num_classes, ema=args.ema)

@@ -5,6 +5,7 @@ python eval.py --config C --dataset_path VAL_FOLDER --pretrained MODEL [--device
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.base.device import set_device
+from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.backends import load_predictor
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
@@ -14,6 +15,8 @@ def main(argv=None):
     config = parse_config(argv, description='Evaluate a RepVGG checkpoint, MINDIR or ONNX file on a '
                                             'folder of class folders: Loss, Top1-Acc, Top5-Acc.')
     folder = validation_folder(config.dataset_path, config.data_url)
+    check_outputs_apart({'report_dir': config.report_dir},
+                        {'config': config.config, 'pretrained': config.pretrained, 'validation folder': folder})
     set_device(config.device_target, config.device_id)
     predictor = load_predictor(config)
     print(f'=> {predictor.description}')

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
+from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 from src.tools.deployment.model_files import load_onnx
 
@@ -30,6 +31,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     folder = validation_folder(args.dataset_path)
+    check_outputs_apart({'--report_dir': args.report_dir}, {'--onnx_path': args.onnx_path, 'validation folder': folder})
     predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
     print(f'=> {predictor.description}')
     config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,

@@ -7,7 +7,9 @@ python export.py --config C --pretrained CKPT --file_format ONNX --quantize int8
 from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
-from src.tools.deployment.export import check_export_format, check_export_target, export_network
+from src.tools.base.files import check_outputs_apart
+from src.tools.deployment.export import (check_export_format, check_export_target, export_file_path,
+                                          export_network)
 from src.tools.deployment.model_files import load_deploy_network
 from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
 
@@ -20,9 +22,12 @@ def main(argv=None):
     check_export_format(config.file_format, config.device_target)
     if config.pretrained is None:
         raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
+    folder, files = None, None
     if config.quantize == 'int8':
         folder, files = int8_calibration(config.file_format, config.calibration_path, config.data_url,
                                          config.calibration_images)
+    check_outputs_apart({'export_path': export_file_path(config.export_path, config.file_format)},
+                        {'config': config.config, 'pretrained': config.pretrained, 'calibration folder': folder})
     check_export_target(config.export_path, config.file_format)
     set_device(config.device_target, config.device_id)
     net, description, class_names = load_deploy_network(config.pretrained, config.arch, config.num_classes,

@@ -5,6 +5,7 @@ python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained MODEL --p
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.base.device import set_device
+from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.backends import load_predictor
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
@@ -13,6 +14,8 @@ from src.tools.deployment.prediction import check_output_path, list_inputs, run_
 def main(argv=None):
     config = parse_config(argv, description='Predict classes of an image or a folder of images with a '
                                             'RepVGG checkpoint, MINDIR or ONNX file; writes {path: class} JSON.')
+    check_outputs_apart({'pred_output': config.pred_output},
+                        {'config': config.config, 'pretrained': config.pretrained, 'dataset_path': config.dataset_path})
     check_output_path(config.pred_output)
     inputs = list_inputs(config.dataset_path)
     set_device(config.device_target, config.device_id)

@@ -5,6 +5,7 @@ python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/-
 from pathlib import Path
 
 from src.tools.base.cli import OneLineParser, user_entry_point
+from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.model_files import load_onnx
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
@@ -30,6 +31,8 @@ def parse_args(argv=None):
 @user_entry_point
 def main(argv=None):
     args = parse_args(argv)
+    check_outputs_apart({'--output': args.output},
+                        {'--onnx_path': args.onnx_path, 'dataset_path': args.dataset_path})
     check_output_path(args.output)
     inputs = list_inputs(args.dataset_path)
     predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)

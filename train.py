@@ -18,7 +18,7 @@ from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
-from src.tools.base.files import check_writable, remove_partial_files
+from src.tools.base.files import check_outputs_apart, check_writable, remove_partial_files
 from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.demo_data import build_demo_data, is_complete
@@ -39,7 +39,11 @@ def check_args(args):
     if args.eval_ema and not args.with_ema:
         raise UserError('eval_ema needs the EMA: set with_ema: 1')
     check_continues(args)
-    check_writable(args.continues or args.train_url, 'continues' if args.continues else 'train_url')
+    label, output = ('continues', args.continues) if args.continues else ('train_url', args.train_url)
+    data = Path(args.data_url)
+    check_outputs_apart({label: output}, {'config': args.config, 'pretrained': args.pretrained,
+                                          'training folder': data / 'train', 'validation folder': data / 'val'})
+    check_writable(output, label)
 
 
 def training_classes(args):

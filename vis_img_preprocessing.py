@@ -9,10 +9,11 @@ transform (``aug_type``, ``auto_augment``, ``re_prob``, ``image_size``, ``interp
 Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
 """
 import sys
+from pathlib import Path
 
 from src.config import parse_config
 from src.tools.base.cli import OneLineParser, UserError, user_entry_point
-from src.tools.base.files import check_writable_file
+from src.tools.base.files import check_outputs_apart, check_writable_file
 
 
 def _extra_flags(argv):
@@ -33,6 +34,8 @@ def main(argv=None):
                           '--num_draws.', require_config=False)
     if config.data_url is None:
         raise UserError('pass --data_url with a folder holding train/ (and a --config)')
+    check_outputs_apart({'--output': extra.output},
+                        {'config': config.config, 'training folder': Path(config.data_url) / 'train'})
     check_writable_file(extra.output, '--output', 'preprocessing.png')
     from src.tools.training.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
     output = draw_preprocessing(config, extra.output, extra.num_images, extra.num_draws)

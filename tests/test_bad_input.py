@@ -250,7 +250,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(trained, tmp_p
     monkeypatch.setattr(onnx, 'save', enospc)
     status, _, err = run_main(capsys, 'export.py', *common(trained), '--file_format', 'ONNX',
                               '--export_path', tmp_path / 'model')
-    assert_one_line_error(status, err, f'could not write {tmp_path / "model.onnx"}: No space left on device')
+    assert_one_line_error(status, err, f'could not write {tmp_path / "model.onnx"}: no space left on the device')
     assert list(tmp_path.iterdir()) == []
 
 
@@ -261,7 +261,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(tm
         enospc()
 
     monkeypatch.setattr(checkpoint_format.ms, 'save_checkpoint', half_then_full)
-    with pytest.raises(UserError, match=r'could not write .*a\.ckpt: No space left on device'):
+    with pytest.raises(UserError, match=r'could not write .*a\.ckpt: no space left on the device'):
         save_checkpoint({'w': np.ones(2, np.float32)}, tmp_path / 'a.ckpt')
     assert list(tmp_path.iterdir()) == []
 

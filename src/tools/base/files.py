@@ -1,50 +1,133 @@
 """Writing files all or nothing, and failing early and cleanly when they cannot be written.
 
-- ``check_writable`` (``check_writable_file``): before any work, a one-line UserError when an output
-  could not be created.
+- ``check_outputs_apart``: before any work, a one-line UserError when an output would overwrite an
+  input or land inside a folder that is read.
+- ``check_writable`` (a folder) and ``check_writable_file``: before any work, a one-line UserError
+  when an output could not be created, or when it would replace something that is not a regular
+  file (a device, a FIFO, a socket, a folder).
 - ``atomic_path``: a hidden temporary beside the target, renamed onto it when complete; a failed
   write (disk full, permissions) removes the temporary and becomes one line naming the file and
-  the reason, never a traceback or a half-written file.
-- Temporaries are named ``.<name>.<pid>.partial...``, so that the next run on the same target (or
-  in the same run folder) can tell a dead process's leftovers from a live writer's and remove them.
+  the reason, never a traceback or a half-written file. A symbolic link is written through: the
+  file it leads to is replaced (its temporary beside it) and the link stays.
+- Temporaries are named ``.<name>.<pid>.partial...``, so that the next run in the same folder can
+  tell a dead process's leftovers from a live writer's and remove them.
 """
 import contextlib
+import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from src.tools.base.cli import UserError
 
 PARTIAL_MARK = '.partial'
+# What a rename onto a path would destroy, that is neither a regular file nor a folder.
+SPECIAL_KINDS = ((stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'),
+                 (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'))
 
 
-def _reason(error):
-    return error.strerror or str(error) or type(error).__name__
+def reason(error):
+    """Why an OSError happened, in words (a full disk in the words of the error lines here)."""
+    if getattr(error, 'errno', None) == errno.ENOSPC:
+        return 'no space left on the device'
+    return getattr(error, 'strerror', None) or str(error) or type(error).__name__
 
 
-def check_writable(path, what='output'):
-    """UserError unless a file or folder could be created at ``path``: it is not an existing folder
-    (for a file) and its nearest existing parent is a folder this process may write to."""
-    path = Path(path)
-    parent = path if path.is_dir() else path.parent
+def _kind(path, what):
+    """What ``path`` is, links followed: None (nothing there yet), 'a file', 'a folder' or a special kind."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:  # a loop of links, no permission to look
+        raise UserError(f'{what} {path} cannot be written: {reason(error)}') from None
+    if stat.S_ISREG(mode):
+        return 'a file'
+    if stat.S_ISDIR(mode):
+        return 'a folder'
+    return next((kind for is_kind, kind in SPECIAL_KINDS if is_kind(mode)), 'a special file')
+
+
+def _same_file(first, second):
+    try:
+        return os.path.samefile(first, second)  # hard links too
+    except OSError:
+        return False
+
+
+def check_outputs_apart(outputs, inputs):
+    """A UserError unless every output stays clear of every input: not the same file (links and
+    hard links followed) and not inside an input folder, which is being read. ``outputs`` and
+    ``inputs`` map a label (the option's name) to a path; None is left out."""
+    for out_label, output in outputs.items():
+        if output is None:
+            continue
+        out_real = Path(os.path.realpath(output))
+        for in_label, source in inputs.items():
+            if source is None:
+                continue
+            in_real = Path(os.path.realpath(source))
+            if in_real in out_real.parents or (out_real == in_real and in_real.is_dir()):
+                where = 'inside ' if in_real != out_real else ''
+                raise UserError(f'{out_label} {output} is {where}{in_label} {source}, a folder that is read: '
+                                f'choose a {out_label} outside it')
+            if out_real == in_real or _same_file(output, source):
+                raise UserError(f'{out_label} {output} is the same file as {in_label} {source}: writing it would '
+                                f'destroy an input; choose another {out_label}')
+
+
+def _check_parent(path, what, shown=None):
+    """UserError unless the nearest existing folder above ``path`` is one this process may write in
+    (``shown``: the path as the user gave it, for the message)."""
+    shown = path if shown is None else shown
+    parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f'{what} {path} cannot be written: {parent} is not a folder')
+        raise UserError(f'{what} {shown} cannot be written: {parent} is not a folder')
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f'{what} {path} cannot be written: no permission to write in {parent}')
-    if path.exists() and not path.is_dir() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
-        raise UserError(f'{what} {path} cannot be replaced: no permission')
+        raise UserError(f'{what} {shown} cannot be written: no permission to write in {parent}')
+
+
+def check_writable(path, what='output'):
+    """UserError unless a folder could be created at ``path`` (or is there) and written in."""
+    path = Path(path)
+    kind = _kind(path, what)
+    if kind == 'a folder':
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f'{what} {path} cannot be written: no permission to write in {path}')
+    elif kind is not None:
+        raise UserError(f'{what} {path} is {kind}, not a folder: pass a folder')
+    else:
+        _check_parent(path, what)
     return path
 
 
+def regular_target(path, what='output'):
+    """The file that writing ``path`` creates or replaces: ``path``, or the file its symbolic link
+    leads to (the link stays). A UserError when that is a folder or a special file (device, FIFO,
+    socket), which a rename would replace with a regular file."""
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    kind = _kind(target, what)
+    if kind not in (None, 'a file'):
+        shown = f'{path} is {kind}' if target == path.absolute() else f'{path} leads to {target}, {kind}'
+        raise UserError(f'{what} {shown}: only a regular file is written or replaced; pass another path')
+    return target
+
+
 def check_writable_file(path, what='output', example='output'):
-    """``check_writable`` for a file: also a UserError when ``path`` is an existing folder, suggesting
-    ``path/example`` instead."""
+    """UserError unless a regular file could be written at ``path`` (through a symbolic link to its
+    target): an existing folder gets the hint ``path/example``; a device, FIFO or socket is refused."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f'{what} {path} is a folder; pass a file name such as {path / example}')
-    return check_writable(path, what)
+    target = regular_target(path, what)
+    _check_parent(target, what, path)
+    if target.exists() and not os.access(target, os.W_OK) and not os.access(target.parent, os.W_OK):
+        raise UserError(f'{what} {path} cannot be replaced: no permission')
+    return path
 
 
 def make_folder(path, what='folder'):
@@ -52,7 +135,7 @@ def make_folder(path, what='folder'):
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f'could not create {what} {path}: {_reason(error)}') from None
+        raise UserError(f'could not create {what} {path}: {reason(error)}') from None
     return Path(path)
 
 
@@ -62,23 +145,33 @@ def partial_name(path, tag=''):
     return path.with_name(f'.{path.name}.{os.getpid()}{PARTIAL_MARK}{tag}')
 
 
+def replace_file(source, path):
+    """Rename ``source`` onto ``path`` (onto the file a symbolic link leads to), checked again at this
+    moment: something other than a regular file may have appeared there since the checks."""
+    target = regular_target(path, 'output')
+    os.replace(source, target)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
-    """Yield a hidden temporary path beside ``path``; on success rename it onto ``path``.
+    """Yield a hidden temporary path beside ``path`` (beside the file a link leads to); on success
+    rename it onto ``path``.
 
     On an error (or a failed check inside the block) the temporary file is removed and ``path``
-    is left as it was; an OSError (disk full, no permission) becomes a UserError naming ``path``.
+    is left as it was; an OSError (disk full, no permission) becomes a UserError naming ``path``,
+    and so does a ``path`` that is a folder, device, FIFO or socket (never replaced).
     ``suffix`` (default: ``path``'s) ends the temporary name, for writers that add or check one
     (mindspore.save_checkpoint appends '.ckpt' and writes its own '.tmp' first).
     """
     path = Path(path)
-    temporary = partial_name(path, path.suffix if suffix is None else suffix)
+    target = regular_target(path)
+    temporary = partial_name(target, path.suffix if suffix is None else suffix)
     try:
-        make_folder(path.parent)
+        make_folder(target.parent)
         yield temporary
-        os.replace(temporary, path)
+        replace_file(temporary, path)
     except OSError as error:
-        raise UserError(f'could not write {path}: {_reason(error)}') from None
+        raise UserError(f'could not write {path}: {reason(error)}') from None
     finally:
         temporary.unlink(missing_ok=True)
         temporary.with_suffix('.tmp').unlink(missing_ok=True)  # a writer's own temporary of it
@@ -114,8 +207,8 @@ def _owner_alive(name):
 
 def remove_partial_files(folder, prefix='.'):
     """Delete the temporaries that killed processes left in ``folder``: files and folders named
-    ``.<name>.<pid>.partial*`` whose process is gone, of names starting with ``prefix[1:]`` (one
-    target: '.model.onnx.'; one rank's checkpoints: '.RepVGG-A0_1-')."""
+    ``.<name>.<pid>.partial*`` whose process is gone, of names starting with ``prefix[1:]`` (all of
+    them: '.'; one rank's checkpoints: '.RepVGG-A0_1-')."""
     pattern = f'{prefix}*{PARTIAL_MARK}*'
     removed = []
     for path in Path(folder).glob(pattern):
@@ -127,4 +220,3 @@ def remove_partial_files(folder, prefix='.'):
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
-

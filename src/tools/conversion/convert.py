@@ -28,7 +28,7 @@ import numpy as np
 from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
                         stage_widths, switch_net_to_deploy)
 from src.tools.base.cli import UserError, listed
-from src.tools.base.files import check_writable, remove_partial_files
+from src.tools.base.files import check_writable_file, regular_target, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
 from src.tools.checkpoints.format import (EMA_PREFIX, class_names_entry, load_weights, read_checkpoint,
                                           recorded_class_names, save_checkpoint)
@@ -413,9 +413,10 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
     output_path = Path(output_path)
     if output_path.suffix != '.ckpt':
         raise UserError(f'output {output_path} must end with .ckpt')
-    check_writable(output_path, 'output')
-    if output_path.parent.is_dir():
-        remove_partial_files(output_path.parent, f'.{output_path.name}.')  # of a conversion that was killed
+    check_writable_file(output_path, 'output', 'model.ckpt')
+    folder = regular_target(output_path).parent
+    if folder.is_dir():
+        remove_partial_files(folder)  # of writers that were killed (a conversion, an export)
     src = read_source(input_path, ema=ema)
     label = f'input {src.path}'
     arch = resolve_arch(src.tensors, arch, label)

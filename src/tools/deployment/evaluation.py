@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from src.dataset import class_names, create_dataset_imagenet
 from src.tools.base.cli import UserError
-from src.tools.base.files import atomic_path, check_writable, write_text_atomic
+from src.tools.base.files import atomic_path, check_writable, check_writable_file, write_text_atomic
+
+REPORT_FILES = ('per_class_top1.csv', 'confusion_matrix.png')  # what report_dir receives
 
 
 class ClassificationMetrics:
@@ -144,6 +146,8 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None):
     """
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
+        for name in REPORT_FILES:
+            check_writable_file(Path(report_dir) / name, 'report file')
     if predictor.class_names is None:
         check_class_count(folder, predictor.num_classes)
         print(f'=> note: the model records no class names (an older checkpoint, or converted weights): '
@@ -190,9 +194,8 @@ def write_report(folder, confusion, names):
     writer.writeheader()
     for row in per_class_rows(confusion, names):
         writer.writerow({**row, 'top1': f"{row['top1']:.4f}"})
-    csv_path = folder / 'per_class_top1.csv'
+    csv_path, png_path = (folder / name for name in REPORT_FILES)
     write_text_atomic(csv_path, text.getvalue())
-    png_path = folder / 'confusion_matrix.png'
     _plot_confusion(confusion, names, png_path)
     return csv_path, png_path
 

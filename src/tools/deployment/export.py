@@ -3,7 +3,7 @@
 The file is written in a temporary folder beside the target, loaded back and run on random
 images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
-import os
+import errno
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,8 +15,8 @@ from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
 from src.tools.base.cli import UserError
-from src.tools.base.files import (check_writable_file, give_usual_permissions, make_folder, partial_name,
-                                  remove_partial_files)
+from src.tools.base.files import (check_writable_file, give_usual_permissions, make_folder, partial_name, reason,
+                                  regular_target, remove_partial_files, replace_file)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.checkpoints.format import CLASS_NAMES_KEY, class_names_text
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
@@ -80,6 +80,8 @@ def _export_raw(net, image_size, file_format, stem, class_names=None):
         # whatever the graph does; make_onnx_batch_dynamic checks the operators first.
         export_onnx(net, Tensor(np.zeros((1, *shape), np.float32)), file_name=str(stem),
                     input_names=['image'], output_names=['logits'])
+        if not path.is_file():  # its writer logs a failed write (a full disk) and returns
+            raise FileNotFoundError(errno.ENOENT, 'MindSpore did not write the file (its log line says why)')
         model = onnx.load(str(path))
         if make_onnx_batch_dynamic(model):
             onnx.checker.check_model(model)
@@ -99,11 +101,12 @@ def exported_difference(path, net, image_size, num_images=2, seed=0):
 
 
 def check_export_target(export_path, file_format):
-    """The file export_path names, checked before any work: not a folder, its folder writable.
-    Leftovers of an export that was killed on the same target are removed."""
+    """The file export_path names, checked before any work: a regular file or nothing yet, its folder
+    writable. Leftovers of killed writers in that folder (an export, a conversion) are removed."""
     target = check_writable_file(export_file_path(export_path, file_format), 'export path', 'model')
-    if target.parent.is_dir():
-        remove_partial_files(target.parent, f'.{target.name}.')
+    folder = regular_target(target).parent
+    if folder.is_dir():
+        remove_partial_files(folder)
     return target
 
 
@@ -114,11 +117,12 @@ def export_network(net, image_size, file_format, export_path, class_names=None):
     The file is written in a hidden folder beside the target and renamed into place once checked.
     """
     target = check_export_target(export_path, file_format)
-    make_folder(target.parent)
+    folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
     try:
-        workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-').name))
+        workdir = Path(tempfile.mkdtemp(dir=folder, prefix=partial_name(target, '-').name))
     except OSError as error:
-        raise UserError(f'could not write {target}: {error.strerror or error}') from None
+        raise UserError(f'could not write {target}: {reason(error)}') from None
+    needed = sum(param.nbytes for param in net.get_parameters())  # the file holds at least the weights
     try:
         written = _export_raw(net, image_size, file_format, workdir / 'model', class_names)
         difference, predictor = exported_difference(written, net, image_size)
@@ -128,22 +132,27 @@ def export_network(net, image_size, file_format, export_path, class_names=None):
         if predictor.class_names != (list(class_names) if class_names else None):
             raise UserError(f'the exported {file_format} file does not carry the class names; nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)
-        os.replace(written, target)
+        replace_file(written, target)
     except (OSError, RuntimeError) as error:
-        raise UserError(f'could not write {target}: {_write_failure(error, workdir)}') from None
+        raise UserError(f'could not write {target}: {_write_failure(error, workdir, needed)}') from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target, difference, batch
 
 
-def _write_failure(error, folder):
-    """Why writing into ``folder`` failed, in words. MindSpore's and onnx's writers report a full
-    disk in their own ways (a FileNotFoundError for a file they failed to write, say)."""
+def _write_failure(error, folder, needed):
+    """Why writing a file of at least ``needed`` bytes into ``folder`` failed, in words. MindSpore's
+    ONNX writer logs a failed write and deletes what it wrote, so a full disk shows only as a missing
+    file: then the free space, which that deletion gave back, is compared with the size needed."""
+    if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT):
+        return reason(error)
     try:
-        if shutil.disk_usage(folder).free < (1 << 20):
-            return 'no space left on the device'
+        free = shutil.disk_usage(folder).free
     except OSError:
-        pass
+        free = None
+    if free is not None and free < needed + (1 << 20):  # and a margin for the graph and metadata
+        return (f'no space left on the device (the file needs at least {needed / 2**20:.1f} MB, '
+                f'{free / 2**20:.1f} MB are free)')
     if isinstance(error, OSError):
-        return error.strerror or str(error)
+        return reason(error)
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
