@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training on DEVICE_NUM GPUs with mpirun and NCCL (as the reference), in the
 # background: output in dist_train.log, per-rank logs under log_output/, in the current folder.
+# Returns once every rank has passed its start-up checks, or shows the first error line with a
+# non-zero status.
 # Usage: bash scripts/run_distribute_train_gpu.sh CONFIG DATASET DEVICE_NUM [PRETRAINED_CKPT]
 # mpirun + MindSpore needs GPUs; for CPU (or GPU without MPI) use run_distribute_train_msrun.sh.
 # Environment (all optional):
@@ -35,5 +37,8 @@ MPIRUN+=(-n "$TOTAL" --output-filename log_output --merge-stderr-to-stdout pytho
 
 print_if_dry_run "${MPIRUN[@]}"
 command -v mpirun > /dev/null || fail "mpirun not found; install Open MPI, or use run_distribute_train_msrun.sh"
-"${MPIRUN[@]}" > "$LOG" 2>&1 &
-echo "training on $TOTAL GPUs in the background (pid $!); log: $LOG"
+: > "$LOG"  # an older run's lines must not count as this one's
+"${MPIRUN[@]}" >> "$LOG" 2>&1 &
+PID=$!
+wait_for_start_up "$PID" "$LOG" "$TOTAL"  # every rank's start line, or the first error line and a non-zero status
+echo "training on $TOTAL GPUs in the background (pid $PID); log: $LOG"

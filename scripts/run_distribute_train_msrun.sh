@@ -4,12 +4,13 @@
 # Usage: bash scripts/run_distribute_train_msrun.sh CONFIG DATASET DEVICE_NUM [DEVICE_TARGET] [PRETRAINED_CKPT]
 # DEVICE_TARGET: GPU or CPU (default: the config's device_target).
 # Environment (all optional):
-#   MASTER_PORT  the scheduler's port (default 8118)
+#   MASTER_PORT  the scheduler's port, 1-65535 (default 8118)
 #   NODE_NUM     machines in the run (default 1); run this script on each of them with the same
 #                arguments and MASTER_ADDR / MASTER_PORT, and its own NODE_RANK
 #   NODE_RANK    this machine, 0..NODE_NUM-1 (default 0); machine 0 runs the scheduler and ranks
 #                0..DEVICE_NUM-1, machine k ranks k*DEVICE_NUM..(k+1)*DEVICE_NUM-1
-#   MASTER_ADDR  address of machine 0 that every machine can reach (default 127.0.0.1)
+#   MASTER_ADDR  address of machine 0 that every machine can reach (one machine: 127.0.0.1; required
+#                when NODE_NUM > 1)
 #   CONTINUES    a run folder to resume (--continues); the same relative path on every machine
 #   DRY_RUN=1    print the msrun command instead of running it
 # docs/scale-out.md: what each machine writes where, resuming, a lost worker.
@@ -22,8 +23,11 @@ DEVICE_NUM=$3; need_positive DEVICE_NUM "$DEVICE_NUM"
 NODE_NUM=${NODE_NUM:-1}; need_positive NODE_NUM "$NODE_NUM"
 NODE_RANK=${NODE_RANK:-0}; need_count NODE_RANK "$NODE_RANK"
 (( NODE_RANK < NODE_NUM )) || fail "NODE_RANK must be below NODE_NUM ($NODE_NUM), got $NODE_RANK"
+if (( NODE_NUM > 1 )) && [ -z "${MASTER_ADDR:-}" ]; then
+  fail "NODE_NUM is $NODE_NUM: set MASTER_ADDR to the address of machine 0 that every machine can reach (the same on every machine)"
+fi
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PORT=${MASTER_PORT:-8118}; need_count MASTER_PORT "$PORT"
+PORT=${MASTER_PORT:-8118}; need_port MASTER_PORT "$PORT"
 WORKER_NUM=$(( DEVICE_NUM * NODE_NUM ))
 ARGS=(--config "$CONFIG" --data_url "$DATASET" --device_num "$WORKER_NUM")
 if [ $# -ge 4 ] && [ -n "$4" ]; then

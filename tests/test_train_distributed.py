@@ -223,7 +223,11 @@ def test_msrun_launcher_one_machine_as_before_several_from_the_environment(tmp_p
         f'--log_dir={REPO}/msrun_log --join=True {train} --device_num 16 --continues {tmp_path}/runs/r1'), '')
     for env, message in ((dict(NODE_NUM='2', NODE_RANK='2'), 'error: NODE_RANK must be below NODE_NUM (2), got 2'),
                          (dict(NODE_NUM='0'), 'error: NODE_NUM must be a positive number, got 0'),
-                         (dict(CONTINUES='nowhere'), f'error: run folder (CONTINUES) {REPO}/nowhere does not exist')):
+                         (dict(CONTINUES='nowhere'), f'error: run folder (CONTINUES) {REPO}/nowhere does not exist'),
+                         *((dict(NODE_NUM='2', NODE_RANK=rank), 'error: NODE_NUM is 2: set MASTER_ADDR to the address '
+                            'of machine 0 that every machine can reach (the same on every machine)') for rank in '01'),
+                         *((dict(MASTER_PORT=port), f'error: MASTER_PORT must be a port from 1 to 65535, got {port}')
+                           for port in ('0', '65536', '123456', '80a'))):
         assert dry_run('run_distribute_train_msrun.sh', config, tmp_path, 2, **env) == (1, '', message)
 
 
@@ -247,20 +251,35 @@ def test_mpirun_launcher_one_machine_as_before_several_from_a_host_file(tmp_path
     assert dry_run('run_distribute_train_gpu.sh', config, tmp_path, 8, HOSTFILE=str(hosts)) == (
         1, '', f"error: host file {hosts} names no machine; write one 'host slots=8' line per machine")
 
+    # A stand-in mpirun that records its arguments, prints the start line of STARTED ranks, then
+    # fails with an error line (FAIL) or goes on running.
     fake = tmp_path / 'bin'
     fake.mkdir()
-    (fake / 'mpirun').write_text('#!/usr/bin/env bash\necho "mpirun $*"\n')
+    (fake / 'mpirun').write_text(
+        '#!/usr/bin/env bash\necho "mpirun $*"\n'
+        'for ((i = 0; i < STARTED; i++)); do echo "=> run folder runs/x: 4 steps per epoch, epochs 1-2"; done\n'
+        'if [ -n "${FAIL:-}" ]; then echo "[ERROR] a line of its own"; echo "error: $FAIL"; exit 2; fi\n'
+        'exec sleep 120\n')
     (fake / 'mpirun').chmod(0o755)
     environ = environment()
     environ.pop('DRY_RUN', None)
     environ['PATH'] = f'{fake}:{environ["PATH"]}'
-    done = subprocess.run(['bash', str(REPO / 'scripts/run_distribute_train_gpu.sh'), str(config), str(tmp_path), '2'],
-                          env=environ, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 0 and 'training on 2 GPUs in the background' in done.stdout
+
+    def launch(**env):
+        return subprocess.run(['bash', str(REPO / 'scripts/run_distribute_train_gpu.sh'), str(config), str(tmp_path),
+                               '2'], env={**environ, **env}, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    done = launch(STARTED='2')
+    pid = int(re.search(r'\(pid (\d+)\)', done.stdout).group(1))
+    try:
+        assert done.returncode == 0 and 'training on 2 GPUs in the background' in done.stdout, done.stderr
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
     log = tmp_path / 'dist_train.log'
-    deadline = time.time() + 10
-    while time.time() < deadline and not (log.exists() and log.read_text(errors='replace').strip()):
-        time.sleep(0.05)
-    assert log.read_text().strip() == (
+    assert log.read_text().splitlines()[0] == (
         f'mpirun --allow-run-as-root -n 2 --output-filename log_output --merge-stderr-to-stdout {train} '
         f'--device_num 2 --device_target GPU')
+    # One rank started, the other failed its start-up checks: its error line and a non-zero status.
+    done = launch(STARTED='1', FAIL='data folder /data/train does not exist')
+    assert (done.returncode, done.stdout, done.stderr) == (2, '', 'error: data folder /data/train does not exist\n')
