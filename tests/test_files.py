@@ -132,7 +132,7 @@ def test_train_url_inside_the_data_is_refused_before_anything_is_written(work, t
 # ----------------------------------------------------------------------------- 5. only regular files are replaced
 def special_files(folder):
     """{kind: path} of a FIFO, a Unix socket, a folder and (where this process may make one) a
-    character device like /dev/null, all inside ``folder``; each ends with ``.out``."""
+    character device like /dev/full (its numbers), all inside ``folder``; each ends with ``.out``."""
     folder.mkdir(exist_ok=True)
     made = {'fifo': folder / 'fifo.out', 'socket': folder / 's.out', 'folder': folder / 'dir.out'}
     os.mkfifo(made['fifo'])
@@ -141,7 +141,7 @@ def special_files(folder):
     server.close()  # the socket file stays
     made['folder'].mkdir()
     try:
-        os.mknod(folder / 'dev.out', 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(folder / 'dev.out', 0o600 | stat.S_IFCHR, os.makedev(1, 7))
         made['device'] = folder / 'dev.out'
     except (PermissionError, OSError):
         pass
