@@ -8,8 +8,7 @@ from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.export import (check_export_format, check_export_target, export_file_path,
-                                          export_network)
+from src.tools.deployment.export import check_export_format, check_export_target, export_file_path, export_network
 from src.tools.deployment.model_files import load_deploy_network
 from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
 
