@@ -184,17 +184,19 @@ class Int8Export:
 
 
 def export_int8(net, image_size, export_path, files, class_names=None, interpolation='bilinear',
-                threshold=AGREEMENT_THRESHOLD):
+                threshold=AGREEMENT_THRESHOLD, model='the network'):
     """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
     ``export_path`` (suffix .onnx added), calibrated on the image ``files``, carrying ``class_names`` as
     the fp32 export does; refused (UserError, nothing written) when its top-1 agreement with the fp32
-    network on those images is below ``threshold``."""
+    network on those images is below ``threshold``. ``model`` is named when the network's outputs are
+    not finite."""
     target = check_export_target(export_path, 'ONNX')
     images = load_images(files, image_size, interpolation)
     make_folder(target.parent)
     workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-int8-').name))
     try:
-        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names)
+        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names,
+                                                     model=model)
         fp32_logits = load_onnx(fp32_path, batch_size=CALIBRATION_BATCH, image_size=image_size)(images)
         with atomic_path(target) as temporary:
             quantize_onnx(fp32_path, temporary, images, workdir)
