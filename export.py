@@ -9,7 +9,8 @@ from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
 from src.tools.deployment.export import check_export_format, check_export_target, export_network
 from src.tools.deployment.model_files import load_deploy_network
-from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, foreign_classes_note,
+                                          int8_calibration)
 
 
 @user_entry_point
@@ -31,6 +32,9 @@ def main(argv=None):
     size = f'{config.image_size}x{config.image_size}'
     names = f'{len(class_names)} class names' if class_names else 'no class names (the checkpoint records none)'
     if config.quantize == 'int8':
+        note = foreign_classes_note(files, class_names)
+        if note:
+            print(note)
         result = export_int8(net, config.image_size, config.export_path, files, class_names, config.interpolation,
                              model=config.pretrained)
         print(f'=> exported {result.path} (ONNX INT8: {INT8_SCHEME}; deploy form, input {result.batch}x3x{size} '
