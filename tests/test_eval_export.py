@@ -427,6 +427,32 @@ def test_infer_refuses_bad_input_and_writes_nothing(work, exported, capsys):
     assert not output.exists()
 
 
+def test_infer_notes_images_whose_exif_orientation_would_turn_them(work, exported, capsys, tmp_path):
+    """A phone photo tagged 'turn 90 degrees' (and a PNG tagged 'turn 180') is predicted as stored, as
+    training reads images, with one note; a tag that says 'as stored' is no reason for one."""
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    pixels = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    for name, orientation in (('a_upright.jpg', 1), ('b_plain.png', None), ('c_turned.jpg', 6), ('d_turned.png', 3)):
+        exif = Image.Exif()
+        if orientation is not None:
+            exif[0x0112] = orientation
+        Image.fromarray(pixels).save(photos / name, exif=exif.tobytes())
+    note = (f'=> note: 2 of the 4 images carry an EXIF orientation that turns or mirrors them (e.g. '
+            f'{photos / "c_turned.jpg"}); they are predicted as stored')
+    for script, argv in (('infer_onnx.py', [photos, '-c', exported['onnx'], '-o', tmp_path / 'onnx.json']),
+                         ('infer.py', ['--config', work['paths']['config'], '--dataset_path', photos, '--pretrained',
+                                       work['paths']['train'], '--pred_output', tmp_path / 'ckpt.json'])):
+        status, out, err = run_main(capsys, script, *argv)
+        assert status == 0, err
+        assert out.count('EXIF') == 1 and note in out, out
+    assert json.loads((tmp_path / 'onnx.json').read_text()) == json.loads((tmp_path / 'ckpt.json').read_text())
+    for name in ('c_turned.jpg', 'd_turned.png'):
+        (photos / name).unlink()
+    status, out, err = run_main(capsys, 'infer_onnx.py', photos, '-c', exported['onnx'], '-o', tmp_path / 'upright.json')
+    assert status == 0 and 'EXIF' not in out, err + out
+
+
 # ----------------------------------------------------------------------------- real processes
 def test_scripts_as_processes(work, exported):
     paths = work['paths']

@@ -83,7 +83,11 @@ def run_inference(predictor, inputs, output, interpolation='bilinear', with_inde
     """
     output = check_output_path(output)
     kind, paths = inputs
-    check_images(paths, show_progress=len(paths) > 1)
+    turned = check_images(paths, show_progress=len(paths) > 1)
+    if turned:
+        print(f'=> note: {len(turned)} of the {len(paths)} images carry an EXIF orientation that turns or mirrors '
+              f'them (e.g. {turned[0]}); they are predicted as stored, as training reads its images: '
+              f'docs/data.md says how to turn them upright')
     names = predictor.class_names
     if names is None:
         print('=> note: the model records no class names (an older checkpoint, or converted weights): '
