@@ -20,7 +20,8 @@ def main(argv=None):
     set_device(config.device_target, config.device_id)
     predictor = load_predictor(config)
     print(f'=> {predictor.description}')
-    print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir)))
+    print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir,
+                                         model=config.pretrained)))
     print('=> eval success')
 
 

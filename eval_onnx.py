@@ -36,7 +36,8 @@ def main(argv=None):
     print(f'=> {predictor.description}')
     config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,
                          num_parallel_workers=args.num_parallel_workers, device_target=args.device_target)
-    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir)))
+    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir,
+                                         model=args.onnx_path)))
     print('=> eval success')
 
 

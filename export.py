@@ -10,7 +10,8 @@ from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.export import check_export_format, check_export_target, export_file_path, export_network
 from src.tools.deployment.model_files import load_deploy_network
-from src.tools.deployment.quantize import AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, int8_calibration
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, foreign_classes_note,
+                                          int8_calibration)
 
 
 @user_entry_point
@@ -35,7 +36,11 @@ def main(argv=None):
     size = f'{config.image_size}x{config.image_size}'
     names = f'{len(class_names)} class names' if class_names else 'no class names (the checkpoint records none)'
     if config.quantize == 'int8':
-        result = export_int8(net, config.image_size, config.export_path, files, class_names, config.interpolation)
+        note = foreign_classes_note(files, class_names)
+        if note:
+            print(note)
+        result = export_int8(net, config.image_size, config.export_path, files, class_names, config.interpolation,
+                             model=config.pretrained)
         print(f'=> exported {result.path} (ONNX INT8: {INT8_SCHEME}; deploy form, input {result.batch}x3x{size} '
               f'float32, {names}; calibrated on {result.images} images of {folder})')
         print(f'=> top-1 agreement with the fp32 network on the calibration images: {result.agreement:.2%} '
@@ -43,7 +48,7 @@ def main(argv=None):
               f'{result.fp32_difference:.2g} relative)')
     else:
         path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path,
-                                                 class_names)
+                                                 class_names, model=config.pretrained)
         print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{size} float32, {names}; '
               f'max relative difference to the network {difference:.2g})')
     print('=> export success')

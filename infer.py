@@ -21,7 +21,8 @@ def main(argv=None):
     set_device(config.device_target, config.device_id)
     predictor = load_predictor(config)
     print(f'=> {predictor.description}')
-    run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index)
+    run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index,
+                  model=config.pretrained)
 
 
 if __name__ == '__main__':

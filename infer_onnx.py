@@ -37,7 +37,7 @@ def main(argv=None):
     inputs = list_inputs(args.dataset_path)
     predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
     print(f'=> {predictor.description}')
-    run_inference(predictor, inputs, args.output, args.interpolation, args.with_index)
+    run_inference(predictor, inputs, args.output, args.interpolation, args.with_index, model=args.onnx_path)
 
 
 if __name__ == '__main__':

@@ -222,7 +222,7 @@ OPTIONS = (
     _opt('calibration_path', to_path, None, 'INT8 calibration images, one sub-folder per class (default: '
          'data_url/train).', yaml=False),
     _opt('calibration_images', to_int, 300, 'Calibration images drawn evenly over the class folders of '
-         'calibration_path.', yaml=False, at_least=1),
+         'calibration_path (the minimum is checked by export.py: MIN_CALIBRATION_IMAGES).', yaml=False),
     _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
     _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
     _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),

@@ -2,7 +2,9 @@
 
 A file is checked cheaply (``image_problem``: the header, and for JPEG / PNG the end-of-image
 marker; only files without one are decoded in full). Unreadable files stop the run before it
-starts, with their paths listed.
+starts, with their paths listed. The images given to inference also have their EXIF orientation
+read from the same header (``check_images``): no pipeline here applies it (docs/data.md), so
+inference names the images it would turn.
 
 At ImageNet size the check is what a start costs (0.08 ms a file measured: 1.28 million files are
 about 100 s of one core, at every start). So it is spread over the ranks (rank r checks files r,
@@ -19,8 +21,10 @@ The manifest folder is ``<split>/../.image_check/<split name>/`` (beside the spl
 ImageFolder readers of the split never see it), ``image_check_cache``/<split name>-<hash>/ when
 that key is set, and ~/.cache/repvgg/image_check/<split name>-<hash>/ when the data folder is read-only.
 """
+import functools
 import hashlib
 import os
+import struct
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +40,7 @@ from src.tools.base.files import write_text_atomic
 DECODABLE_FORMATS = ('JPEG', 'MPO', 'PNG', 'BMP', 'TIFF')
 CHECK_MODES = ('cached', 'full', 'off')
 MANIFEST_HEADER = '# files of this split that passed the image check: relative path, size, mtime_ns'
+EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and / or turned by 90, 180 or 270 degrees
 
 
 # ----------------------------------------------------------------------------- one file
@@ -53,33 +58,56 @@ def _ends_cleanly(path, image_format):
 def image_problem(path):
     """Why ``path`` cannot be decoded, or None. Reads the header (and the tail of JPEG / PNG files);
     only a file without an end marker, or of another format, is decoded in full."""
+    return inspect_image(path)[0]
+
+
+def inspect_image(path, orientation=False):
+    """(``image_problem``, whether its EXIF orientation turns or mirrors it), the orientation read
+    from the header that the check opens anyway, and only when asked (``orientation``)."""
     try:
         if os.path.getsize(path) == 0:
-            return 'empty file'
+            return 'empty file', False
         with Image.open(path) as img:
             image_format, (width, height) = img.format, img.size
             if image_format not in DECODABLE_FORMATS:
-                return f'{image_format} data, which the decoder cannot read; convert it to PNG or JPEG'
+                return f'{image_format} data, which the decoder cannot read; convert it to PNG or JPEG', False
             if width == 0 or height == 0:
-                return 'image has no pixels'
+                return 'image has no pixels', False
+            turned = orientation and _turned(img)
             marker_format = 'PNG' if image_format == 'PNG' else 'JPEG'
             if image_format in ('JPEG', 'MPO', 'PNG') and _ends_cleanly(path, marker_format):
-                return None
+                return None, turned
             img.load()  # no end marker (or BMP / TIFF): decode to be sure
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        return f'cannot be decoded: {error}'
-    return None
+        return f'cannot be decoded: {error}', False
+    return None, turned
+
+
+def _turned(img):
+    """Whether the EXIF orientation of an open image is other than 'as stored'. A PNG whose EXIF
+    chunk follows the pixels would need them decoded, so only one before them counts."""
+    if img.format == 'PNG' and 'exif' not in img.info:
+        return False
+    try:
+        return img.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):  # Pillow warns on most damage
+        return False  # a damaged EXIF block costs the note, not the image
+
+
+def _inspect_all(paths, show_progress, threads, orientation=False):
+    """``inspect_image`` of every path, in ``threads`` threads."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    with ThreadPoolExecutor(threads) as pool:
+        return list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
+                         total=len(paths), desc='check images', unit='img', leave=False,
+                         disable=not show_progress or len(paths) < 2000))
 
 
 def find_problems(paths, show_progress=True, threads=8):
     """[(path, problem)] of the unreadable images among ``paths``."""
     paths = list(paths)
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    with ThreadPoolExecutor(threads) as pool:
-        problems = list(tqdm(pool.map(image_problem, paths, chunksize=64), total=len(paths),
-                             desc='check images', unit='img', leave=False,
-                             disable=not show_progress or len(paths) < 2000))
-    return [(path, problem) for path, problem in zip(paths, problems) if problem]
+    results = _inspect_all(paths, show_progress, threads)
+    return [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
 
 
 def refuse_unreadable(bad, count=None):
@@ -98,10 +126,14 @@ def refuse_unreadable(bad, count=None):
 
 
 def check_images(paths, show_progress=True, threads=8):
-    """Raise a UserError listing every unreadable image among ``paths`` (see ``image_problem``)."""
-    bad = find_problems(paths, show_progress, threads)
+    """Raise a UserError listing every unreadable image among ``paths`` (see ``image_problem``);
+    return those whose EXIF orientation turns or mirrors them (no pipeline here applies it)."""
+    paths = list(paths)
+    results = _inspect_all(paths, show_progress, threads, orientation=True)
+    bad = [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
     if bad:
         refuse_unreadable(bad)
+    return [path for path, (_, turned) in zip(paths, results) if turned]
 
 
 # ----------------------------------------------------------------------------- a split, remembered

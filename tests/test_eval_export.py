@@ -24,6 +24,7 @@ from src.dataset import preprocess_image
 from src.tools.deployment.onednn import kernel as onednn
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
+from src.tools.checkpoints.format import class_names_entry, save_checkpoint
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
@@ -140,6 +141,18 @@ def test_metrics_by_hand():
         ClassificationMetrics(6).update(np.zeros((1, 6)), np.array([6]))
     with pytest.raises(UserError, match='no image of the data could be scored'):
         score(lambda images: images, [], 6)
+
+
+def test_a_non_finite_logit_is_never_a_hit_and_never_scored():
+    logits = np.array([[np.nan] * 3, [0.0, np.inf, 1.0], [2.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0])
+    metrics = ClassificationMetrics(3)
+    metrics.update(logits, labels)  # no class is larger than a NaN, yet the NaN row is no hit
+    assert metrics.sums()[1:] == [1, 1, 3]
+    with pytest.raises(UserError) as refused:
+        score(lambda images: images, [(logits[2:], labels[2:]), (logits, labels)], 3, source='val', model='m.onnx')
+    assert str(refused.value).startswith('m.onnx gives non-finite logits (NaN/inf) for 2 of the 3 images of '
+                                         'batch 2 of val: its weights are broken')
 
 
 def test_predictor_chunks_pads_and_drops_padding():
@@ -414,6 +427,32 @@ def test_infer_refuses_bad_input_and_writes_nothing(work, exported, capsys):
     assert not output.exists()
 
 
+def test_infer_notes_images_whose_exif_orientation_would_turn_them(work, exported, capsys, tmp_path):
+    """A phone photo tagged 'turn 90 degrees' (and a PNG tagged 'turn 180') is predicted as stored, as
+    training reads images, with one note; a tag that says 'as stored' is no reason for one."""
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    pixels = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    for name, orientation in (('a_upright.jpg', 1), ('b_plain.png', None), ('c_turned.jpg', 6), ('d_turned.png', 3)):
+        exif = Image.Exif()
+        if orientation is not None:
+            exif[0x0112] = orientation
+        Image.fromarray(pixels).save(photos / name, exif=exif.tobytes())
+    note = (f'=> note: 2 of the 4 images carry an EXIF orientation that turns or mirrors them (e.g. '
+            f'{photos / "c_turned.jpg"}); they are predicted as stored')
+    for script, argv in (('infer_onnx.py', [photos, '-c', exported['onnx'], '-o', tmp_path / 'onnx.json']),
+                         ('infer.py', ['--config', work['paths']['config'], '--dataset_path', photos, '--pretrained',
+                                       work['paths']['train'], '--pred_output', tmp_path / 'ckpt.json'])):
+        status, out, err = run_main(capsys, script, *argv)
+        assert status == 0, err
+        assert out.count('EXIF') == 1 and note in out, out
+    assert json.loads((tmp_path / 'onnx.json').read_text()) == json.loads((tmp_path / 'ckpt.json').read_text())
+    for name in ('c_turned.jpg', 'd_turned.png'):
+        (photos / name).unlink()
+    status, out, err = run_main(capsys, 'infer_onnx.py', photos, '-c', exported['onnx'], '-o', tmp_path / 'upright.json')
+    assert status == 0 and 'EXIF' not in out, err + out
+
+
 # ----------------------------------------------------------------------------- real processes
 def test_scripts_as_processes(work, exported):
     paths = work['paths']
@@ -436,3 +475,61 @@ def test_scripts_as_processes(work, exported):
     result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_eval_gpu.sh'), paths['config']],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0 and 'Usage' in result.stderr
+
+
+# ----------------------------------------------------------------------------- broken weights
+@pytest.fixture(scope='module')
+def broken(work, exported):
+    """A checkpoint whose classifier weights are NaN (with class names), and the ONNX export of the
+    trained network with its classifier initializer made NaN."""
+    paths = work['paths']
+    net = create_model(ARCH, num_classes=NUM_CLASSES)
+    net.linear.weight.set_data(Tensor(np.full(net.linear.weight.shape, np.nan, np.float32)))
+    ckpt = paths['root'] / 'nan_head.ckpt'
+    names = sorted(path.name for path in paths['val'].iterdir())
+    save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], ckpt, class_names_entry(names))
+    model = onnx.load(str(exported['onnx']))
+    gemm = next(node for node in model.graph.node if node.op_type == 'Gemm')
+    weight = next(tensor for tensor in model.graph.initializer if tensor.name == gemm.input[1])
+    nan = np.full(onnx.numpy_helper.to_array(weight).shape, np.nan, np.float32)
+    weight.CopyFrom(onnx.numpy_helper.from_array(nan, weight.name))
+    path = paths['root'] / 'nan_head.onnx'
+    onnx.save(model, str(path))
+    return {'ckpt': ckpt, 'onnx': path}
+
+
+def test_broken_weights_never_score_never_predict_never_export(work, broken, capsys, tmp_path):
+    """Every back-end: one line naming the model file and counting the images, no result, nothing written."""
+    paths = work['paths']
+    config = ['--config', paths['config']]
+    ckpt, onnx_file = broken['ckpt'], broken['onnx']
+    val, images = paths['val'], paths['val'] / 'class_03'
+    first = min(images.iterdir())
+    cases = (
+        ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt, '--backend', 'mindspore',
+                     '--report_dir', tmp_path], ckpt, 'for 8 of the 8 images of batch 1 of ' + str(val)),
+        ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt], ckpt,
+         'for 1 of the 1 images of a random test batch'),  # the CPU default, before its kernel check
+        ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt, '--backend', 'onnxruntime'], ckpt,
+         'for 2 of the 2 images of a random test batch'),  # the on-the-fly export's check
+        ('eval.py', [*config, '--dataset_path', val, '--pretrained', onnx_file], onnx_file,
+         'for 8 of the 8 images of batch 1 of ' + str(val)),
+        ('eval_onnx.py', [val, '-c', onnx_file, '-b', 8, '-j', 1, '--report_dir', tmp_path], onnx_file,
+         'for 8 of the 8 images of batch 1 of ' + str(val)),
+        ('infer.py', [*config, '--dataset_path', images, '--pretrained', ckpt, '--backend', 'mindspore',
+                      '--pred_output', tmp_path / 'p.json'], ckpt, f'for 2 of the 2 images of the batch from {first}'),
+        ('infer.py', [*config, '--dataset_path', images, '--pretrained', ckpt, '--pred_output', tmp_path / 'p.json'],
+         ckpt, 'for 1 of the 1 images of a random test batch'),
+        ('infer_onnx.py', [images, '-c', onnx_file, '-o', tmp_path / 'p.json'], onnx_file,
+         f'for 2 of the 2 images of the batch from {first}'),
+        ('export.py', [*config, '--pretrained', ckpt, '--file_format', 'ONNX', '--export_path', tmp_path / 'm'],
+         ckpt, 'for 2 of the 2 images of a random test batch'),
+        ('export.py', [*config, '--pretrained', ckpt, '--file_format', 'MINDIR', '--export_path', tmp_path / 'm'],
+         ckpt, 'for 2 of the 2 images of a random test batch'),
+    )
+    for script, argv, model, count in cases:
+        status, out, err = run_main(capsys, script, *argv)
+        assert_one_line_error(status, err, f'error: {model} gives non-finite logits (NaN/inf) {count}: its weights '
+                                           f'are broken (a diverged run?)')
+        assert 'Please report' not in err and 'eval results' not in out and 'success' not in out, (script, out)
+        assert '(class:' not in out and not list(tmp_path.iterdir()), script  # no JSON, report or export file

@@ -22,8 +22,8 @@ from src.tools.base.cli import UserError
 from src.tools.base.numerics import relative_difference
 from src.tools.deployment.evaluation import parse_results
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
-from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, calibration_files, export_int8,
-                                           load_images, pick_evenly, quantize_onnx)
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, MIN_CALIBRATION_IMAGES, ImageBatches, calibration_files,
+                                           export_int8, load_images, pick_evenly, quantize_onnx)
 from tests.helpers import assert_one_line_error, load_script, run_main
 from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
 
@@ -40,9 +40,12 @@ def main_output(script, *argv):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    """A QARepVGG-A0 run: one epoch, then resumed (--continues) for a second; its data, folder, outputs."""
+    """A QARepVGG-A0 run: one epoch, then resumed (--continues) for a second; its data, folder, outputs,
+    and a calibration folder of the same classes (3 x 11 images: the 24 training images are too few)."""
     root = tmp_path_factory.mktemp('qa')
     data = make_image_folder(root / 'data', classes=CLASSES, size=SIZE)
+    calibration = make_image_folder(root / 'more', classes=CLASSES, train_per_class=11, val_per_class=1, size=SIZE,
+                                    seed=1) / 'train'
     runs = root / 'runs'
     outputs = []
     for epochs in (1, 2):
@@ -57,16 +60,17 @@ def run(tmp_path_factory):
     config = ['--config', REPO / 'src/configs/RepVGG.yaml', '--arch', ARCH, '--num_classes', CLASSES,
               '--image_size', SIZE, '--device_target', 'CPU', '--data_url', data, '--num_parallel_workers', 1,
               '--batch_size', 4]
-    return dict(root=root, data=data, folder=folder, outputs=outputs, config=config,
+    return dict(root=root, data=data, folder=folder, outputs=outputs, config=config, calibration=calibration,
                 checkpoint=folder / f'{ARCH}_0-2_{STEPS}.ckpt')
 
 
 @pytest.fixture(scope='module')
 def exported(run):
-    """export.py of the run's last checkpoint: fp32 ONNX, and INT8 ONNX calibrated on 12 of its 24
-    training images (the default folder, data_url/train); {name: path}, plus the INT8 printout."""
+    """export.py of the run's last checkpoint: fp32 ONNX, and INT8 ONNX calibrated on 32 of the 33 images
+    of the calibration folder; {name: path}, plus the INT8 printout."""
     files = {}
-    for name, flags in (('fp32', ()), ('int8', ('--quantize', 'int8', '--calibration_images', 12))):
+    int8 = ('--quantize', 'int8', '--calibration_path', run['calibration'], '--calibration_images', 32)
+    for name, flags in (('fp32', ()), ('int8', int8)):
         out = main_output('export.py', *run['config'], '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
                           '--export_path', run['root'] / name, *flags)
         assert out.rstrip().endswith('=> export success'), out
@@ -100,7 +104,7 @@ def test_qarepvgg_trains_resumes_and_converts(run, tmp_path, capsys):
 def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported):
     out = exported['int8_out']
     assert 'ONNX INT8: QDQ, per-channel int8 weights, uint8 activations' in out and '3 class names' in out
-    assert f'calibrated on 12 images of {run["data"] / "train"}' in out
+    assert f'calibrated on 32 images of {run["calibration"]}' in out and 'note' not in out
     agreement = float(out.split('top-1 agreement with the fp32 network on the calibration images: ')[1].split('%')[0])
     assert AGREEMENT_THRESHOLD * 100 <= agreement <= 100
     assert sorted(p.name for p in run['root'].iterdir() if p.name.startswith(('.int8', 'int8'))) == ['int8.onnx']
@@ -166,8 +170,8 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
 # ----------------------------------------------------------------------------- refusals
 def test_an_int8_model_below_the_agreement_threshold_is_refused_and_nothing_is_written(run, tmp_path):
     net, _, names = load_deploy_network(run['checkpoint'], ARCH, CLASSES)
-    files = calibration_files(run['data'] / 'train', 6)
-    with pytest.raises(UserError, match=r'predicts the fp32 top-1 class on only 100\.0% of the 6 calibration images '
+    files = calibration_files(run['calibration'], MIN_CALIBRATION_IMAGES)
+    with pytest.raises(UserError, match=r'predicts the fp32 top-1 class on only [\d.]+% of the 32 calibration images '
                                         r'\(at least 101% required\); nothing was written'):
         export_int8(net, SIZE, tmp_path / 'refused', files, names, threshold=1.01)
     assert not list(tmp_path.iterdir())
@@ -187,7 +191,10 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
          ('calibration folder', 'does not exist')),
         (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', empty], ('has no class sub-folders',)),
         (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_path', imageless], ('has no images',)),
-        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_images', 0], ('at least 1',)),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_images', 0], ('at least 32, got 0',)),
+        (['--file_format', 'ONNX', '--quantize', 'int8', '--calibration_images', 31], ('at least 32, got 31',)),
+        (['--file_format', 'ONNX', '--quantize', 'int8'],  # the default folder, data_url/train: 24 images
+         (f'calibration folder {run["data"] / "train"} has 24 images, at least 32 are needed', '--calibration_path')),
         (['--file_format', 'ONNX', '--quantize', 'int4'], ("choose one of: none, int8",)),
     )
     for argv, fragments in cases:
@@ -195,6 +202,24 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
         assert_one_line_error(status, err, *fragments)
         assert '=>' not in out  # refused before the checkpoint was read
     assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'imageless']
+
+
+def test_fewer_images_than_asked_and_unrelated_classes_are_noted(run, tmp_path, capsys):
+    """33 images of folders named cat, dog and fox for a model of class0-2, 100 asked for: both said,
+    and the INT8 file is written from all 33."""
+    unrelated = make_image_folder(tmp_path / 'pets', classes=CLASSES, train_per_class=11, val_per_class=1, size=SIZE,
+                                  seed=2) / 'train'
+    for index, name in enumerate(('cat', 'dog', 'fox')):
+        (unrelated / f'class{index}').rename(unrelated / name)
+    status, out, err = run_main(capsys, 'export.py', *run['config'], '--pretrained', run['checkpoint'], '--file_format',
+                                'ONNX', '--quantize', 'int8', '--calibration_path', unrelated, '--calibration_images',
+                                100, '--export_path', tmp_path / 'int8')
+    assert status == 0, err
+    assert (f'=> note: calibration folder {unrelated} has 33 images, fewer than the 100 asked for '
+            f'(calibration_images): using all 33') in out
+    assert ('=> note: 3 of the 3 class folders the calibration images come from are not classes of the model '
+            '(cat, dog, fox)') in out
+    assert f'calibrated on 33 images of {unrelated}' in out and (tmp_path / 'int8.onnx').is_file()
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -13,6 +13,7 @@ import pytest
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
 from src.tools.training.schedulers import lr_schedule
+from tests.helpers import assert_one_line_error
 from tests.train_helpers import REPO, command, environment, make_image_folder, periodic, samples_by_step, train_args
 
 sys.path.insert(0, str(REPO))
@@ -194,3 +195,59 @@ def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
     assert re.search(rf'=> starting from checkpoint \S+{ARCH}_0-1_3\.ckpt: epoch 1, step 3 \(global step 3\)', out)
     assert re.findall(r'Result metrics epoch (\d+):', out) == ['1', '2'] and 'train success' in out
     assert int(ms.load_checkpoint(str(folder / f'{ARCH}_0-2_{STEPS}.ckpt'))['global_step'].asnumpy()[0]) == 2 * STEPS
+
+
+# ----------------------------------------------------------------------------- results that would lie
+def train_process(flags, cwd):
+    done = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=cwd, timeout=300,
+                          check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data, tmp_path):
+    """Finite weights whose validation logits are not: the last block's BN moving means are so large
+    that its two branches add up to inf in eval mode (training uses batch statistics, so the steps
+    are fine and the weights stay finite)."""
+    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    from src.tools.checkpoints.format import class_names_entry, save_checkpoint  # pylint: disable=import-outside-toplevel
+    net = create_model(ARCH, num_classes=3)
+    for name, param in net.parameters_and_names():
+        if name.startswith('stage4') and name.endswith('moving_mean'):
+            param.set_data(ms.Tensor(np.full(param.shape, -3e38, np.float32)))
+    start = tmp_path / 'huge_bn_means.ckpt'
+    save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], start,
+                    class_names_entry(['class0', 'class1', 'class2']))
+    runs = tmp_path / 'runs'
+    status, out, err = train_process(train_args(data, runs, epochs=1, batch_size=8, save_every=1, pretrained=start),
+                                     tmp_path)  # 3 steps: the means decay by 0.9 a step and stay huge
+    assert_one_line_error(status, err, 'epoch 1: the network gives non-finite logits (NaN/inf) for 6 of the 6 images '
+                                       'of batch 1 of the validation set')
+    assert 'epoch: 1 step: 2' in out and 'Result metrics' not in out and 'train success' not in out
+    folder = next(runs.glob(f'*_{ARCH}_test'))
+    assert not list(folder.glob(f'{ARCH}_epoch=*.ckpt')) and set(periodic(folder, ARCH)) == {(1, 1), (1, 2)}
+
+
+def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, tmp_path):
+    """amp_level O2 on the CPU: the dynamic loss scale, coming down from 2^24, overflows every one of
+    the 12 steps of a one-epoch run (it is still 4096 at the end): an error, not 'train success'."""
+    runs = tmp_path / 'runs'
+    status, out, err = train_process(train_args(data, runs, amp_level='O2', epochs=1), tmp_path)
+    assert_one_line_error(status, err, 'epoch 1: no step of this run updated the weights (every gradient overflowed '
+                                       'while the dynamic loss scale came down from 2^24, now 4096)', 'amp_level O0')
+    assert out.count('Over Flow') == STEPS and 'train success' not in out
+    assert not list(runs.rglob('*.ckpt'))
+
+
+def test_overflows_while_the_dynamic_loss_scale_comes_down_are_a_note(data, tmp_path):
+    """The same run for two epochs: epoch 1 overflows throughout (a note, nothing saved), epoch 2
+    trains once the scale has come down, and only its checkpoints exist."""
+    runs = tmp_path / 'runs'
+    status, out, err = train_process(train_args(data, runs, amp_level='O2', epochs=2), tmp_path)
+    assert status == 0, out[-3000:] + err[-3000:]
+    assert ('=> note: no step of epoch 1 updated the weights: all 12 overflowed while the dynamic loss scale came '
+            'down (now 4096)') in out and 'nothing is saved before a step updates them' in out
+    assert 'train success' in out
+    folder = next(runs.glob(f'*_{ARCH}_test'))
+    saved = periodic(folder, ARCH)
+    assert {epoch for epoch, _ in saved} == {2} and (2, STEPS) in saved  # none before the first update
+    assert [path.name.split('_acc')[0] for path in folder.glob(f'{ARCH}_epoch=*.ckpt')] == [f'{ARCH}_epoch=2']

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from src.tools.base.cli import UserError
-from src.tools.deployment.export import export_network
+from src.tools.deployment.export import export_network, finite_outputs
 from src.tools.deployment.model_files import load_deploy_network, load_mindir, load_onnx, network_predictor
 from src.tools.deployment.onednn.kernel import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
 
@@ -67,15 +67,17 @@ def load_predictor(config):
     if backend == 'onnxruntime':
         return onnx_runtime_predictor(net, config, description, class_names)
     if backend == 'onednn' or (backend == 'auto' and config.device_target == 'CPU'):
-        description += onednn_kernels(net, config.image_size, required=backend == 'onednn')
+        description += onednn_kernels(net, config.image_size, required=backend == 'onednn', model=path)
     return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
                              class_names)
 
 
-def onednn_kernels(net, image_size, required=False):
+def onednn_kernels(net, image_size, required=False, model='the model'):
     """Run ``net``'s convolutions through oneDNN's direct kernels, checked against MindSpore's own on
     a random batch; returns the words for the description. When the kernel cannot be built here,
-    says so and leaves ``net`` as it is, or stops when it was asked for by name (``required``)."""
+    says so and leaves ``net`` as it is, or stops when it was asked for by name (``required``).
+    A network whose own outputs are not finite is named (``model``) before the kernel is blamed."""
+    finite_outputs(net, min(image_size, 64), model, num_images=1)  # the kernel check's probe
     try:
         difference = use_onednn_convs_checked(net, min(image_size, 64))
     except OneDNNUnavailable as error:
@@ -94,7 +96,8 @@ def onnx_runtime_predictor(net, config, description, class_names=None):
     """The deploy network run by ONNX Runtime (on CPU about as fast as the oneDNN kernel, with less
     memory). The ONNX file lives only while the session is created; the export checks it first."""
     with tempfile.TemporaryDirectory() as folder:
-        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model', class_names)
+        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model', class_names,
+                                             model=config.pretrained)
         predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)
     predictor.description = f'{description}, run by ONNX Runtime (export checked: {difference:.1e} relative)'
     return predictor

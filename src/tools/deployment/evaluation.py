@@ -23,11 +23,26 @@ from src.tools.base.files import atomic_path, check_writable, check_writable_fil
 REPORT_FILES = ('per_class_top1.csv', 'confusion_matrix.png')  # what report_dir receives
 
 
+def check_finite_logits(logits, model, batch):
+    """A UserError naming ``model`` and counting the images when any logit of a batch is NaN or inf.
+
+    Such logits are no answer: no class is larger than a NaN, so every label would rank first and
+    score a hit, and argmax would name class 0. Every score and prediction goes through this check.
+    """
+    bad = int((~np.isfinite(np.asarray(logits)).all(axis=1)).sum())
+    if bad:
+        raise UserError(f'{model} gives non-finite logits (NaN/inf) for {bad} of the {len(logits)} images of {batch}: '
+                        f'its weights are broken (a diverged run?) or its float16 computation overflows; nothing '
+                        f'is scored, predicted or saved from it: use an earlier checkpoint, or train again with a '
+                        f'lower base_lr (or amp_level O0)')
+
+
 class ClassificationMetrics:
     """Running sums of cross-entropy and top-1 / top-k hits over every image seen.
 
     A label counts as within the top k when fewer than k classes have a strictly larger logit, so
     the result does not depend on how a sort breaks ties. k is 5, or the class count if smaller.
+    An image with a non-finite logit is never a hit (``score`` refuses such logits before this).
     """
 
     def __init__(self, num_classes, top_k=5):
@@ -53,6 +68,7 @@ class ClassificationMetrics:
         log_norm = np.log(np.exp(shifted).sum(axis=1)) + logits.max(axis=1)
         self.loss_sum += float((log_norm - label_logits).sum())
         rank = (logits > label_logits[:, None]).sum(axis=1)
+        rank[~np.isfinite(logits).all(axis=1)] = self.num_classes  # NaN > x is False: never a hit
         self.top1 += int((rank < 1).sum())
         self.topk += int((rank < self.top_k).sum())
         self.count += len(labels)
@@ -63,20 +79,23 @@ class ClassificationMetrics:
 
 
 def score(predict, batches, num_classes, num_batches=None, reduce=None, show_progress=True, desc='eval',
-          source='the data'):
+          source='the data', model='the model'):
     """Run ``predict`` (images -> logits) over ``batches`` of (images, labels) and score it.
 
     ``reduce`` sums a vector over data-parallel ranks (training validation: every rank scores its
     own part of the set); without it the sums are this process's. Returns {'loss', 'top1', 'top5',
     'count', 'batches', 'time', 'confusion'}; 'top5' is top-min(5, classes); 'confusion' counts
-    (label, top-1 prediction) pairs of this process. Nothing scored is an error naming ``source``.
+    (label, top-1 prediction) pairs of this process. Nothing scored is an error naming ``source``;
+    a non-finite logit is an error naming ``model`` (``check_finite_logits``).
     """
     metrics = ClassificationMetrics(num_classes)
     steps = 0
     begin = time.time()
     for images, labels in tqdm(batches, total=num_batches, desc=desc, unit='batch', leave=False,
                                disable=None if show_progress else True):
-        metrics.update(predict(images), labels)
+        logits = predict(images)
+        check_finite_logits(logits, model, f'batch {steps + 1} of {source}')
+        metrics.update(logits, labels)
         steps += 1
     loss_sum, top1, topk, count = reduce(metrics.sums()) if reduce is not None else metrics.sums()
     if count == 0:
@@ -137,9 +156,10 @@ def validation_folder(dataset_path, data_url=None):
     return folder
 
 
-def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None):
+def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, model='the model'):
     """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py;
     returns the reference's result dict, and writes the per-class report into ``report_dir``.
+    ``model`` names the model file in errors.
 
     ``config`` supplies what the pipeline reads (batch_size, interpolation, workers, ...); image
     size and class count are the predictor's, so the model always gets the size it was built for.
@@ -156,7 +176,8 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None):
                                    'num_classes': predictor.num_classes})
     dataset = create_dataset_imagenet(str(folder), config, training=False, classes=predictor.class_names)
     batches = dataset.create_tuple_iterator(columns=['image', 'label'], output_numpy=True, num_epochs=1)
-    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size(), source=folder)
+    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size(), source=folder,
+                   model=model)
     skipped = partial_count_line(result['count'], dataset.image_count, folder)
     if skipped:
         print(skipped)

@@ -19,6 +19,7 @@ from src.tools.base.files import (check_writable_file, give_usual_permissions, m
                                   regular_target, remove_partial_files, replace_file)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.checkpoints.format import CLASS_NAMES_KEY, class_names_text
+from src.tools.deployment.evaluation import check_finite_logits
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -91,10 +92,19 @@ def _export_raw(net, image_size, file_format, stem, class_names=None):
     return path
 
 
-def exported_difference(path, net, image_size, num_images=2, seed=0):
-    """(max relative difference to ``net`` on random images, Predictor) of the file at ``path``."""
+def finite_outputs(net, image_size, model, num_images=2, seed=0):
+    """(random images, ``net``'s outputs for them), the probe of every self-check; a UserError naming
+    ``model`` when the outputs are not finite: such a network fails any comparison through no fault
+    of what it is compared with."""
     images = np.random.default_rng(seed).normal(size=(num_images, 3, image_size, image_size)).astype(np.float32)
-    expected = net(Tensor(images)).asnumpy()
+    outputs = net(Tensor(images)).asnumpy()
+    check_finite_logits(outputs, model, 'a random test batch')
+    return images, outputs
+
+
+def exported_difference(path, net, image_size, num_images=2, seed=0, model='the network'):
+    """(max relative difference to ``net`` on random images, Predictor) of the file at ``path``."""
+    images, expected = finite_outputs(net, image_size, model, num_images, seed)
     load = load_onnx if path.suffix == '.onnx' else load_mindir
     predictor = load(path, batch_size=num_images, image_size=image_size)
     return relative_difference(predictor(images), expected), predictor
@@ -110,11 +120,12 @@ def check_export_target(export_path, file_format):
     return target
 
 
-def export_network(net, image_size, file_format, export_path, class_names=None):
+def export_network(net, image_size, file_format, export_path, class_names=None, model='the network'):
     """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
 
     Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
     The file is written in a hidden folder beside the target and renamed into place once checked.
+    ``model`` (the checkpoint) is named when the network's own outputs are not finite.
     """
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
@@ -125,7 +136,7 @@ def export_network(net, image_size, file_format, export_path, class_names=None):
     needed = sum(param.nbytes for param in net.get_parameters())  # the file holds at least the weights
     try:
         written = _export_raw(net, image_size, file_format, workdir / 'model', class_names)
-        difference, predictor = exported_difference(written, net, image_size)
+        difference, predictor = exported_difference(written, net, image_size, model=model)
         if not difference <= BACKEND_TOLERANCE:
             raise UserError(f'the exported {file_format} file differs from the network by {difference:.3g} '
                             f'(relative); nothing was written. Please report this')

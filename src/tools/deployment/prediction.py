@@ -16,6 +16,7 @@ from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
 from src.image_check import check_images
 from src.tools.base.cli import UserError
 from src.tools.base.files import check_writable_file, write_text_atomic
+from src.tools.deployment.evaluation import check_finite_logits
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
 
@@ -44,14 +45,17 @@ def list_inputs(path):
     raise UserError(f'{path} does not exist; pass an image or a folder of images')
 
 
-def predict_classes(predictor, paths, interpolation='bilinear'):
-    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches."""
+def predict_classes(predictor, paths, interpolation='bilinear', model='the model'):
+    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches; a
+    non-finite logit is an error naming ``model``, never a class."""
     predictions = {}
     with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
         for start in range(0, len(paths), predictor.batch_size):
             chunk = paths[start:start + predictor.batch_size]
             images = np.stack([preprocess_image(path, predictor.image_size, interpolation) for path in chunk])
-            for path, label in zip(chunk, predictor(images).argmax(axis=1)):
+            logits = predictor(images)
+            check_finite_logits(logits, model, f'the batch from {chunk[0]}')
+            for path, label in zip(chunk, logits.argmax(axis=1)):
                 predictions[str(path)] = int(label)
             bar.update(len(chunk))
     return predictions
@@ -70,21 +74,26 @@ def write_json(data, path):
     write_text_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
-def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False):
+def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False, model='the model'):
     """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
     ``output``: {path: class name}, {path: index} for a model without names, or with
     ``with_index`` {path: {'class': name, 'index': index}}. Every image is checked as training
-    checks it first; nothing is written unless every image was read and predicted.
+    checks it first; nothing is written unless every image was read and predicted. ``model`` names
+    the model file in errors.
     """
     output = check_output_path(output)
     kind, paths = inputs
-    check_images(paths, show_progress=len(paths) > 1)
+    turned = check_images(paths, show_progress=len(paths) > 1)
+    if turned:
+        print(f'=> note: {len(turned)} of the {len(paths)} images carry an EXIF orientation that turns or mirrors '
+              f'them (e.g. {turned[0]}); they are predicted as stored, as training reads its images: '
+              f'docs/data.md says how to turn them upright')
     names = predictor.class_names
     if names is None:
         print('=> note: the model records no class names (an older checkpoint, or converted weights): '
               'predictions are class indices')
     print(BANNERS[kind])
-    indices = predict_classes(predictor, paths, interpolation)
+    indices = predict_classes(predictor, paths, interpolation, model)
     predictions = {}
     for path, index in indices.items():
         label = names[index] if names is not None else index

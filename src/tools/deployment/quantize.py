@@ -28,7 +28,7 @@ from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from src.dataset import preprocess_image, scan_split
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, listed
 from src.tools.base.files import atomic_path, make_folder, partial_name
 from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
@@ -51,6 +51,9 @@ INT8_SCHEME = f'QDQ, per-channel int8 weights, {ACTIVATION_TYPE} activations'
 # (the paper's RepVGG-A0 on ImageNet loses 20 points of top-1, so at most 80 % agreement) is refused; 95 %
 # leaves room for images whose top two logits are closer than the quantization error.
 AGREEMENT_THRESHOLD = 0.95
+# Fewest calibration images accepted: the agreement above decides whether the INT8 file is kept, and on
+# fewer images one flipped prediction moves it by more than 3 points (100 % on a single image says nothing).
+MIN_CALIBRATION_IMAGES = 32
 CALIBRATION_BATCH = 16
 
 
@@ -73,9 +76,11 @@ def pick_evenly(files_by_class, count):
 
 def calibration_files(folder, count):
     """The calibration images of ``folder`` (one sub-folder per class): a UserError, before any work,
-    when the folder is missing, has no class folders or no images, or ``count`` is not positive."""
-    if count < 1:
-        raise UserError(f'calibration_images must be at least 1, got {count}')
+    when the folder is missing, has no class folders, or fewer than MIN_CALIBRATION_IMAGES images are
+    asked for or there; a note when it has fewer than ``count``, which are then all used."""
+    if count < MIN_CALIBRATION_IMAGES:
+        raise UserError(f'calibration_images must be at least {MIN_CALIBRATION_IMAGES}, got {count}: the INT8 '
+                        f'model is kept only if it agrees with the fp32 one on them, and fewer images cannot show it')
     if folder is None:
         raise UserError('--quantize int8 needs calibration images: pass --calibration_path with a folder of '
                         'class folders (default: the train folder of --data_url)')
@@ -84,7 +89,30 @@ def calibration_files(folder, count):
         raise UserError(f'calibration folder {folder} does not exist; pass --calibration_path with a folder '
                         f'of class folders (e.g. the training folder)')
     names, images = scan_split(folder)  # UserError for no class folders, or a class folder without images
+    available = sum(len(images[name]) for name in names)
+    if available < MIN_CALIBRATION_IMAGES:
+        raise UserError(f'calibration folder {folder} has {available} images, at least {MIN_CALIBRATION_IMAGES} are '
+                        f'needed to check the INT8 model: pass --calibration_path with a folder of more images of '
+                        f'the classes it was trained on (e.g. its training folder)')
+    if available < count:
+        print(f'=> note: calibration folder {folder} has {available} images, fewer than the {count} asked for '
+              f'(calibration_images): using all {available}')
     return pick_evenly([[folder / name / image for image in images[name]] for name in names], count)
+
+
+def foreign_classes_note(files, class_names):
+    """A note when calibration ``files`` come from class folders that are not among the model's
+    ``class_names`` (images unrelated to the model calibrate ranges its data never has), else None.
+    A model that records no class names cannot be checked."""
+    if not class_names:
+        return None
+    folders = sorted({Path(path).parent.name for path in files})
+    foreign = [name for name in folders if name not in set(class_names)]
+    if not foreign:
+        return None
+    return (f'=> note: {len(foreign)} of the {len(folders)} class folders the calibration images come from are '
+            f'not classes of the model ({listed(foreign, 3)}): images unlike its training data calibrate the '
+            f'wrong ranges; calibrate on its training folder (--calibration_path)')
 
 
 def int8_calibration(file_format, calibration_path, data_url, count):
@@ -184,17 +212,19 @@ class Int8Export:
 
 
 def export_int8(net, image_size, export_path, files, class_names=None, interpolation='bilinear',
-                threshold=AGREEMENT_THRESHOLD):
+                threshold=AGREEMENT_THRESHOLD, model='the network'):
     """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
     ``export_path`` (suffix .onnx added), calibrated on the image ``files``, carrying ``class_names`` as
     the fp32 export does; refused (UserError, nothing written) when its top-1 agreement with the fp32
-    network on those images is below ``threshold``."""
+    network on those images is below ``threshold``. ``model`` is named when the network's outputs are
+    not finite."""
     target = check_export_target(export_path, 'ONNX')
     images = load_images(files, image_size, interpolation)
     make_folder(target.parent)
     workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-int8-').name))
     try:
-        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names)
+        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names,
+                                                     model=model)
         fp32_logits = load_onnx(fp32_path, batch_size=CALIBRATION_BATCH, image_size=image_size)(images)
         with atomic_path(target) as temporary:
             quantize_onnx(fp32_path, temporary, images, workdir)

@@ -27,14 +27,14 @@ from src.tools.checkpoints.format import train_state
 from src.tools.deployment.evaluation import partial_count_line, score
 
 
-def validate(net, num_classes, dataset, ranks, desc='eval'):
+def validate(net, num_classes, dataset, ranks, desc='eval', model='the network'):
     """Validation over this rank's shard, summed over ranks (eval.py's scoring loop, so a checkpoint
-    scores the same in training and in eval.py)."""
+    scores the same in training and in eval.py; non-finite logits are an error naming ``model``)."""
     net.set_train(False)
     batches = dataset.create_tuple_iterator(num_epochs=1)
     return score(lambda images: net(images).asnumpy(), ((images, labels.asnumpy()) for images, labels in batches),
                  num_classes, dataset.get_dataset_size(), reduce=ranks.sum, show_progress=ranks.is_main, desc=desc,
-                 source='the validation set')
+                 source='the validation set', model=model)
 
 
 def open_sample_log(path):
@@ -67,6 +67,7 @@ class Trainer:
         self.lr_values = lr_values
         self.sample_log = sample_log
         self.watchdog = watchdog  # src/tools/training/watchdog.py, under msrun with several ranks
+        self.updated_steps = 0  # steps of this run that updated the weights: nothing is saved before the first
         self.bn_statistics = [p for p in train_cell.get_parameters()
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
@@ -107,7 +108,9 @@ class Trainer:
             restore_ctrl_c()
             loss = np.float32(loss.asnumpy())  # printed as the reference's LossMonitor does
             steps_run += 1
-            if bool(overflow.asnumpy()):
+            overflowed = bool(overflow.asnumpy())  # the same on every rank: the check sums over ranks
+            self.updated_steps += not overflowed
+            if overflowed:
                 overflows += 1
                 print('=============Over Flow, skipping=============', flush=True)
             elif np.isfinite(loss):
@@ -117,7 +120,7 @@ class Trainer:
             global_step = epoch * self.steps_per_epoch + step
             if global_step % self.args.save_every == 0:
                 print(f"epoch: {epoch + 1} step: {step}, loss is {loss!s}", flush=True)
-                if step < self.steps_per_epoch:  # the epoch's end is saved after validation
+                if step < self.steps_per_epoch and self.updated_steps:  # the epoch's end: after validation
                     self.save_periodic(epoch + 1, step)
         train_time = time.time() - begin
         total, count = self.ranks.sum([sum(losses), len(losses)])
@@ -128,17 +131,24 @@ class Trainer:
 
     def _nothing_trained(self, epoch, steps_run):
         """No step of the epoch updated the weights: an error, unless the dynamic loss scale is
-        still coming down from 2^24 (float16 overflows at the start of a run are expected)."""
+        still coming down from 2^24 (float16 overflows at the start of a run are expected) and the
+        run has epochs left; a run that ends without a single update is an error whatever the scale."""
         if steps_run == 0:
             raise UserError(f'epoch {epoch + 1}: the training data gave no batch (every image failed to decode? '
                             f'see the warnings above, which name the files)')
         scale = float(self.train_cell.scale_sense.asnumpy().reshape(-1)[0])
         amp_hint = f'; amp_level {self.args.amp_level} computes in float16: amp_level O0 avoids that' \
             if self.args.amp_level != 'O0' else ''
-        if self.args.is_dynamic_loss_scale and self.args.amp_level != 'O0' and scale > 1.0:
+        coming_down = self.args.is_dynamic_loss_scale and self.args.amp_level != 'O0' and scale > 1.0
+        if coming_down and (self.updated_steps or epoch + 1 < self.args.epochs):
             print(f'=> note: no step of epoch {epoch + 1} updated the weights: all {steps_run} overflowed while the '
-                  f'dynamic loss scale came down (now {scale:g}){amp_hint}', flush=True)
+                  f'dynamic loss scale came down (now {scale:g}){amp_hint}; nothing is saved before a step '
+                  f'updates them', flush=True)
             return
+        if coming_down:
+            raise UserError(f'epoch {epoch + 1}: no step of this run updated the weights (every gradient overflowed '
+                            f'while the dynamic loss scale came down from 2^24, now {scale:g}){amp_hint}; nothing '
+                            f'was saved')
         raise UserError(f'epoch {epoch + 1}: none of its {steps_run} steps updated the weights (every gradient '
                         f'overflowed or the loss was not finite){amp_hint}; nothing was saved from this epoch')
 
@@ -151,7 +161,8 @@ class Trainer:
         self._check_finite(epoch)
         validated = self.ema.applied if args.eval_ema else contextlib.nullcontext
         with validated():
-            result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}')
+            result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}',
+                              model=f"epoch {epoch + 1}: the {'EMA of the ' if args.eval_ema else ''}network")
         skipped = partial_count_line(result['count'], val_ds.image_count, 'the validation set')
         if skipped and self.ranks.is_main:
             print(skipped)
@@ -175,7 +186,8 @@ class Trainer:
                                                      result['top1'])
                 if best_path is not None:
                     print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
-        self.save_periodic(epoch + 1, self.steps_per_epoch)
+        if self.updated_steps:
+            self.save_periodic(epoch + 1, self.steps_per_epoch)
         return metrics
 
     def _check_finite(self, epoch):
