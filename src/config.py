@@ -18,7 +18,7 @@ from src.repvgg import ARCH_NAMES
 from src.tools.base.cli import OneLineParser, UserError
 
 # What runs a model file in eval.py / infer.py (src/tools/deployment/backends.py).
-BACKENDS = ('auto', 'mindspore', 'onednn', 'onnxruntime')
+BACKENDS = ('auto', 'mindspore', 'onnxruntime')
 
 
 # ----------------------------------------------------------------------------- value types
@@ -225,20 +225,15 @@ OPTIONS = (
          'calibration_path.', yaml=False, at_least=1),
     _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
     _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
-    _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),
     _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
          yaml=False),
     _opt('with_index', to_flag, False, "infer.py: each prediction as {'class': name, 'index': i} instead of the "
          'class name alone.', yaml=False),
     _opt('report_dir', to_path, None, 'eval.py: also write per_class_top1.csv and confusion_matrix.png there.',
          yaml=False),
-    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: a .ckpt through the '
-         "oneDNN kernel on CPU (MindSpore's convolutions where it cannot be built) and MindSpore on GPU, a "
-         '.mindir in MindSpore, an .onnx in ONNX Runtime; or force mindspore, onednn (CPU) or onnxruntime '
-         '(a .ckpt is exported on the fly).', choices=BACKENDS, yaml=False),
-    _opt('fast', to_flag, False, 'Older name: --fast 1 is --backend onnxruntime.', yaml=False),
-    _opt('cpu_kernels', to_str, None, 'Older name: --cpu_kernels onednn|mindspore is --backend onednn|mindspore.',
-         choices=('onednn', 'mindspore'), nullable=True, yaml=False),
+    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: a .ckpt in MindSpore, a '
+         '.mindir in MindSpore, an .onnx in ONNX Runtime; or force mindspore or onnxruntime (a .ckpt is exported '
+         'on the fly).', choices=BACKENDS, yaml=False),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
