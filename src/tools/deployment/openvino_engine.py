@@ -169,11 +169,17 @@ def runtime_precision(compiled):
     return '+'.join(sorted(found)) or 'fp32'
 
 
+def compile_settings(precision, threads):
+    """OpenVINO's CPU settings: one synchronous request at a time (the latency hint: one stream) on
+    ``threads`` threads, not pinned to cores (OpenVINO 2026.4 pins by default: processes that each
+    pin would crowd the same cores), in bf16 or fp32 (the hint; an INT8 model's convolutions stay
+    int8)."""
+    return {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32', 'PERFORMANCE_HINT': 'LATENCY',
+            'INFERENCE_NUM_THREADS': threads, 'ENABLE_CPU_PINNING': False}
+
+
 def _compile(ov, model, precision, threads):
-    """``model`` compiled for one synchronous request at a time on ``threads`` threads, unpinned."""
-    config = {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32', 'PERFORMANCE_HINT': 'LATENCY',
-              'INFERENCE_NUM_THREADS': threads, 'ENABLE_CPU_PINNING': False}
-    return ov.Core().compile_model(model, 'CPU', config)
+    return ov.Core().compile_model(model, 'CPU', compile_settings(precision, threads))
 
 
 def _runner(compiled):
