@@ -29,7 +29,7 @@ from tqdm import tqdm
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import CLASS_NAMES_KEY, parse_class_names
-from src.tools.deployment.model_files import Predictor, check_image_size, check_model_file, input_dims
+from src.tools.deployment.model_files import Predictor, batch_and_size, check_image_size, check_model_file
 
 OPENVINO_REQUIREMENT = 'openvino==2026.4.1'  # as pinned in requirements.txt (tests/test_openvino_engine.py)
 CPUINFO = Path('/proc/cpuinfo')
@@ -245,7 +245,7 @@ def _signature(model, path):
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UserError(f'{path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; '
                         f'expected one of each')
-    static_batch, size = input_dims(_dims(model.inputs[0].get_partial_shape()), path)
+    static_batch, size = batch_and_size(_dims(model.inputs[0].get_partial_shape()), path)
     num_classes = _dims(model.outputs[0].get_partial_shape())[-1]
     if num_classes is None:
         raise UserError(f'{path}: the number of classes of its output is not fixed')
