@@ -29,7 +29,8 @@ needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason='this CPU has neither AM
 # /proc/cpuinfo of three CPUs, cut to the first processor's name and flags.
 CPUINFO = {
     'amx_xeon': ('Intel(R) Xeon(R) Platinum 8480+',
-                 'fpu sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_tile amx_int8'),
+                 'fpu sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_tile '
+                 'amx_int8'),
     'epyc': ('AMD EPYC 9654 96-Core Processor', 'fpu sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16'),
     'avx2_only': ('Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz', 'fpu sse4_2 avx avx2 fma'),
 }
@@ -133,7 +134,8 @@ def test_every_run_names_engine_precision_threads_and_the_cpus_instruction_sets(
     version = openvino_engine.import_openvino().get_version().split('-')[0]
     assert engine_line(out) == f'=> OpenVINO {version}, fp32, 1 thread; {CPU_LINES[cpu]}'
     assert parse_results(out)['Top1-Acc'] >= 0
-    status, out, err = run_main(capsys, 'infer_onnx.py', tiny['val'] / 'class_0', '-c', tiny['model'], '-o', tiny['out'])
+    status, out, err = run_main(capsys, 'infer_onnx.py', tiny['val'] / 'class_0', '-c', tiny['model'],
+                                '-o', tiny['out'])
     assert status == 0, err
     if cpu == 'avx2_only':  # auto: fp32, said why
         assert engine_line(out).startswith(f'=> OpenVINO {version}, fp32 (no native bf16 on this CPU), ')
@@ -266,8 +268,8 @@ def test_openvino_on_a_gpu_run_is_one_line(tiny, capsys, tmp_path):
 def test_a_missing_openvino_is_one_line_naming_pip(tiny, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, 'openvino', None)  # what an environment without the package gets
     for backend in ('auto', 'openvino'):
-        status, _, err = run_main(capsys, 'infer_onnx.py', tiny['val'] / 'class_0', '-c', tiny['model'], '-o', tiny['out'],
-                                  '--backend', backend)
+        status, _, err = run_main(capsys, 'infer_onnx.py', tiny['val'] / 'class_0', '-c', tiny['model'],
+                                  '-o', tiny['out'], '--backend', backend)
         assert_one_line_error(status, err, 'the openvino package is not installed',
                               f'pip install {OPENVINO_REQUIREMENT}', '--backend onnxruntime')
     assert not tiny['out'].exists()

@@ -2,9 +2,10 @@
 
 A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
 re-parameterized, so evaluation, export and inference always run the plain deploy form; a
-``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime. All three take
-the float32 (N, 3, S, S) batches of the one eval preprocessing (src/dataset.py), so their results
-can be compared number for number. Which back-end runs a checkpoint: src/tools/deployment/backends.py.
+``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime here, or in
+OpenVINO (openvino_engine.py). All take the float32 (N, 3, S, S) batches of the one eval
+preprocessing (src/dataset.py), so their results can be compared number for number. Which engine
+runs which file: src/tools/deployment/backends.py.
 
 The class names a model was trained on travel with it: a checkpoint's ``class_names`` entry
 (src/tools/checkpoints/format.py), an ONNX file's metadata and a MINDIR file's user info under
