@@ -4,9 +4,8 @@ python eval.py --config C --dataset_path VAL_FOLDER --pretrained MODEL [--device
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
-from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import load_predictor
+from src.tools.deployment.backends import announce, load_predictor
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
 
@@ -17,9 +16,8 @@ def main(argv=None):
     folder = validation_folder(config.dataset_path, config.data_url)
     check_outputs_apart({'report_dir': config.report_dir},
                         {'config': config.config, 'pretrained': config.pretrained, 'validation folder': folder})
-    set_device(config.device_target, config.device_id)
-    predictor = load_predictor(config)
-    print(f'=> {predictor.description}')
+    predictor = load_predictor(config, default_precision='fp32')
+    announce(predictor, config.device_target)
     print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir,
                                          model=config.pretrained)))
     print('=> eval success')
