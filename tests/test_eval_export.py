@@ -500,7 +500,9 @@ def test_broken_weights_never_score_never_predict_never_export(work, broken, cap
         ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt, '--backend', 'mindspore',
                      '--report_dir', tmp_path], ckpt, 'for 8 of the 8 images of batch 1 of ' + str(val)),
         ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt], ckpt,
-         'for 1 of the 1 images of a random test batch'),  # the CPU default, before its kernel check
+         'for 2 of the 2 images of a random test batch'),  # the CPU default (OpenVINO): the on-the-fly export's check
+        ('eval.py', [*config, '--dataset_path', val, '--pretrained', onnx_file, '--backend', 'onnxruntime'],
+         onnx_file, 'for 8 of the 8 images of batch 1 of ' + str(val)),
         ('eval.py', [*config, '--dataset_path', val, '--pretrained', ckpt, '--backend', 'onnxruntime'], ckpt,
          'for 2 of the 2 images of a random test batch'),  # the on-the-fly export's check
         ('eval.py', [*config, '--dataset_path', val, '--pretrained', onnx_file], onnx_file,
@@ -510,9 +512,11 @@ def test_broken_weights_never_score_never_predict_never_export(work, broken, cap
         ('infer.py', [*config, '--dataset_path', images, '--pretrained', ckpt, '--backend', 'mindspore',
                       '--pred_output', tmp_path / 'p.json'], ckpt, f'for 2 of the 2 images of the batch from {first}'),
         ('infer.py', [*config, '--dataset_path', images, '--pretrained', ckpt, '--pred_output', tmp_path / 'p.json'],
-         ckpt, 'for 1 of the 1 images of a random test batch'),
+         ckpt, 'for 2 of the 2 images of a random test batch'),
         ('infer_onnx.py', [images, '-c', onnx_file, '-o', tmp_path / 'p.json'], onnx_file,
-         f'for 2 of the 2 images of the batch from {first}'),
+         f'for 2 of the 2 images of the batch from {first}'),  # OpenVINO, precision auto
+        ('infer_onnx.py', [images, '-c', onnx_file, '-o', tmp_path / 'p.json', '--backend', 'onnxruntime'],
+         onnx_file, f'for 2 of the 2 images of the batch from {first}'),
         ('export.py', [*config, '--pretrained', ckpt, '--file_format', 'ONNX', '--export_path', tmp_path / 'm'],
          ckpt, 'for 2 of the 2 images of a random test batch'),
         ('export.py', [*config, '--pretrained', ckpt, '--file_format', 'MINDIR', '--export_path', tmp_path / 'm'],
