@@ -9,8 +9,11 @@
   in the same run folder) can tell a dead process's leftovers from a live writer's and remove them.
 """
 import contextlib
+import fnmatch
 import os
 import shutil
+import signal
+import tempfile
 from pathlib import Path
 
 from src.tools.base.cli import UserError
@@ -35,6 +38,25 @@ def check_writable(path, what='output'):
         raise UserError(f'{what} {path} cannot be written: no permission to write in {parent}')
     if path.exists() and not path.is_dir() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
         raise UserError(f'{what} {path} cannot be replaced: no permission')
+    return path
+
+
+def check_folder_creatable(path, what='folder'):
+    """``check_writable`` for a folder that will hold new folders: also a UserError when ``path``
+    is an existing file, or when its nearest existing folder refuses a new folder although its
+    permission bits allow one (/proc, /sys, read-only mounts; found by making and removing one)."""
+    path = check_writable(path, what)
+    if path.exists() and not path.is_dir():
+        raise UserError(f'{what} {path} is a file; it takes a folder (one is created inside it for each run): '
+                        f'pass another path')
+    parent = path
+    while not parent.is_dir():
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f'.probe.{os.getpid()}{PARTIAL_MARK}', dir=parent))
+    except OSError as error:
+        raise UserError(f'{what} {path} cannot be written: no folder can be created in {parent} '
+                        f'({_reason(error)}); pass a folder on an ordinary disk') from None
     return path
 
 
@@ -76,12 +98,29 @@ def atomic_path(path, suffix=None):
     try:
         make_folder(path.parent)
         yield temporary
+        kill_point_for_tests(path, 'written')
         os.replace(temporary, path)
+        kill_point_for_tests(path, 'renamed')
     except OSError as error:
         raise UserError(f'could not write {path}: {_reason(error)}') from None
     finally:
         temporary.unlink(missing_ok=True)
         temporary.with_suffix('.tmp').unlink(missing_ok=True)  # a writer's own temporary of it
+
+
+KILL_POINT_VARIABLE = 'REPVGG_TEST_KILL_AT'
+
+
+def kill_point_for_tests(path, moment):
+    """Test-only: SIGKILL this process at one point of an atomic write, so that a test stops a run
+    between two writes without timing. ``REPVGG_TEST_KILL_AT=<file name pattern>:<moment>`` (fnmatch
+    pattern; moment ``written``: the temporary is complete, not yet renamed; ``renamed``: the file
+    is in place). Unset, as in every real run, it does nothing."""
+    wanted = os.environ.get(KILL_POINT_VARIABLE)
+    if wanted:
+        pattern, _, when = wanted.rpartition(':')
+        if when == moment and fnmatch.fnmatchcase(Path(path).name, pattern):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text_atomic(path, text):
