@@ -18,15 +18,14 @@ from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
-from src.tools.base.files import check_outputs_apart, check_writable, remove_partial_files
-from src.tools.checkpoints.resume import check_continues, restore_state, starting_point
-from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.base.files import check_folder_creatable, check_outputs_apart, check_writable
+from src.tools.checkpoints.resume import check_continues, restore_state, start_run
 from src.tools.demo_data import build_demo_data, is_complete
 from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import MetricsLog, check_schedule, new_run_folder, save_class_names, save_config
+from src.tools.training.run_folder import save_class_names, save_config
 from src.tools.training.schedulers import lr_schedule
 from src.tools.training.trainer import Trainer, open_sample_log
 from src.tools.training.watchdog import Watchdog
@@ -43,7 +42,10 @@ def check_args(args):
     data = Path(args.data_url)
     check_outputs_apart({label: output}, {'config': args.config, 'pretrained': args.pretrained,
                                           'training folder': data / 'train', 'validation folder': data / 'val'})
-    check_writable(output, label)
+    if args.continues:
+        check_writable(args.continues, 'continues')
+    else:
+        check_folder_creatable(args.train_url, 'train_url')
 
 
 def training_classes(args):
@@ -55,9 +57,10 @@ def training_classes(args):
     return classes
 
 
-def main():
+@user_entry_point
+def main(argv=None):
     began = time.time()
-    args = parse_config(description='Train a RepVGG classifier (standalone, or under msrun / mpirun).')
+    args = parse_config(argv, description='Train a RepVGG classifier (standalone, or under msrun / mpirun).')
     check_args(args)
     rank, group_size = init_device(args.device_target, args.device_id)
     ranks = Ranks(rank, group_size)
@@ -92,15 +95,12 @@ def train(args, ranks, watchdog, began):
         raise UserError(f'{args.data_url}/train gives no full batch of {args.batch_size} per rank; '
                         f'lower batch_size or add images')
 
-    # Model, where training starts (pretrained / continues), the run folder.
+    # Model; where training starts (fresh, pretrained, continues) and in which run folder.
     net = cast_amp(get_model(args), args.amp_level)
-    start = starting_point(args, net, steps_per_epoch, rank, group_size, classes, total=ranks.sum)
-    if args.continues:
-        check_schedule(args.continues, args, start.saved_steps_per_epoch, steps_per_epoch, ranks)
-    folder = Path(args.continues) if args.continues else new_run_folder(args.train_url, args.arch, args.brief, ranks)
+    start = start_run(args, net, steps_per_epoch, ranks, classes)
+    folder = start.folder
     if watchdog is not None:
         watchdog.resume_hint = f'Resume with continues {folder}'
-    saver = CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
     # Optimizer over a per-step learning-rate schedule, loss, EMA, one training step.
     lr_values = lr_schedule(args, steps_per_epoch)
@@ -117,24 +117,20 @@ def train(args, ranks, watchdog, began):
         print(f'=> starting from {start.source}: epoch {start.epoch + 1}, step {start.step} '
               f'(global step {global_step}), lr {lr_values[global_step]:.6g}', flush=True)
 
-    # Run folder contents: config copy, metrics of the epochs that stay, no half-written files.
-    metrics_log = MetricsLog(folder)
-    remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{rank}-')  # each machine its own
+    # Run folder contents: the config copy and the class names.
     if ranks.is_main:
         save_config(folder, args)
         save_class_names(folder, classes)
-        metrics_log.keep_until(start.epoch)
-        saver.forget_after(start.epoch)
     sample_log = open_sample_log(folder / f'samples_rank{rank}.txt') if args.log_samples else None
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 
     trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema, classes=classes,
-                      saver=saver, metrics_log=metrics_log, ranks=ranks,
+                      saver=start.saver, metrics_log=start.metrics_log, ranks=ranks,
                       steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log,
                       watchdog=watchdog)
     try:
-        summary = trainer.fit(train_ds, val_ds, start.epoch, start.step)
+        summary = trainer.fit(train_ds, val_ds, start.epoch, start.step, start.epoch_metrics)
     except KeyboardInterrupt:
         print(f'=> interrupted; the checkpoints written so far are complete: resume with --continues {folder}',
               flush=True)
@@ -153,4 +149,4 @@ def train(args, ranks, watchdog, began):
 
 
 if __name__ == '__main__':
-    user_entry_point(main)()
+    main()

@@ -20,15 +20,14 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
-from src.tools.checkpoints.resume import (check_continues, first_readable, restore_state, start_position,
-                                          starting_point)
+from src.tools.checkpoints.resume import (check_continues, first_readable, restore_state, resume_candidates,
+                                          schedule_changes, start_position, start_run, starting_point)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.amp import loss_scale_cell
 from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import (MetricsLog, new_run_folder, run_folder_name, save_config,
-                                          schedule_changes)
+from src.tools.training.run_folder import MetricsLog, new_run_folder, run_folder_name, save_config
 
 ARCH = 'RepVGG-A0'
 
@@ -96,6 +95,7 @@ def test_best_checkpoints_keep_the_n_best_older_first_on_ties(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f'{ARCH}_epoch=2_acc=0.7000.ckpt',
                                                           f'{ARCH}_epoch=5_acc=0.9123.ckpt']
     assert [(acc, epoch) for acc, epoch, _ in saver.best()] == [(0.9123, 5), (0.7, 2)]
+    assert saver.save_best(tiny_entries(), {}, 5, 0.91234) is None  # there already (a resumed run asks again)
     saver.forget_after(4)
     assert [epoch for _, epoch, _ in saver.best()] == [2]
 
@@ -110,10 +110,10 @@ def test_resume_takes_the_newest_position_that_every_rank_reached(tmp_path):
     for rank, positions in ((0, [(1, 4), (2, 2)]), (1, [(1, 4)])):
         for epoch, step in positions:
             (tmp_path / f'{ARCH}_{rank}-{epoch}_{step}.ckpt').write_bytes(b'x')
-    assert CheckpointSaver(tmp_path, ARCH, 1, 5, 1).resume_path(2).name == f'{ARCH}_1-1_4.ckpt'
-    assert CheckpointSaver(tmp_path, ARCH, 0, 5, 1).resume_path(1).name == f'{ARCH}_0-2_2.ckpt'
-    with pytest.raises(UserError, match='holds no periodic checkpoint'):
-        CheckpointSaver(tmp_path / 'nothing', ARCH, 0, 5, 1).resume_path(1)
+    assert resume_candidates(CheckpointSaver(tmp_path, ARCH, 1, 5, 1), 2)[0].name == f'{ARCH}_1-1_4.ckpt'
+    assert resume_candidates(CheckpointSaver(tmp_path, ARCH, 0, 5, 1), 1)[0].name == f'{ARCH}_0-2_2.ckpt'
+    with pytest.raises(UserError, match='nothing to resume yet: .* holds no periodic checkpoint'):
+        resume_candidates(CheckpointSaver(tmp_path / 'nothing', ARCH, 0, 5, 1), 1)
 
 
 @pytest.mark.parametrize('epoch_num, step_num, expected', [(3, 4, (2, 4)), (3, 10, (3, 0)), (1, 1, (0, 1))])
@@ -198,8 +198,8 @@ def test_continues_resumes_at_the_newest_checkpoint_of_the_folder(tmp_path):
     saved_state(run, num_classes=10, epoch_num=1, step_num=10, name=f'{ARCH}_0-1_10.ckpt')
     args = start_args(tmp_path, continues=run)
     check_continues(args)
-    start = starting_point(args, create_model(ARCH, 10), 10)
-    assert (start.epoch, start.step) == (1, 3) and f'{ARCH}_0-2_3.ckpt' in start.source
+    start = start_run(args, create_model(ARCH, 10), 10)
+    assert (start.epoch, start.step) == (1, 3) and f'{ARCH}_0-2_3.ckpt' in start.source and start.folder == run
 
 
 @pytest.mark.parametrize('continues, pretrained, message', [
@@ -285,7 +285,7 @@ def test_ranks_with_their_own_folders_agree_and_pass_over_an_unreadable_newest(t
 
     def resume(rank, total):
         saver = CheckpointSaver(folders[rank], ARCH, rank, keep_last=3, keep_best=1)
-        candidates = saver.resume_candidates(2, total, count=3)
+        candidates = resume_candidates(saver, 2, total, count=3)
         path, checkpoint = first_readable(candidates, total, rank)
         return [p.name for p in candidates], path.name, checkpoint['linear.bias'].asnumpy().tolist()
 
@@ -299,7 +299,7 @@ def test_ranks_with_their_own_folders_agree_and_pass_over_an_unreadable_newest(t
     shared = tmp_path / 'shared'
     write_positions(shared, 0, [((1, 4), 1.0), ((2, 2), 2.0), ((2, 3), 3.0)])
     write_positions(shared, 1, [((1, 4), 1.0), ((2, 2), 2.0)])
-    assert CheckpointSaver(shared, ARCH, 1, 3, 1).resume_path(2).name == f'{ARCH}_1-2_2.ckpt'
+    assert resume_candidates(CheckpointSaver(shared, ARCH, 1, 3, 1), 2)[0].name == f'{ARCH}_1-2_2.ckpt'
 
 
 def test_no_readable_checkpoint_is_one_error_for_every_rank(tmp_path):
@@ -310,7 +310,7 @@ def test_no_readable_checkpoint_is_one_error_for_every_rank(tmp_path):
 
     def resume(rank, total):
         with pytest.raises(UserError, match='no checkpoint to resume from can be read') as error:
-            first_readable(CheckpointSaver(folder, ARCH, rank, 3, 1).resume_candidates(2, total, 3), total, rank)
+            first_readable(resume_candidates(CheckpointSaver(folder, ARCH, rank, 3, 1), 2, total, 3), total, rank)
         return str(error.value)
 
     messages = FakeGroup(2).run(resume)

@@ -14,9 +14,12 @@
 """
 import contextlib
 import errno
+import fnmatch
 import os
 import shutil
+import signal
 import stat
+import tempfile
 from pathlib import Path
 
 from src.tools.base.cli import UserError
@@ -117,6 +120,22 @@ def regular_target(path, what='output'):
     return target
 
 
+def check_folder_creatable(path, what='folder'):
+    """``check_writable`` for a folder that will hold new folders: also a UserError when ``path``
+    is an existing file, or when its nearest existing folder refuses a new folder although its
+    permission bits allow one (/proc, /sys, read-only mounts; found by making and removing one)."""
+    path = check_writable(path, what)  # refuses a file, a device, a FIFO
+    parent = path
+    while not parent.is_dir():
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f'.probe.{os.getpid()}{PARTIAL_MARK}', dir=parent))
+    except OSError as error:
+        raise UserError(f'{what} {path} cannot be written: no folder can be created in {parent} '
+                        f'({reason(error)}); pass a folder on an ordinary disk') from None
+    return path
+
+
 def check_writable_file(path, what='output', example='output'):
     """UserError unless a regular file could be written at ``path`` (through a symbolic link to its
     target): an existing folder gets the hint ``path/example``; a device, FIFO or socket is refused."""
@@ -169,12 +188,29 @@ def atomic_path(path, suffix=None):
     try:
         make_folder(target.parent)
         yield temporary
+        kill_point_for_tests(path, 'written')
         replace_file(temporary, path)
+        kill_point_for_tests(path, 'renamed')
     except OSError as error:
         raise UserError(f'could not write {path}: {reason(error)}') from None
     finally:
         temporary.unlink(missing_ok=True)
         temporary.with_suffix('.tmp').unlink(missing_ok=True)  # a writer's own temporary of it
+
+
+KILL_POINT_VARIABLE = 'REPVGG_TEST_KILL_AT'
+
+
+def kill_point_for_tests(path, moment):
+    """Test-only: SIGKILL this process at one point of an atomic write, so that a test stops a run
+    between two writes without timing. ``REPVGG_TEST_KILL_AT=<file name pattern>:<moment>`` (fnmatch
+    pattern; moment ``written``: the temporary is complete, not yet renamed; ``renamed``: the file
+    is in place). Unset, as in every real run, it does nothing."""
+    wanted = os.environ.get(KILL_POINT_VARIABLE)
+    if wanted:
+        pattern, _, when = wanted.rpartition(':')
+        if when == moment and fnmatch.fnmatchcase(Path(path).name, pattern):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text_atomic(path, text):

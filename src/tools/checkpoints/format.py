@@ -14,7 +14,11 @@ docs/training.md shows it from a user's side):
   ``num_classes``;
 - ``class_names``: the training classes in label order (the sorted class folder names), as a JSON
   list in a string. Exports and predictions carry them on; files without them (older checkpoints,
-  converted ImageNet weights) still work, with class indices.
+  converted ImageNet weights) still work, with class indices;
+- an epoch's end (the periodic checkpoint written first when an epoch ends) also holds
+  ``epoch_metrics``: that epoch's metrics.csv row as a JSON object in a string, from which a
+  resumed run writes again what a kill right after the checkpoint lost (the row, the curves, the
+  best checkpoint).
 
 A checkpoint may hold more than the network, so only the entries under the network's own top-level
 names count as network tensors when reading: nothing the network needs or the file offers as
@@ -34,6 +38,7 @@ HEAD_NAMES = ('linear.weight', 'linear.bias')
 EMA_PREFIX = 'ema.'
 POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
 CLASS_NAMES_KEY = 'class_names'
+EPOCH_METRICS_KEY = 'epoch_metrics'
 # Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
 NOT_SAVED = ('learning_rate',)
 
@@ -70,14 +75,17 @@ def class_names_entry(names):
     return {CLASS_NAMES_KEY: class_names_text(names)} if names else {}
 
 
-def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes, class_names=None):
+def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes, class_names=None,
+                epoch_metrics=None):
     """(entries, append_dict) for ``save_checkpoint``: every parameter of the train cell (network,
-    optimizer, loss scale, EMA) except the per-step learning rates, plus the position and the
-    class names."""
+    optimizer, loss scale, EMA) except the per-step learning rates, plus the position, the class
+    names and, at an epoch's end, the epoch's metrics row."""
     entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
                if param.name not in NOT_SAVED]
     append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
               'arch': arch, 'num_classes': int(num_classes), **class_names_entry(class_names)}
+    if epoch_metrics is not None:
+        append[EPOCH_METRICS_KEY] = json.dumps(epoch_metrics)
     return entries, append
 
 
@@ -122,6 +130,16 @@ def parse_class_names(text, source, remedy='re-save it with this project'):
 def recorded_class_names(checkpoint, source='checkpoint'):
     """The class names a checkpoint records (a list of str), or None when it records none."""
     return parse_class_names(checkpoint.get(CLASS_NAMES_KEY), source)
+
+
+def recorded_epoch_metrics(checkpoint):
+    """The metrics row an epoch-end checkpoint carries (a dict), or None (mid-epoch, older files)."""
+    text = checkpoint.get(EPOCH_METRICS_KEY)
+    try:
+        row = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        row = None
+    return row if isinstance(row, dict) else None
 
 
 def check_recorded_arch(checkpoint, arch, source):

@@ -1,37 +1,58 @@
-"""How a run restarts from a checkpoint: where it starts, and which state it takes back.
+"""Where a run starts, in one place: ``start_run`` returns the position, the state to restore,
+the run folder, its checkpoint saver and its metrics log; train.py calls it once.
 
-- ``continues RUN_FOLDER``: the newest periodic checkpoint of the folder at a position that every
-  rank completed (agreed through a collective, so each machine may keep its own copy of the
-  folder); one that cannot be read (truncated, failing its CRC) is passed over for the one before
-  it, with a note. Weights, optimizer, loss scale and EMA are restored, training goes on at its
-  epoch and step (so at its learning rate) and writes into the same folder.
+- ``continues RUN_FOLDER``: first the temporaries of dead processes are removed from the folder.
+  Then the newest periodic checkpoint at a position that every rank completed (agreed through a
+  collective, so each machine may keep its own copy of the folder); one that cannot be read
+  (truncated, failing its CRC) is passed over for the one before it, with a note; none at all (a
+  run killed before its first one was complete) is "nothing to resume yet". It must be of the
+  same arch and classes, and the learning-rate schedule must not change (unless
+  ``allow_schedule_change``). Weights, optimizer, loss scale and EMA are restored, training goes
+  on at its epoch and step (so at its learning rate) in the same folder; metrics rows and best
+  checkpoints of later epochs are dropped, to be redone. A checkpoint of an epoch's end carries
+  that epoch's metrics row (``epoch_metrics``), which the trainer writes again with the curves and
+  the best checkpoint: a kill right after that checkpoint loses none of them.
 - ``pretrained CKPT``: the weights; a classifier of another class count is dropped (transfer
   learning). Unless ``exclude_epoch_state`` is set (or the head was dropped), the checkpoint's
-  epoch, step and optimizer/EMA state are taken too.
-- otherwise: fresh weights at ``start_epoch`` / ``start_step``.
+  epoch, step and optimizer/EMA state are taken too. A new run folder.
+- otherwise: fresh weights at ``start_epoch`` / ``start_step``, in a new run folder.
 """
 from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
+import numpy as np
+import yaml
 
+from src.config import OPTION_BY_NAME
 from src.tools.base.cli import UserError
+from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, integer, load_weights,
-                                          read_checkpoint, recorded_class_names)
+                                          read_checkpoint, recorded_class_names, recorded_epoch_metrics)
 from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.training.distributed import Ranks
+from src.tools.training.run_folder import MetricsLog, new_run_folder
 
 # Train-cell state restored on resume (the network tensors are loaded by load_weights).
 _RESTORED_PREFIXES = ('moments.', 'adam_m.', 'adam_v.', EMA_PREFIX)
 _RESTORED_NAMES = ('scale_sense', 'current_iterator_step', 'last_overflow_iterator_step')
+
+# The settings that define the per-step learning rates (src/tools/training/schedulers.py); with the
+# steps per epoch (batch size, number of ranks, training images) they fix the rate of every step.
+SCHEDULE_KEYS = ('epochs', 'batch_size', 'lr_scheduler', 'base_lr', 'warmup_length', 'warmup_lr', 'min_lr',
+                 'lr_adjust', 'lr_gamma')
 
 
 @dataclass
 class Start:
     epoch: int                  # 0-based epoch to start in
     step: int                   # steps of that epoch already taken
-    checkpoint: dict = None     # whose optimizer / EMA state to restore, if any
+    folder: Path = None         # the run folder
+    saver: CheckpointSaver = None
+    metrics_log: MetricsLog = None
+    checkpoint: dict = None     # whose optimizer / EMA state to restore (restore_state), if any
     source: str = None          # for the log line
-    saved_steps_per_epoch: int = None  # continues: the steps per epoch the run had (None: not recorded)
+    epoch_metrics: dict = None  # continues from an epoch's end: its metrics row, to be written again
 
 
 def check_continues(args):
@@ -48,42 +69,66 @@ def check_continues(args):
         raise UserError(f'continues: run folder {folder} does not exist')
 
 
-def starting_point(args, net, steps_per_epoch, rank=0, group_size=1, classes=None, total=None):
-    """Load what the run starts from into ``net`` and say where training begins.
+def start_run(args, net, steps_per_epoch, ranks=None, classes=None):
+    """Load what the run starts from into ``net``; the Start (where, from what, into which folder).
 
     ``classes``: the class names of the training folder, in label order. A resumed run must train
-    on the classes it started with; a pretrained classifier kept for other classes is named in a note.
-    ``total`` sums numbers over ranks (None: one process): with it the ranks agree on the checkpoint
-    to resume.
+    on the classes it started with; a pretrained classifier kept for other classes is named in a
+    note. ``ranks`` (default: one process): with several, they agree on the checkpoint to resume.
     """
+    ranks = ranks or Ranks()
     if args.continues is not None:
-        saver = CheckpointSaver(args.continues, args.arch, rank, args.keep_checkpoint_max,
-                                args.keep_best_checkpoints_max)
-        candidates = saver.resume_candidates(group_size, total, count=args.keep_checkpoint_max)
-        path, checkpoint = first_readable(candidates, total, rank)
-        source = f'checkpoint {path}'
-        check_recorded_arch(checkpoint, args.arch, source)
-        _check_same_classes(checkpoint, classes, source, args.data_url)
-        load_weights(net, checkpoint, source=source)
-        position = start_position(checkpoint, steps_per_epoch)
-        if position is None:
-            raise UserError(f'{source} has no epoch_num/step_num; resume needs a checkpoint written by train.py')
-        saved_steps = integer(checkpoint['steps_per_epoch']) if 'steps_per_epoch' in checkpoint else None
-        return _checked(Start(*position, checkpoint, source, saved_steps), args, steps_per_epoch)
-    if args.pretrained is not None:
-        source = f'checkpoint {args.pretrained}'
-        checkpoint = read_training_checkpoint(args.pretrained, args.arch, source)
-        dropped = load_weights(net, checkpoint, drop_head_on_mismatch=True, source=source)
-        if dropped:
-            print(f'=> {source}: classifier of another class count dropped ({", ".join(dropped)}); '
-                  f'training starts at epoch 0 with a new {args.num_classes}-class head', flush=True)
-        else:
-            _note_other_classes(checkpoint, classes, source)
-        position = None if (args.exclude_epoch_state or dropped) else start_position(checkpoint, steps_per_epoch)
-        if position is None:
-            return _checked(Start(args.start_epoch, args.start_step, None, source), args, steps_per_epoch)
-        return _checked(Start(*position, checkpoint, source), args, steps_per_epoch)
-    return _checked(Start(args.start_epoch, args.start_step), args, steps_per_epoch)
+        return _resume(args, net, steps_per_epoch, ranks, classes)
+    start = starting_point(args, net, steps_per_epoch, classes)
+    start.folder = new_run_folder(args.train_url, args.arch, args.brief, ranks)
+    start.saver = _saver(args, start.folder, ranks.rank)
+    start.metrics_log = MetricsLog(start.folder)
+    return start
+
+
+def _saver(args, folder, rank):
+    return CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
+
+
+def _resume(args, net, steps_per_epoch, ranks, classes):
+    folder = Path(args.continues)
+    remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{ranks.rank}-')  # each machine its own
+    saver = _saver(args, folder, ranks.rank)
+    candidates = resume_candidates(saver, ranks.group_size, ranks.sum, count=args.keep_checkpoint_max)
+    path, checkpoint = first_readable(candidates, ranks.sum, ranks.rank)
+    source = f'checkpoint {path}'
+    check_recorded_arch(checkpoint, args.arch, source)
+    _check_same_classes(checkpoint, classes, source, args.data_url)
+    load_weights(net, checkpoint, source=source)
+    position = start_position(checkpoint, steps_per_epoch)
+    if position is None:
+        raise UserError(f'{source} has no epoch_num/step_num; resume needs a checkpoint written by train.py')
+    start = _checked(Start(*position, folder, saver, MetricsLog(folder), checkpoint, source,
+                           recorded_epoch_metrics(checkpoint)), args, steps_per_epoch)
+    saved_steps = integer(checkpoint['steps_per_epoch']) if 'steps_per_epoch' in checkpoint else None
+    check_schedule(folder, args, saved_steps, steps_per_epoch, ranks)
+    if ranks.is_main:  # the epochs after the position are redone
+        start.metrics_log.keep_until(start.epoch)
+        saver.forget_after(start.epoch)
+    return start
+
+
+def starting_point(args, net, steps_per_epoch, classes=None):
+    """Where a new run starts (its weights loaded into ``net``): fresh, or from ``pretrained``."""
+    if args.pretrained is None:
+        return _checked(Start(args.start_epoch, args.start_step), args, steps_per_epoch)
+    source = f'checkpoint {args.pretrained}'
+    checkpoint = read_training_checkpoint(args.pretrained, args.arch, source)
+    dropped = load_weights(net, checkpoint, drop_head_on_mismatch=True, source=source)
+    if dropped:
+        print(f'=> {source}: classifier of another class count dropped ({", ".join(dropped)}); '
+              f'training starts at epoch 0 with a new {args.num_classes}-class head', flush=True)
+    else:
+        _note_other_classes(checkpoint, classes, source)
+    position = None if (args.exclude_epoch_state or dropped) else start_position(checkpoint, steps_per_epoch)
+    if position is None:
+        return _checked(Start(args.start_epoch, args.start_step, source=source), args, steps_per_epoch)
+    return _checked(Start(*position, checkpoint=checkpoint, source=source), args, steps_per_epoch)
 
 
 def _check_same_classes(checkpoint, classes, source, data_url):
@@ -112,6 +157,41 @@ def _checked(start, args, steps_per_epoch):
         raise UserError(f'start_step is {start.step}, but an epoch has {steps_per_epoch} steps; '
                         f'set start_step between 0 and {steps_per_epoch - 1}')
     return start
+
+
+# ----------------------------------------------------------------------------- which checkpoint
+def resume_candidates(saver, group_size, total=None, count=None):
+    """This rank's checkpoints at the positions that every rank reached, newest first; when the
+    ranks share none (the group size changed), rank 0's newest, for every rank.
+
+    Without ``total`` (or with one rank) the folder holds every rank's files (one process, or a
+    shared folder). With ``total`` (a sum over ranks; every rank calls this together) each rank
+    looks only at its own files, so that a run folder that each machine keeps for itself works too:
+    rank 0 names its ``count`` newest positions and every rank says which of them it has.
+    """
+    mine = saver.periodic()
+    if total is None or group_size == 1:
+        per_rank = [saver.periodic(rank) for rank in range(group_size)]
+        common = sorted(set(per_rank[0]).intersection(*per_rank[1:]), reverse=True)
+        rank0_newest = max(per_rank[0]) if per_rank[0] else None
+    else:
+        count = max(int(count or 0), 1)
+        named = np.zeros((count, 2))
+        if saver.rank == 0:
+            for row, position in enumerate(sorted(mine, reverse=True)[:count]):
+                named[row] = position
+        named = total(named.ravel()).reshape(count, 2)  # rank 0's rows; exact below 2**24
+        positions = [(int(epoch), int(step)) for epoch, step in named if epoch > 0]
+        held = total([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
+        common = [position for position, ranks in zip(positions, held) if int(ranks) == group_size]
+        rank0_newest = positions[0] if positions else None
+    if common:
+        return [mine[position] for position in common]
+    if rank0_newest is not None:
+        return [saver.periodic_path(*rank0_newest, rank=0)]
+    raise UserError(f'continues: nothing to resume yet: {saver.folder} holds no periodic checkpoint '
+                    f'{saver.arch}_<rank>-<epoch>_<step>.ckpt (the run stopped before its first one was '
+                    f'complete, or it is no run folder of {saver.arch}); start again without continues')
 
 
 def first_readable(candidates, total=None, rank=0):
@@ -155,6 +235,57 @@ def start_position(checkpoint, steps_per_epoch):
     return epoch_num - 1, min(step_num, steps_per_epoch - 1)
 
 
+# ----------------------------------------------------------------------------- the schedule
+def last_config(folder):
+    """The settings the run in ``folder`` last ran with (config.yaml or its newest
+    config_resumed_<n>.yaml), as a dict; {} when there is none (a machine other than rank 0's)."""
+    copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
+                    if path.stem.rsplit('_', 1)[1].isdigit() else 0)
+    for path in copies[::-1] + [Path(folder) / 'config.yaml']:
+        if path.is_file():
+            try:
+                return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
+            except yaml.YAMLError:
+                continue
+    return {}
+
+
+def schedule_changes(folder, args, saved_steps_per_epoch=None, steps_per_epoch=None):
+    """[(setting, before, now)] where resuming ``folder`` with ``args`` changes the learning rates."""
+    saved = last_config(folder)
+    changes = []
+    for key in SCHEDULE_KEYS:
+        if key in saved:
+            try:
+                before = OPTION_BY_NAME[key].convert(saved[key])
+            except (TypeError, ValueError):
+                before = saved[key]
+            if before != getattr(args, key):
+                changes.append((key, before, getattr(args, key)))
+    if saved_steps_per_epoch is not None and steps_per_epoch is not None and saved_steps_per_epoch != steps_per_epoch:
+        changes.append(('steps per epoch', saved_steps_per_epoch, steps_per_epoch))
+    return changes
+
+
+def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
+    """Refuse a ``continues`` that would change the learning-rate schedule mid-run, naming what
+    changed, unless ``allow_schedule_change`` (then say so). Rank 0 decides for every rank: only
+    its machine is sure to hold the config copy."""
+    changes = schedule_changes(folder, args, saved_steps_per_epoch, steps_per_epoch)
+    changed = ranks.from_main(int(bool(changes)))
+    if not changed:
+        return
+    listed = ', '.join(f'{key} {before} -> {now}' for key, before, now in changes) or 'see rank 0'
+    if not args.allow_schedule_change:
+        raise UserError(f'continues: the learning-rate schedule of {folder} would change mid-run ({listed}); '
+                        f'resume with the settings of its config.yaml, or set allow_schedule_change: 1 to go on '
+                        f'with the new schedule from the checkpoint\'s step')
+    if ranks.is_main:
+        print(f'=> note: the learning-rate schedule changes from here on ({listed}; allow_schedule_change)',
+              flush=True)
+
+
+# ----------------------------------------------------------------------------- the state
 def restore_state(train_cell, checkpoint):
     """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``.
 

@@ -1,4 +1,4 @@
-"""Where a run's checkpoints go: their names in the run folder, which are kept, which one resumes.
+"""Where a run's checkpoints go: their names in the run folder, and which are kept.
 
 - periodic, every ``save_every`` steps and at each epoch's end, per rank:
   ``<arch>_<rank>-<epoch_num>_<step_num>.ckpt`` (MindSpore ModelCheckpoint's pattern); the
@@ -8,13 +8,12 @@
   the ``keep_best_checkpoints_max`` best by top-1 are kept (on a tie the older stays). They hold
   the weights that were validated: with ``eval_ema`` the EMA weights are under the network names.
 
-What is inside a checkpoint and how it is written: src/tools/checkpoints/format.py.
+What is inside a checkpoint and how it is written: src/tools/checkpoints/format.py; which one a
+run resumes from: src/tools/checkpoints/resume.py.
 """
 import contextlib
 import re
 from pathlib import Path
-
-import numpy as np
 
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import save_checkpoint
@@ -68,43 +67,6 @@ class CheckpointSaver:
         for position in sorted(mine)[:-self.keep_last]:
             mine[position].unlink(missing_ok=True)
 
-    def resume_candidates(self, group_size, total=None, count=None):
-        """This rank's checkpoints at the positions that every rank reached, newest first; when the
-        ranks share none (the group size changed), rank 0's newest, for every rank.
-
-        Without ``total`` the folder holds every rank's files (one process, or a shared folder). With
-        ``total`` (a sum over ranks; every rank calls this together) each rank looks only at its own
-        files, so that a run folder that each machine keeps for itself works too: rank 0 names its
-        ``count`` newest positions and every rank says which of them it has.
-        """
-        mine = self.periodic()
-        if total is None or group_size == 1:
-            per_rank = [self.periodic(rank) for rank in range(group_size)]
-            common = sorted(set(per_rank[0]).intersection(*per_rank[1:]), reverse=True)
-            rank0_newest = max(per_rank[0]) if per_rank[0] else None
-        else:
-            count = max(int(count or 0), 1)
-            named = np.zeros((count, 2))
-            if self.rank == 0:
-                for row, position in enumerate(sorted(mine, reverse=True)[:count]):
-                    named[row] = position
-            named = total(named.ravel()).reshape(count, 2)  # rank 0's rows; exact below 2**24
-            positions = [(int(epoch), int(step)) for epoch, step in named if epoch > 0]
-            held = total([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
-            common = [position for position, ranks in zip(positions, held) if int(ranks) == group_size]
-            rank0_newest = positions[0] if positions else None
-        if common:
-            return [mine[position] for position in common]
-        if rank0_newest is not None:
-            return [self.periodic_path(*rank0_newest, rank=0)]
-        raise UserError(f'continues: {self.folder} holds no periodic checkpoint '
-                        f'{self.arch}_<rank>-<epoch>_<step>.ckpt; pass the run folder of an earlier run of '
-                        f'{self.arch}, or start without continues')
-
-    def resume_path(self, group_size):
-        """The newest of ``resume_candidates`` (every rank's files in this folder)."""
-        return self.resume_candidates(group_size)[0]
-
     # ------------------------------------------------------------------ best
     def best_path(self, epoch, acc):
         return self.folder / f'{self.arch}_epoch={epoch}_acc={acc:.4f}.ckpt'
@@ -125,8 +87,9 @@ class CheckpointSaver:
         return self.keep_best > 0 and (len(kept) < self.keep_best or acc > kept[self.keep_best - 1][0])
 
     def save_best(self, entries, append_dict, epoch, acc):
-        """Write the epoch's checkpoint if it ranks among the best; prune; the path or None."""
-        if not self.is_best(acc):
+        """Write the epoch's checkpoint if it ranks among the best and is not there yet (a resumed
+        run writes again what a kill may have lost); prune; the path or None."""
+        if self.best_path(epoch, acc).exists() or not self.is_best(acc):
             return None
         path = save_checkpoint(entries, self.best_path(epoch, acc), append_dict)
         for _, _, old in self.best()[self.keep_best:]:

@@ -4,6 +4,7 @@
 training classes in label order), the checkpoints (src/tools/checkpoints/), metrics.csv (one row
 per epoch) and curves.png. Rank 0 writes all of them but the periodic checkpoints, which every rank
 writes for itself; each machine of a run may keep its own folder of that name (docs/scale-out.md).
+Which folder a run uses, and what a resumed run keeps of it: src/tools/checkpoints/resume.py.
 """
 import csv
 import json
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from src.config import OPTION_BY_NAME, config_to_dict
-from src.tools.base.cli import UserError
+from src.config import config_to_dict
 from src.tools.base.files import atomic_path, write_text_atomic
 
 METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'eval_loss', 'top1', 'top5', 'epoch_time_s', 'eval_time_s',
@@ -49,61 +49,6 @@ def new_run_folder(train_url, arch, brief, ranks):
     folder = train_url / run_folder_name(stamp, arch, brief)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-# The settings that define the per-step learning rates (src/tools/training/schedulers.py); with the
-# steps per epoch (batch size, number of ranks, training images) they fix the rate of every step.
-SCHEDULE_KEYS = ('epochs', 'batch_size', 'lr_scheduler', 'base_lr', 'warmup_length', 'warmup_lr', 'min_lr',
-                 'lr_adjust', 'lr_gamma')
-
-
-def last_config(folder):
-    """The settings the run in ``folder`` last ran with (config.yaml or its newest
-    config_resumed_<n>.yaml), as a dict; {} when there is none (a machine other than rank 0's)."""
-    copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
-                    if path.stem.rsplit('_', 1)[1].isdigit() else 0)
-    for path in copies[::-1] + [Path(folder) / 'config.yaml']:
-        if path.is_file():
-            try:
-                return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
-            except yaml.YAMLError:
-                continue
-    return {}
-
-
-def schedule_changes(folder, args, saved_steps_per_epoch=None, steps_per_epoch=None):
-    """[(setting, before, now)] where resuming ``folder`` with ``args`` changes the learning rates."""
-    saved = last_config(folder)
-    changes = []
-    for key in SCHEDULE_KEYS:
-        if key in saved:
-            try:
-                before = OPTION_BY_NAME[key].convert(saved[key])
-            except (TypeError, ValueError):
-                before = saved[key]
-            if before != getattr(args, key):
-                changes.append((key, before, getattr(args, key)))
-    if saved_steps_per_epoch is not None and steps_per_epoch is not None and saved_steps_per_epoch != steps_per_epoch:
-        changes.append(('steps per epoch', saved_steps_per_epoch, steps_per_epoch))
-    return changes
-
-
-def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
-    """Refuse a ``continues`` that would change the learning-rate schedule mid-run, naming what
-    changed, unless ``allow_schedule_change`` (then say so). Rank 0 decides for every rank: only
-    its machine is sure to hold the config copy."""
-    changes = schedule_changes(folder, args, saved_steps_per_epoch, steps_per_epoch)
-    changed = ranks.from_main(int(bool(changes)))
-    if not changed:
-        return
-    listed = ', '.join(f'{key} {before} -> {now}' for key, before, now in changes) or 'see rank 0'
-    if not args.allow_schedule_change:
-        raise UserError(f'continues: the learning-rate schedule of {folder} would change mid-run ({listed}); '
-                        f'resume with the settings of its config.yaml, or set allow_schedule_change: 1 to go on '
-                        f'with the new schedule from the checkpoint\'s step')
-    if ranks.is_main:
-        print(f'=> note: the learning-rate schedule changes from here on ({listed}; allow_schedule_change)',
-              flush=True)
 
 
 def save_config(folder, args):

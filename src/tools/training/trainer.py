@@ -72,22 +72,25 @@ class Trainer:
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch_num, step_num):
+    def _state(self, epoch_num, step_num, epoch_metrics=None):
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
-                           self.args.num_classes, self.classes)
+                           self.args.num_classes, self.classes, epoch_metrics)
 
     def _writing(self):
         """A lost rank stops this one only after the checkpoint being written is complete."""
         return self.watchdog.holding() if self.watchdog is not None else contextlib.nullcontext()
 
-    def save_periodic(self, epoch_num, step_num):
-        return self.saver.save_periodic(*self._state(epoch_num, step_num), all_written=self.ranks.barrier,
-                                        writing=self._writing())
+    def save_periodic(self, epoch_num, step_num, epoch_metrics=None):
+        return self.saver.save_periodic(*self._state(epoch_num, step_num, epoch_metrics),
+                                        all_written=self.ranks.barrier, writing=self._writing())
 
     # ------------------------------------------------------------------ loop
-    def fit(self, train_ds, val_ds, start_epoch, start_step):
-        """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}."""
+    def fit(self, train_ds, val_ds, start_epoch, start_step, epoch_metrics=None):
+        """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}.
+        ``epoch_metrics``: the row of the epoch whose end the run resumes from, recorded again first."""
         args = self.args
+        if epoch_metrics is not None and self.ranks.is_main:
+            self.record_epoch(epoch_metrics)
         batches = resume_batches(train_ds, args.epochs, start_epoch, start_step)  # the done steps are not read
         last = None
         for epoch in range(start_epoch, args.epochs):
@@ -153,14 +156,13 @@ class Trainer:
                         f'overflowed or the loss was not finite){amp_hint}; nothing was saved from this epoch')
 
     def _end_epoch(self, epoch, val_ds, train_loss, overflows, train_time, steps_run):
-        """Validate, print the reference's lines, log the row, keep the best, save the epoch's end
-        (the numbers are printed and logged before any checkpoint is written, so a full disk loses none)."""
+        """Validate and print the reference's lines; then write the epoch's end: its periodic
+        checkpoint (the resume point, carrying the metrics row) first, then its record."""
         args = self.args
         # Each rank's BN statistics come from its own batches: one model for everyone first.
         self.ranks.average_params('bn', self.bn_statistics)
         self._check_finite(epoch)
-        validated = self.ema.applied if args.eval_ema else contextlib.nullcontext
-        with validated():
+        with self._validated():
             result = validate(self.net, args.num_classes, val_ds, self.ranks, desc=f'eval epoch {epoch + 1}',
                               model=f"epoch {epoch + 1}: the {'EMA of the ' if args.eval_ema else ''}network")
         skipped = partial_count_line(result['count'], val_ds.image_count, 'the validation set')
@@ -174,21 +176,32 @@ class Trainer:
         print(f'Train epoch time: {1000 * train_time:.3f} ms, per step time: {per_step:.3f} ms')
         metrics = {'acc': result['top1'], 'top5': result['top5'], 'eval_loss': result['loss'], 'loss': train_loss}
         print(f'Eval result: epoch {epoch + 1}, metrics: {metrics}', flush=True)
+        row = {'epoch': epoch + 1, 'lr': float(self.lr_values[(epoch + 1) * self.steps_per_epoch - 1]),
+               'train_loss': train_loss, 'eval_loss': result['loss'], 'top1': result['top1'], 'top5': result['top5'],
+               'epoch_time_s': train_time, 'eval_time_s': result['time'], 'overflow_steps': overflows,
+               'eval_ema': int(bool(args.eval_ema))}
+        if self.updated_steps:  # nothing is saved before a step updated the weights
+            self.save_periodic(epoch + 1, self.steps_per_epoch, row)
         if self.ranks.is_main:
-            self.metrics_log.add({
-                'epoch': epoch + 1, 'lr': float(self.lr_values[(epoch + 1) * self.steps_per_epoch - 1]),
-                'train_loss': train_loss, 'eval_loss': result['loss'], 'top1': result['top1'],
-                'top5': result['top5'], 'epoch_time_s': train_time, 'eval_time_s': result['time'],
-                'overflow_steps': overflows})
-            if np.isfinite(train_loss):  # an epoch that updated no weights is no candidate
-                with validated(), self._writing():  # the best checkpoints hold the weights that were validated
-                    best_path = self.saver.save_best(*self._state(epoch + 1, self.steps_per_epoch), epoch + 1,
-                                                     result['top1'])
-                if best_path is not None:
-                    print(f'=> new best top-1 {result["top1"]:.4f}: {best_path}', flush=True)
-        if self.updated_steps:
-            self.save_periodic(epoch + 1, self.steps_per_epoch)
+            self.record_epoch(row)
         return metrics
+
+    def record_epoch(self, row):
+        """metrics.csv and curves.png with the epoch's row, and its best checkpoint if it ranks.
+        Also on resuming at the end of that epoch: a kill after its periodic checkpoint may have
+        cut these short, and that checkpoint holds the validated state and the row."""
+        self.metrics_log.add(row)
+        if not np.isfinite(row['train_loss']) or row.get('eval_ema') != int(bool(self.args.eval_ema)):
+            return  # an epoch that updated no weights is no candidate; nor weights other than those validated
+        with self._validated(), self._writing():  # the best checkpoints hold the weights that were validated
+            best_path = self.saver.save_best(*self._state(row['epoch'], self.steps_per_epoch), row['epoch'],
+                                             row['top1'])
+        if best_path is not None:
+            print(f'=> new best top-1 {row["top1"]:.4f}: {best_path}', flush=True)
+
+    def _validated(self):
+        """The weights validated: the EMA's with eval_ema, else the network's own."""
+        return self.ema.applied() if self.args.eval_ema else contextlib.nullcontext()
 
     def _check_finite(self, epoch):
         """Stop when training diverged: a model with inf/NaN weights or BN statistics would be
