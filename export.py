@@ -10,8 +10,8 @@ from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.export import check_export_format, check_export_target, export_file_path, export_network
 from src.tools.deployment.model_files import load_deploy_network
-from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, export_int8, foreign_classes_note,
-                                          int8_calibration)
+from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, calibration_files, calibration_folder,
+                                          export_int8, foreign_classes_note)
 
 
 @user_entry_point
@@ -22,12 +22,12 @@ def main(argv=None):
     check_export_format(config.file_format, config.device_target)
     if config.pretrained is None:
         raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
-    folder, files = None, None
+    folder = None
     if config.quantize == 'int8':
-        folder, files = int8_calibration(config.file_format, config.calibration_path, config.data_url,
-                                         config.calibration_images)
+        folder = calibration_folder(config.file_format, config.calibration_path, config.data_url)
     check_outputs_apart({'export_path': export_file_path(config.export_path, config.file_format)},
                         {'config': config.config, 'pretrained': config.pretrained, 'calibration folder': folder})
+    files = calibration_files(folder, config.calibration_images) if config.quantize == 'int8' else None
     check_export_target(config.export_path, config.file_format)
     set_device(config.device_target, config.device_id)
     net, description, class_names = load_deploy_network(config.pretrained, config.arch, config.num_classes,

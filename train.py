@@ -19,7 +19,7 @@ from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import check_folder_creatable, check_outputs_apart, check_writable
-from src.tools.checkpoints.resume import check_continues, restore_state, start_run
+from src.tools.training.resume import check_continues, restore_state, start_run
 from src.tools.demo_data import build_demo_data, is_complete
 from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion

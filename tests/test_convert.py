@@ -25,7 +25,7 @@ from safetensors.torch import save_file as save_safetensors
 from src.repvgg import ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGG, create_model, switch_net_to_deploy
 from src.tools.checkpoints.format import load_weights, save_checkpoint
 from src.tools.base.cli import UserError
-from src.tools.checkpoints.resume import starting_point
+from src.tools.training.resume import starting_point
 from src.tools.conversion.convert import (check_input, convert_file, convert_tensors, detect_arch, read_source,
                                resolve_arch, to_mindspore_names)
 from src.tools.conversion.torch_pickle import UnsafeCheckpointError, read_pth, read_safetensors

@@ -20,7 +20,7 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
-from src.tools.checkpoints.resume import (check_continues, first_readable, restore_state, resume_candidates,
+from src.tools.training.resume import (check_continues, first_readable, restore_state, resume_candidates,
                                           schedule_changes, start_position, start_run, starting_point)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.amp import loss_scale_cell

@@ -124,7 +124,7 @@ def test_ctrl_c_during_training_stops_with_the_line_and_continues_resumes(data, 
 
 @pytest.mark.parametrize('where, fragment', [
     ('/proc/repvgg_runs', 'cannot be written'),
-    ('file', 'is a file; it takes a folder'),
+    ('file', 'is a file, not a folder'),
 ])
 def test_a_train_url_that_cannot_hold_run_folders_is_one_line(data, tmp_path, capsys, where, fragment):
     train_url = tmp_path / 'file' if where == 'file' else where

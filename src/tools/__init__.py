@@ -1,8 +1,8 @@
 """The machinery behind the top-level scripts, one folder per job:
 
 - base/         what every job uses: one-line errors, atomic files, device set-up, output comparison
-- training/     train.py's loop, optimizer, schedule, loss, mixed precision, ranks, run folder
-- checkpoints/  the checkpoint format (written, read strictly), names and retention, resuming a run
+- training/     train.py's loop, optimizer, schedule, loss, mixed precision, ranks, run folder, resuming
+- checkpoints/  the checkpoint format (written, read strictly), names and retention
 - deployment/   model files for eval/infer (ckpt, MINDIR, ONNX), back-ends (MindSpore, ONNX Runtime,
                 OpenVINO), export, scoring, prediction
 - conversion/   official PyTorch / timm weights to checkpoints of this project, without torch

@@ -9,7 +9,7 @@
   the weights that were validated: with ``eval_ema`` the EMA weights are under the network names.
 
 What is inside a checkpoint and how it is written: src/tools/checkpoints/format.py; which one a
-run resumes from: src/tools/checkpoints/resume.py.
+run resumes from: src/tools/training/resume.py.
 """
 import contextlib
 import re

@@ -115,14 +115,13 @@ def foreign_classes_note(files, class_names):
             f'wrong ranges; calibrate on its training folder (--calibration_path)')
 
 
-def int8_calibration(file_format, calibration_path, data_url, count):
-    """(folder, files) to calibrate export.py --quantize int8 on; a UserError before any work for a
-    format other than ONNX or an unusable folder. The folder defaults to data_url/train."""
+def calibration_folder(file_format, calibration_path, data_url):
+    """The folder export.py --quantize int8 calibrates on (default: data_url/train); a UserError
+    before any work for a format other than ONNX."""
     if file_format != 'ONNX':
         raise UserError(f'--quantize int8 writes ONNX files (ONNX Runtime runs them); {file_format} has no '
                         f'INT8 export here: use --file_format ONNX, or drop --quantize')
-    folder = calibration_path if calibration_path is not None else (Path(data_url) / 'train' if data_url else None)
-    return folder, calibration_files(folder, count)
+    return calibration_path if calibration_path is not None else (Path(data_url) / 'train' if data_url else None)
 
 
 def load_images(paths, image_size, interpolation='bilinear'):

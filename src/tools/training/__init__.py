@@ -1,1 +1,1 @@
-"""train.py's machinery: the loop, optimizer, schedule, loss, mixed precision, ranks, run folder."""
+"""train.py's machinery: the loop, optimizer, schedule, loss, mixed precision, ranks, run folder, resuming."""

@@ -4,7 +4,7 @@
 training classes in label order), the checkpoints (src/tools/checkpoints/), metrics.csv (one row
 per epoch) and curves.png. Rank 0 writes all of them but the periodic checkpoints, which every rank
 writes for itself; each machine of a run may keep its own folder of that name (docs/scale-out.md).
-Which folder a run uses, and what a resumed run keeps of it: src/tools/checkpoints/resume.py.
+Which folder a run uses, and what a resumed run keeps of it: src/tools/training/resume.py.
 """
 import csv
 import json
