@@ -6,13 +6,13 @@ class name the model was trained with (the index with ``with_index``); a model t
 class names gives indices, and says so.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from src.dataset import IMAGE_SUFFIXES, list_images, preprocess_image
+from src.dataset import IMAGE_SUFFIXES, eval_batches, list_images
 from src.image_check import check_images
 from src.tools.base.cli import UserError
 from src.tools.base.files import check_writable_file, write_text_atomic
@@ -44,14 +44,16 @@ def list_inputs(path):
     raise UserError(f'{path} does not exist; pass an image or a folder of images')
 
 
-def predict_classes(predictor, paths, interpolation='bilinear'):
-    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches."""
+def predict_classes(predictor, paths, interpolation='bilinear', workers=None):
+    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches; ``workers``
+    threads (default: one per CPU this process may use) decode and resize the next batches while the
+    model runs on this one (src/dataset.eval_batches)."""
+    workers = workers or len(os.sched_getaffinity(0))
     predictions = {}
     with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
-        for start in range(0, len(paths), predictor.batch_size):
-            chunk = paths[start:start + predictor.batch_size]
-            images = np.stack([preprocess_image(path, predictor.image_size, interpolation) for path in chunk])
-            for path, label in zip(chunk, predictor(images).argmax(axis=1)):
+        for chunk, images in eval_batches(paths, predictor.image_size, predictor.batch_size, interpolation, workers):
+            logits = predictor(images)
+            for path, label in zip(chunk, logits.argmax(axis=1)):
                 predictions[str(path)] = int(label)
             bar.update(len(chunk))
     return predictions
@@ -70,7 +72,7 @@ def write_json(data, path):
     write_text_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
-def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False):
+def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False, workers=None):
     """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
     ``output``: {path: class name}, {path: index} for a model without names, or with
     ``with_index`` {path: {'class': name, 'index': index}}. Every image is checked as training
@@ -84,7 +86,7 @@ def run_inference(predictor, inputs, output, interpolation='bilinear', with_inde
         print('=> note: the model records no class names (an older checkpoint, or converted weights): '
               'predictions are class indices')
     print(BANNERS[kind])
-    indices = predict_classes(predictor, paths, interpolation)
+    indices = predict_classes(predictor, paths, interpolation, workers)
     predictions = {}
     for path, index in indices.items():
         label = names[index] if names is not None else index
