@@ -4,8 +4,7 @@ python eval.py --config C --dataset_path VAL_FOLDER --pretrained MODEL [--device
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
-from src.tools.base.device import set_device
-from src.tools.deployment.backends import load_predictor
+from src.tools.deployment.backends import announce, load_predictor
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
 
@@ -14,9 +13,8 @@ def main(argv=None):
     config = parse_config(argv, description='Evaluate a RepVGG checkpoint, MINDIR or ONNX file on a '
                                             'folder of class folders: Loss, Top1-Acc, Top5-Acc.')
     folder = validation_folder(config.dataset_path, config.data_url)
-    set_device(config.device_target, config.device_id)
-    predictor = load_predictor(config)
-    print(f'=> {predictor.description}')
+    predictor = load_predictor(config, default_precision='fp32')
+    announce(predictor, config.device_target)
     print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir)))
     print('=> eval success')
 

@@ -1,28 +1,30 @@
-"""Evaluate an ONNX model with ONNX Runtime: Top1-Acc, Top5-Acc.
+"""Evaluate an ONNX model (fp32 or INT8) in OpenVINO on CPU or ONNX Runtime: Top1-Acc, Top5-Acc.
 
 python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target CPU|GPU] [--prefetch N]
+                    [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
 from pathlib import Path
 
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
+from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
-from src.tools.deployment.model_files import load_onnx
 
 
 def parse_args(argv=None):
     parser = OneLineParser(description='Evaluate an ONNX model (export.py --file_format ONNX) on a folder '
-                                       'of class folders with ONNX Runtime.')
+                                       'of class folders, in OpenVINO (CPU) or ONNX Runtime.')
     parser.add_argument('dataset_path', metavar='DATASET', type=Path, help='validation folder, one sub-folder per class')
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
-                        help='ONNX Runtime provider: CPU, or GPU (CUDA, needs onnxruntime-gpu)')
+                        help="CPU, or GPU (ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--prefetch', type=int, default=16, help='prefetched batches per data worker')
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('-j', '--num_parallel_workers', type=int, default=4, help='data loading workers')
     parser.add_argument('--report_dir', type=Path, default=None,
                         help='also write per_class_top1.csv and confusion_matrix.png there')
+    add_onnx_engine_arguments(parser, default_precision='fp32')
     return parser.parse_args(argv)
 
 
@@ -30,8 +32,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     folder = validation_folder(args.dataset_path)
-    predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
-    print(f'=> {predictor.description}')
+    predictor = load_onnx_engine(args)
+    announce(predictor, args.device_target)
     config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,
                          num_parallel_workers=args.num_parallel_workers, device_target=args.device_target)
     print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir)))

@@ -4,8 +4,7 @@ python infer.py --config C --dataset_path IMAGE_OR_FOLDER --pretrained MODEL --p
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
-from src.tools.base.device import set_device
-from src.tools.deployment.backends import load_predictor
+from src.tools.deployment.backends import announce, load_predictor
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
@@ -15,9 +14,8 @@ def main(argv=None):
                                             'RepVGG checkpoint, MINDIR or ONNX file; writes {path: class} JSON.')
     check_output_path(config.pred_output)
     inputs = list_inputs(config.dataset_path)
-    set_device(config.device_target, config.device_id)
-    predictor = load_predictor(config)
-    print(f'=> {predictor.description}')
+    predictor = load_predictor(config, default_precision='auto')
+    announce(predictor, config.device_target)
     run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index)
 
 

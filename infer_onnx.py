@@ -1,11 +1,12 @@
-"""Predict classes with an ONNX model in ONNX Runtime; same printout and JSON as infer.py.
+"""Predict classes with an ONNX model in OpenVINO (CPU) or ONNX Runtime; same printout and JSON as infer.py.
 
 python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/--device_target CPU|GPU]
+                     [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
 from pathlib import Path
 
 from src.tools.base.cli import OneLineParser, user_entry_point
-from src.tools.deployment.model_files import load_onnx
+from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
@@ -17,13 +18,14 @@ def parse_args(argv=None):
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('-o', '--output', type=Path, default=Path('predictions.json'), help='JSON file to write')
     parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
-                        help='ONNX Runtime provider: CPU, or GPU (CUDA, needs onnxruntime-gpu)')
+                        help="CPU, or GPU (ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default='bilinear',
                         help='resize interpolation (as in evaluation: bilinear)')
     parser.add_argument('--with_index', action='store_true',
                         help="each prediction as {'class': name, 'index': i} instead of the class name alone")
+    add_onnx_engine_arguments(parser, default_precision='auto')
     return parser.parse_args(argv)
 
 
@@ -32,8 +34,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_output_path(args.output)
     inputs = list_inputs(args.dataset_path)
-    predictor = load_onnx(args.onnx_path, args.device_target, args.batch_size, args.image_size)
-    print(f'=> {predictor.description}')
+    predictor = load_onnx_engine(args)
+    announce(predictor, args.device_target)
     run_inference(predictor, inputs, args.output, args.interpolation, args.with_index)
 
 

@@ -17,8 +17,10 @@ import yaml
 from src.repvgg import ARCH_NAMES
 from src.tools.base.cli import OneLineParser, UserError
 
-# What runs a model file in eval.py / infer.py (src/tools/deployment/backends.py).
-BACKENDS = ('auto', 'mindspore', 'onednn', 'onnxruntime')
+# What runs a model file in eval.py / infer.py (src/tools/deployment/backends.py), and the arithmetic
+# OpenVINO runs it in (src/tools/deployment/openvino_engine.py); eval_onnx.py / infer_onnx.py offer the same.
+BACKENDS = ('auto', 'mindspore', 'onnxruntime', 'openvino')
+PRECISIONS = ('auto', 'fp32', 'bf16')
 
 
 # ----------------------------------------------------------------------------- value types
@@ -225,20 +227,22 @@ OPTIONS = (
          'calibration_path.', yaml=False, at_least=1),
     _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
     _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
-    _opt('onnx_path', to_path, None, 'ONNX model file.', yaml=False),
     _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
          yaml=False),
     _opt('with_index', to_flag, False, "infer.py: each prediction as {'class': name, 'index': i} instead of the "
          'class name alone.', yaml=False),
     _opt('report_dir', to_path, None, 'eval.py: also write per_class_top1.csv and confusion_matrix.png there.',
          yaml=False),
-    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: a .ckpt through the '
-         "oneDNN kernel on CPU (MindSpore's convolutions where it cannot be built) and MindSpore on GPU, a "
-         '.mindir in MindSpore, an .onnx in ONNX Runtime; or force mindspore, onednn (CPU) or onnxruntime '
-         '(a .ckpt is exported on the fly).', choices=BACKENDS, yaml=False),
-    _opt('fast', to_flag, False, 'Older name: --fast 1 is --backend onnxruntime.', yaml=False),
-    _opt('cpu_kernels', to_str, None, 'Older name: --cpu_kernels onednn|mindspore is --backend onednn|mindspore.',
-         choices=('onednn', 'mindspore'), nullable=True, yaml=False),
+    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: OpenVINO on CPU (a .ckpt is '
+         "exported to ONNX on the fly and checked first); on GPU a .ckpt in MindSpore and an .onnx in ONNX Runtime's "
+         'CUDA provider; a .mindir always in MindSpore. Or force mindspore, onnxruntime or openvino (CPU).',
+         choices=BACKENDS, yaml=False),
+    _opt('precision', to_str, None, 'eval.py / infer.py, openvino only: fp32; bf16 (CPUs with AMX or AVX512_BF16); '
+         'or auto: bf16 where the CPU has it and the first batch keeps its fp32 top-1 classes in bf16, else fp32. '
+         'An INT8 model runs in int8. (default: fp32 for eval.py, auto for infer.py)', choices=PRECISIONS,
+         nullable=True, yaml=False),
+    _opt('threads', to_int, 0, 'eval.py / infer.py, openvino only: inference threads; 0: the CPUs this process may '
+         'use (its affinity, bounded by a cgroup v2 cpu.max quota).', at_least=0, yaml=False),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -260,8 +264,8 @@ def _argparse_type(option):
 
 
 def _help_with_default(option):
-    if option.name == 'config':
-        return option.help
+    if option.name == 'config' or '(default:' in option.help:
+        return option.help.replace('%', '%%')
     default = option.default
     shown = "''" if isinstance(default, Path) and str(default) == '.' else default
     return f'{option.help} (default: {shown})'.replace('%', '%%')

@@ -211,13 +211,6 @@ class RepVGGBlock(nn.Cell):
             bias = bias + bias_id
         return kernel, bias
 
-    def install_fused_conv_relu(self, cell):
-        """Deploy form: ``cell`` computes ReLU(rbr_reparam(x)) from now on (see RepVGG.conv_relu_chain)."""
-        if not self.deploy or self.use_se:
-            raise ValueError('only a deploy-form block without SE is a conv followed by a ReLU')
-        self.rbr_reparam = cell
-        self.relu = nn.Identity()
-
     def switch_to_deploy(self):
         """Replace the branches by one 3x3 conv with bias, keeping the parameter-name prefix."""
         if self.deploy:
@@ -286,18 +279,6 @@ class RepVGG(nn.Cell):
         """Every RepVGGBlock in order, stage0 first (names: ``block_names(self.depths)``)."""
         return [self.stage0] + [block for stage in (self.stage1, self.stage2, self.stage3, self.stage4)
                                 for block in stage]
-
-    def conv_relu_chain(self):
-        """The network as a plain chain for back-ends that fuse a conv with its ReLU, or None.
-
-        A deploy-form classifier without SE computes conv -> ReLU -> conv -> ... -> head. Returns
-        [(conv, install)] in order: ``install(cell)`` puts ``cell``, which must compute
-        ReLU(conv(x)), in the block's place. A back-end may then pass its own tensor layout from
-        one link to the next (src/tools/deployment/onednn) without knowing this class.
-        """
-        if not self.deploy or self.features_only or self.stage0.use_se:
-            return None
-        return [(block.rbr_reparam, block.install_fused_conv_relu) for block in self.blocks()]
 
     def forward_stages(self, x):
         """Outputs of stages 0-4."""

@@ -22,7 +22,6 @@ from PIL import Image
 from src.tools.base.cli import UserError
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import save_checkpoint
-from src.tools.deployment.onednn import kernel as onednn
 from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
 from tests.train_helpers import command, environment
 
@@ -320,18 +319,6 @@ def test_a_malformed_safetensors_file_is_one_line(tmp_path):
     status, _, err = run_process('convert.py', '--input', path, '--output', tmp_path / 'out.ckpt')
     assert_one_line_error(status, err, 'is not a valid safetensors file', "KeyError 'shape'")
     assert not (tmp_path / 'out.ckpt').exists()
-
-
-def test_a_damaged_cached_kernel_is_rebuilt_not_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(onednn, '_built', set())
-    try:
-        library = onednn.build_kernel(tmp_path)
-    except onednn.OneDNNUnavailable as error:
-        pytest.skip(f'the oneDNN kernel cannot be built here: {error}')
-    intact = library.read_bytes()
-    library.write_bytes(intact[:len(intact) // 3])  # as a full disk or an interrupted copy leaves it
-    monkeypatch.setattr(onednn, '_built', set())
-    assert onednn.build_kernel(tmp_path) == library and library.read_bytes() == intact
 
 
 def test_an_empty_checkpoint_and_a_gif_named_png_are_one_line(trained, tmp_path, capsys):

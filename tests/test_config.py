@@ -19,7 +19,7 @@ REFERENCE_KEYS = (
     'device_target device_num device_id num_parallel_workers prefetch cache_session_id use_data_sink '
     'aug_type auto_augment interpolation re_prob re_mode re_count mixup_prob mix_up cutmix switch_prob '
     'mixup_mode label_smoothing brief seed').split()
-CLI_ONLY = 'config file_format export_path pred_output dataset_path onnx_path'.split()
+CLI_ONLY = 'config file_format export_path pred_output dataset_path'.split()
 
 
 def write(tmp_path, text):

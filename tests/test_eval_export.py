@@ -21,7 +21,6 @@ from mindspore import Tensor
 from PIL import Image
 
 from src.dataset import preprocess_image
-from src.tools.deployment.onednn import kernel as onednn
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
@@ -246,20 +245,16 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
 
     results = {}
     for name, model, flags, runs_in in (
-            ('train ckpt', paths['train'], [], 'onednn'),
-            ('deploy ckpt', paths['deploy'], [], 'onednn'),
+            ('train ckpt', paths['train'], [], 'mindspore'),
+            ('deploy ckpt', paths['deploy'], [], 'mindspore'),
             ('deploy ckpt, --backend mindspore', paths['deploy'], ['--backend', 'mindspore'], 'mindspore'),
-            ('deploy ckpt, --cpu_kernels mindspore (older name)', paths['deploy'], ['--cpu_kernels', 'mindspore'],
-             'mindspore'),
             ('train ckpt, --backend onnxruntime', paths['train'], ['--backend', 'onnxruntime'], 'onnxruntime'),
-            ('train ckpt, --fast 1 (older name)', paths['train'], ['--fast', 1], 'onnxruntime'),
             ('mindir', exported['mindir'], [], 'mindspore'),
             ('onnx', exported['onnx'], [], 'onnxruntime')):
         status, out, err = run_main(capsys, 'eval.py', '--config', paths['config'], '--dataset_path',
                                     paths['val'], '--pretrained', model, *flags)
         assert status == 0, err
         assert ('run by ONNX Runtime' in out) == (runs_in == 'onnxruntime' and name != 'onnx'), name
-        assert ('convolutions by oneDNN' in out) == (runs_in == 'onednn' and onednn_available()), name
         assert out.rstrip().endswith('=> eval success')
         results[name] = parse_results(out)
     status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
@@ -276,9 +271,7 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
 
 
 @pytest.mark.parametrize('model, flags, message', [
-    ('train', ['--fast', '1', '--cpu_kernels', 'mindspore'], '--fast 1 and --cpu_kernels mindspore ask for different'),
-    ('train', ['--backend', 'onednn', '--fast', '1'], '--backend onednn and --fast 1 ask for different'),
-    ('mindir', ['--backend', 'onednn'], 'a .mindir file runs only in mindspore'),
+    ('mindir', ['--backend', 'onnxruntime'], 'a .mindir file runs only in mindspore'),
     ('onnx', ['--backend', 'mindspore'], 'a .onnx file runs only in onnxruntime'),
 ])
 def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, model, flags, message):
@@ -286,30 +279,6 @@ def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, m
     status, _, err = run_main(capsys, 'eval.py', '--config', work['paths']['config'], '--dataset_path',
                               work['paths']['val'], '--pretrained', path, *flags)
     assert_one_line_error(status, err, message)
-
-
-def onednn_available():
-    try:
-        onednn.build_kernel()
-        return True
-    except onednn.OneDNNUnavailable:
-        return False
-
-
-def test_eval_without_a_compiler_falls_back_to_mindspore_kernels(work, capsys, monkeypatch, tmp_path):
-    paths = work['paths']
-    monkeypatch.setattr(onednn, '_built', set())
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))  # nothing built there yet
-    monkeypatch.setenv('CXX', 'no-such-compiler')
-    argv = ['--config', paths['config'], '--dataset_path', paths['val'], '--pretrained', paths['deploy']]
-    status, out, err = run_main(capsys, 'eval.py', *argv)
-    assert status == 0, err
-    assert 'note: the oneDNN kernel is not available (no C++ compiler' in out
-    assert 'convolutions by oneDNN' not in out
-    status, reference, err = run_main(capsys, 'eval.py', *argv, '--backend', 'mindspore')
-    assert status == 0, err
-    assert 'oneDNN' not in reference
-    assert parse_results(out) == parse_results(reference)
 
 
 def test_logits_agree_across_formats(work, exported, images):
@@ -356,11 +325,11 @@ def test_eval_refuses_bad_input(work, exported, capsys):
 def test_infer_ckpt_mindir_onnx_write_identical_json(work, exported, capsys):
     paths = work['paths']
     folder = paths['val'] / 'class_03'
-    outputs = {name: paths['root'] / f'pred_{name}.json' for name in ('ckpt', 'mindir', 'onnx', 'fast')}
-    for name, model in (('ckpt', paths['train']), ('mindir', exported['mindir']), ('fast', paths['train'])):
+    outputs = {name: paths['root'] / f'pred_{name}.json' for name in ('ckpt', 'mindir', 'onnx', 'ckpt_ort')}
+    for name, model, backend in (('ckpt', paths['train'], 'mindspore'), ('mindir', exported['mindir'], 'auto'),
+                                 ('ckpt_ort', paths['train'], 'onnxruntime')):
         status, out, err = run_main(capsys, 'infer.py', '--config', paths['config'], '--dataset_path', folder,
-                                    '--pretrained', model, '--pred_output', outputs[name],
-                                    '--fast', int(name == 'fast'))
+                                    '--pretrained', model, '--pred_output', outputs[name], '--backend', backend)
         assert status == 0, err
         assert '===== Load directory =====' in out
     status, onnx_out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', exported['onnx'],

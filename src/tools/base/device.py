@@ -1,6 +1,5 @@
 """Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group, and
-the one workaround for networks whose structure changes after they ran (re-parameterization,
-back-end swaps)."""
+the one workaround for networks whose structure changes after they ran (re-parameterization)."""
 import contextlib
 import logging
 import os
@@ -110,7 +109,7 @@ def invalidate_compiled_graphs(net):
     """Make MindSpore recompile ``net`` (and its cells) on the next call.
 
     GRAPH_MODE caches a compiled graph per cell under a key built from the cell's creation time;
-    after the structure changed in place (branches fused, convolutions swapped), a cached graph
+    after the structure changed in place (branches fused), a cached graph
     would still run the old structure. A new stamp forces recompilation (there is no public API).
     """
     stamp = time.time_ns()

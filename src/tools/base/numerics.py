@@ -1,6 +1,6 @@
 """Comparing two sets of outputs: one relative difference, and one tolerance per kind of comparison.
 
-Every self-check of the project (conversion, export, the oneDNN kernel, ONNX Runtime on the fly)
+Every self-check of the project (conversion, export, ONNX Runtime and OpenVINO on the fly)
 asks the same question: do these float32 logits match those? The answer is
 ``relative_difference`` against the tolerance that belongs to the comparison, never an ad-hoc
 number. Measured values are about 1e-7 for all of them; the tolerances leave room for float32
@@ -10,8 +10,8 @@ import numpy as np
 
 # A train-form network against its re-parameterized deploy form (fused in float64, cast once).
 REPARAM_TOLERANCE = 1e-4
-# One deploy network computed another way: an exported MINDIR/ONNX file, the oneDNN kernel,
-# ONNX Runtime. Same weights, same operations, other kernels.
+# One deploy network computed another way: an exported MINDIR/ONNX file, ONNX Runtime, OpenVINO
+# in fp32. Same weights, same operations, other kernels.
 BACKEND_TOLERANCE = 1e-4
 # A checkpoint written and read back into a fresh network of the same form: the same numbers.
 RELOAD_TOLERANCE = 1e-6

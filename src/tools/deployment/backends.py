@@ -1,46 +1,87 @@
-"""What runs a model file in eval.py and infer.py: the one ``--backend`` option.
+"""What runs a model file in eval.py, infer.py, eval_onnx.py and infer_onnx.py: ``--backend``.
 
-- ``auto`` (default): a ``.ckpt`` runs through oneDNN's direct kernels on CPU (src/tools/deployment/
-  onednn, checked against MindSpore first; MindSpore's own convolutions with a note where the kernel
-  cannot be built) and in MindSpore on GPU; a ``.mindir`` runs in MindSpore, an ``.onnx`` in ONNX
-  Runtime.
-- ``mindspore``, ``onednn``, ``onnxruntime``: that back-end for a ``.ckpt`` (``onnxruntime`` exports
-  the deploy network on the fly and checks the export first). A ``.mindir`` only runs in MindSpore
-  and an ``.onnx`` only in ONNX Runtime; asking otherwise is an error.
+- ``auto`` (default): on CPU OpenVINO (a ``.ckpt`` is exported to ONNX on the fly, checked against
+  the network first); on GPU a ``.ckpt`` in MindSpore and an ``.onnx`` in ONNX Runtime's CUDA
+  provider. A ``.mindir`` always runs in MindSpore.
+- ``mindspore``, ``onnxruntime``, ``openvino`` (CPU): that engine. A ``.ckpt`` runs in any of
+  them, an ``.onnx`` in ONNX Runtime or OpenVINO, a ``.mindir`` in MindSpore only; asking otherwise
+  is one line.
 
-``--fast 1`` and ``--cpu_kernels onednn|mindspore`` are the older names of ``--backend onnxruntime``
-and ``--backend onednn|mindspore``; they keep working, and a command that mixes names asking for
-different back-ends is refused instead of one silently winning.
+``--precision bf16`` and ``--threads`` set OpenVINO (openvino_engine.py); asking them of another
+engine is one line. Every run prints the model, the engine with the precision it runs and, on CPU,
+the instruction sets that decide its speed (``announce``).
 """
+import argparse
 import tempfile
 from pathlib import Path
 
+from src.config import PRECISIONS
 from src.tools.base.cli import UserError
+from src.tools.base.device import set_device
 from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_deploy_network, load_mindir, load_onnx, network_predictor
-from src.tools.deployment.onednn.kernel import OneDNNCheckFailed, OneDNNUnavailable, use_onednn_convs_checked
+from src.tools.deployment.openvino_engine import check_precision, cpu_features, import_openvino, load_openvino
 
 MODEL_SUFFIXES = ('.ckpt', '.mindir', '.onnx')
-_FILE_BACKEND = {'.mindir': 'mindspore', '.onnx': 'onnxruntime'}
+ONNX_BACKENDS = ('auto', 'onnxruntime', 'openvino')  # eval_onnx.py / infer_onnx.py
+ENGINE_NAMES = {'mindspore': 'MindSpore', 'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}
 
 
-def requested_backend(config):
-    """The back-end asked for by ``--backend`` or its older names (``--fast``, ``--cpu_kernels``)."""
-    asked = {}
-    if config.backend != 'auto':
-        asked[f'--backend {config.backend}'] = config.backend
-    if config.fast:
-        asked['--fast 1'] = 'onnxruntime'
-    if config.cpu_kernels:
-        asked[f'--cpu_kernels {config.cpu_kernels}'] = config.cpu_kernels
-    if len(set(asked.values())) > 1:
-        raise UserError(f'{" and ".join(asked)} ask for different back-ends: pass only --backend '
-                        f'(--fast 1 and --cpu_kernels are its older names)')
-    return next(iter(asked.values()), 'auto')
+def choose_engine(backend, suffix, device_target):
+    """The engine that runs a ``suffix`` file: ``backend``, or for ``auto`` the device's default; a
+    UserError for a file or device the engine cannot run."""
+    if suffix == '.mindir':
+        if backend not in ('auto', 'mindspore'):
+            raise UserError(f'a .mindir file runs only in mindspore; drop --backend {backend}, or pass the .ckpt '
+                            f'or .onnx it was exported from')
+        return 'mindspore'
+    if backend == 'auto':
+        if device_target == 'CPU':
+            return 'openvino'
+        return 'mindspore' if suffix == '.ckpt' else 'onnxruntime'
+    if suffix == '.onnx' and backend == 'mindspore':
+        raise UserError('an .onnx file runs in openvino or onnxruntime; drop --backend mindspore, or pass the '
+                        '.ckpt it was exported from')
+    if backend == 'openvino' and device_target != 'CPU':
+        raise UserError(f'--backend openvino runs on CPU only; this run targets {device_target}: drop --backend '
+                        f"(MindSpore, or ONNX Runtime's CUDA provider for an .onnx), or run on CPU")
+    return backend
 
 
-def load_predictor(config):
-    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights."""
+def check_engine_options(engine, precision, threads):
+    """``--precision bf16`` and ``--threads`` set OpenVINO; a UserError when another engine runs."""
+    if engine == 'openvino':
+        return
+    if precision == 'bf16':
+        raise UserError(f'--precision bf16 runs in the openvino back-end (CPU) only, and this run uses {engine}: '
+                        f'drop --precision, or pass --backend openvino')
+    if threads:
+        raise UserError(f'--threads sets the threads of the openvino back-end, and this run uses {engine}: drop '
+                        f'--threads, or pass --backend openvino')
+
+
+def resolve_engine(backend, suffix, device_target, precision, threads):
+    """The engine for a ``suffix`` file, checked before any work: the pair can run, OpenVINO is
+    installed where it runs, bf16 is asked only of a CPU that computes it."""
+    engine = choose_engine(backend, suffix, device_target)
+    check_engine_options(engine, precision, threads)
+    if engine == 'openvino':
+        import_openvino()
+        check_precision(precision, False, cpu_features(), 'the model')
+    return engine
+
+
+def load_onnx_file(path, engine, device_target, batch_size, image_size, precision, threads=0):
+    """A Predictor running an ONNX file in ``engine`` (openvino or onnxruntime)."""
+    if engine == 'openvino':
+        return load_openvino(path, batch_size, image_size, precision, threads)
+    return load_onnx(path, device_target, batch_size, image_size)
+
+
+def load_predictor(config, default_precision='fp32'):
+    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights.
+    ``default_precision`` is the script's when ``--precision`` is not given. MindSpore's device is set
+    once the choice of engine is known to hold."""
     path = config.pretrained
     if path is None:
         raise UserError('pass --pretrained with a .ckpt, .mindir or .onnx file: without trained weights '
@@ -49,52 +90,59 @@ def load_predictor(config):
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise UserError(f'--pretrained {path}: expected a {", ".join(MODEL_SUFFIXES)} file')
-    backend = requested_backend(config)
+    precision = config.precision or default_precision
+    engine = resolve_engine(config.backend, suffix, config.device_target, precision, config.threads)
+    set_device(config.device_target, config.device_id)
     if suffix != '.ckpt':
-        runs_in = _FILE_BACKEND[suffix]
-        if backend not in ('auto', runs_in):
-            raise UserError(f'a {suffix} file runs only in {runs_in}; drop --backend {backend}, or pass the '
-                            f'.ckpt it was exported from')
         if config.ema:
             raise UserError(f'--ema selects the EMA weights of a .ckpt file; {path} has only one set of weights')
         if suffix == '.mindir':
             return load_mindir(path, config.batch_size, config.image_size)
-        return load_onnx(path, config.device_target, config.batch_size, config.image_size)
-    if backend == 'onednn' and config.device_target != 'CPU':
-        raise UserError(f'--backend onednn runs on CPU only; this run targets {config.device_target}: '
-                        f'use --backend mindspore (or --device_target CPU)')
+        return load_onnx_file(path, engine, config.device_target, config.batch_size, config.image_size, precision,
+                              config.threads)
     net, description, class_names = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
-    if backend == 'onnxruntime':
-        return onnx_runtime_predictor(net, config, description, class_names)
-    if backend == 'onednn' or (backend == 'auto' and config.device_target == 'CPU'):
-        description += onednn_kernels(net, config.image_size, required=backend == 'onednn')
-    return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
-                             class_names)
-
-
-def onednn_kernels(net, image_size, required=False):
-    """Run ``net``'s convolutions through oneDNN's direct kernels, checked against MindSpore's own on
-    a random batch; returns the words for the description. When the kernel cannot be built here,
-    says so and leaves ``net`` as it is, or stops when it was asked for by name (``required``)."""
-    try:
-        difference = use_onednn_convs_checked(net, min(image_size, 64))
-    except OneDNNUnavailable as error:
-        if required:
-            raise UserError(f'--backend onednn: the oneDNN kernel is not available here ({error}); '
-                            f'use --backend mindspore') from None
-        print(f"note: the oneDNN kernel is not available ({error}); using MindSpore's own convolutions. "
-              f'--backend mindspore skips this attempt.')
-        return ''
-    except OneDNNCheckFailed as error:
-        raise UserError(f'{error}; run with --backend mindspore, and please report this') from None
-    return f', convolutions by oneDNN (checked: {difference:.1e} relative)'
-
-
-def onnx_runtime_predictor(net, config, description, class_names=None):
-    """The deploy network run by ONNX Runtime (on CPU about as fast as the oneDNN kernel, with less
-    memory). The ONNX file lives only while the session is created; the export checks it first."""
-    with tempfile.TemporaryDirectory() as folder:
-        path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model', class_names)
-        predictor = load_onnx(path, config.device_target, config.batch_size, config.image_size)
-    predictor.description = f'{description}, run by ONNX Runtime (export checked: {difference:.1e} relative)'
+    if engine == 'mindspore':
+        return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
+                                 class_names)
+    with tempfile.TemporaryDirectory() as folder:  # the ONNX file lives while the engine loads it
+        onnx_path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model',
+                                                  class_names)
+        predictor = load_onnx_file(onnx_path, engine, config.device_target, config.batch_size, config.image_size,
+                                   precision, config.threads)
+    predictor.description = f'{description}, run by {ENGINE_NAMES[engine]} (export checked: {difference:.1e} relative)'
     return predictor
+
+
+def add_onnx_engine_arguments(parser, default_precision):
+    """``--backend``, ``--precision`` and ``--threads`` of eval_onnx.py and infer_onnx.py, as eval.py has them."""
+    parser.add_argument('--backend', choices=ONNX_BACKENDS, default='auto',
+                        help="what runs the model: auto (OpenVINO on CPU, ONNX Runtime's CUDA provider on GPU), "
+                             'onnxruntime, or openvino (CPU)')
+    parser.add_argument('--precision', choices=PRECISIONS, default=default_precision,
+                        help='openvino only: fp32; bf16 (CPUs with AMX or AVX512_BF16); or auto: bf16 where the CPU '
+                             'has it and the first batch keeps its fp32 top-1 classes in bf16, else fp32. An INT8 '
+                             f'model runs in int8 (default: {default_precision})')
+    parser.add_argument('--threads', type=_threads, default=0,
+                        help='openvino only: inference threads; 0: the CPUs this process may use (default: 0)')
+
+
+def _threads(text):
+    value = int(text) if text.strip().isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected a whole number, at least 0, got {text!r}')
+    return value
+
+
+def load_onnx_engine(args):
+    """The Predictor of eval_onnx.py / infer_onnx.py: ``args.onnx_path`` in the engine the arguments choose."""
+    engine = resolve_engine(args.backend, '.onnx', args.device_target, args.precision, args.threads)
+    return load_onnx_file(args.onnx_path, engine, args.device_target, args.batch_size, args.image_size,
+                          args.precision, args.threads)
+
+
+def announce(predictor, device_target):
+    """Print the model, then the engine with its precision and settings and where it runs: on CPU
+    with the instruction sets that decide its speed (AMX, AVX512_BF16, VNNI, AVX2)."""
+    print(f'=> {predictor.description}')
+    where = f'CPU: {cpu_features()}' if device_target == 'CPU' else f'on {device_target}'
+    print(f'=> {predictor.engine}; {where}')

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
+import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from mindspore import Tensor, nn
@@ -34,10 +35,13 @@ class Predictor:
     a fixed batch); shorter chunks are padded with zeros and the padding's outputs dropped.
     ``pad_to_seen``: pad a short last chunk to ``batch_size`` once a full chunk has run, because a
     GRAPH_MODE network would otherwise compile a second graph for the new shape.
+    ``description`` says which model this is, ``engine`` what runs it (name, version, precision and
+    settings, for the run's printout), ``precision`` the arithmetic of its convolutions: fp32, bf16
+    or int8.
     """
 
     def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
-                 description='', class_names=None):
+                 description='', class_names=None, engine='', precision='fp32'):
         if batch_size < 1:
             raise UserError(f'batch_size must be at least 1, got {batch_size}')
         if class_names is not None and len(class_names) != num_classes:
@@ -51,6 +55,8 @@ class Predictor:
         self.static_batch = static_batch
         self.pad_to_seen = pad_to_seen
         self.description = description
+        self.engine = engine
+        self.precision = precision
         self._seen_full = False
 
     def __call__(self, images):
@@ -72,20 +78,22 @@ class Predictor:
         return np.concatenate(outputs)
 
 
-def _check_image_size(path, file_size, requested, flag='--image_size'):
+def check_image_size(path, file_size, requested, flag='--image_size'):
+    """A UserError when a model file's input size differs from the one asked for."""
     if requested is not None and requested != file_size:
         raise UserError(f'{path} takes {file_size}x{file_size} images, but image_size is {requested}: '
                         f'set {flag} {file_size}')
 
 
-def _check_file(path, kind):
+def check_model_file(path, kind):
+    """``path`` as a Path; a UserError when it is not a file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'{kind} {path} does not exist')
     return path
 
 
-def _input_dims(dims, path):
+def input_dims(dims, path):
     """(batch or None when dynamic, image size) from an NCHW input shape; a UserError otherwise."""
     dims = [d if isinstance(d, int) and d > 0 else None for d in dims]
     if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
@@ -126,10 +134,13 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     return net, f'{arch} {weights} from {path} ({form})', recorded_class_names(checkpoint, f'checkpoint {path}')
 
 
+MINDSPORE_ENGINE = f'MindSpore {ms.__version__}, fp32'
+
+
 def network_predictor(net, image_size, num_classes, batch_size, description='', class_names=None):
     """A Predictor running a MindSpore network (already in eval mode)."""
     return Predictor(lambda images: net(Tensor(images)).asnumpy(), image_size, num_classes, batch_size,
-                     pad_to_seen=True, description=description, class_names=class_names)
+                     pad_to_seen=True, description=description, class_names=class_names, engine=MINDSPORE_ENGINE)
 
 
 # ----------------------------------------------------------------------------- MINDIR
@@ -174,17 +185,17 @@ def read_mindir_signature(path):
 
 def load_mindir(path, batch_size, image_size=None):
     """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
-    path = _check_file(path, 'MINDIR file')
+    path = check_model_file(path, 'MINDIR file')
     input_dims, output_dims, names = read_mindir_signature(path)
-    static_batch, size = _input_dims(input_dims, path)
-    _check_image_size(path, size, image_size)
+    static_batch, size = input_dims(input_dims, path)
+    check_image_size(path, size, image_size)
     try:
         cell = nn.GraphCell(ms.load(str(path)))
     except (RuntimeError, ValueError) as error:
         raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
     batch = 'batch' if static_batch is None else str(static_batch)
     return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
-                     static_batch=static_batch, class_names=names,
+                     static_batch=static_batch, class_names=names, engine=MINDSPORE_ENGINE,
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
@@ -201,9 +212,19 @@ def onnx_providers(device_target):
     return ['CUDAExecutionProvider', 'CPUExecutionProvider']
 
 
+QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'QLinearMatMul', 'ConvInteger',
+                           'MatMulInteger'})
+
+
+def onnx_precision(path):
+    """'int8' for a quantized ONNX file (export.py --quantize int8 writes QDQ pairs), else 'fp32'."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return 'int8' if any(node.op_type in QUANTIZED_OPS for node in graph.node) else 'fp32'
+
+
 def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
-    path = _check_file(path, 'ONNX file')
+    path = check_model_file(path, 'ONNX file')
     if path.suffix.lower() != '.onnx':
         raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     providers = onnx_providers(device_target)
@@ -221,8 +242,8 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise UserError(f'{path} has {len(inputs)} inputs and {len(outputs)} outputs; expected one of each')
-    static_batch, size = _input_dims(inputs[0].shape, path)
-    _check_image_size(path, size, image_size)
+    static_batch, size = input_dims(inputs[0].shape, path)
+    check_image_size(path, size, image_size)
     num_classes = outputs[0].shape[-1]
     if not isinstance(num_classes, int):
         raise UserError(f'{path}: the number of classes of its output {outputs[0].shape} is not fixed')
@@ -230,7 +251,9 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     batch = 'batch' if static_batch is None else str(static_batch)
     names = parse_class_names(session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY), path,
                               'export it again')
+    precision = onnx_precision(path)
     return Predictor(lambda images: session.run(None, {name: images})[0], size, num_classes, batch_size,
-                     static_batch=static_batch, class_names=names,
+                     static_batch=static_batch, class_names=names, precision=precision,
+                     engine=f'ONNX Runtime {ort.__version__} ({session.get_providers()[0]}), {precision}',
                      description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '
                                   f'{session.get_providers()[0]})'))
