@@ -101,10 +101,9 @@ def write_models(folder, photos, components=2, fitted=128):
     from src.tools.base.device import set_device, set_seed
     from src.tools.checkpoints.format import class_names_entry, save_checkpoint
     from src.tools.deployment.export import export_network
-    from tests.helpers import randomize_bn
     set_device('CPU')
     set_seed(0)
-    net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=0)
+    net = random_statistics(create_model(ARCH, num_classes=NUM_CLASSES))
     net.set_train(False)
     sample = [Tensor(images) for _, images in eval_batches(sorted(Path(photos).iterdir())[:fitted], 224, 32)]
     last = net.blocks()[-1]  # centre its input to the ReLU per channel: the features then vary more
@@ -129,6 +128,20 @@ def write_models(folder, photos, components=2, fitted=128):
                     append_dict={'arch': ARCH, 'num_classes': NUM_CLASSES, **class_names_entry(CLASS_NAMES)})
     onnx, _, _ = export_network(switch_net_to_deploy(net), 224, 'ONNX', Path(folder) / 'a0', CLASS_NAMES)
     return ckpt, onnx
+
+
+def random_statistics(net, seed=0):
+    """Random BatchNorm statistics and affine parameters (as tests/helpers.randomize_bn gives,
+    which benchmarks do not import): activations stay in a sane range over the 22 blocks."""
+    from mindspore import Tensor  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(seed)
+    for name, param in net.parameters_and_names():
+        leaf = name.rsplit('.', 1)[-1]
+        if leaf in ('moving_mean', 'beta'):
+            param.set_data(Tensor(rng.normal(0.0, 0.1, param.shape).astype(np.float32)))
+        elif leaf in ('moving_variance', 'gamma'):
+            param.set_data(Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+    return net
 
 
 def k_means(points, count, iterations=30, seed=0):
