@@ -23,6 +23,7 @@ from PIL import Image
 from src.dataset import preprocess_image
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
+from src.tools.deployment.backends import ENGINE_NAMES
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
@@ -35,6 +36,12 @@ A0_BLOCKS = 1 + 2 + 4 + 14 + 1
 
 
 # ----------------------------------------------------------------------------- helpers
+def engine_of(out):
+    """The engine a script's printout says ran the model: openvino, onnxruntime or mindspore."""
+    line = next(line for line in out.splitlines() if line.startswith('=> ') and '; CPU: ' in line)
+    return next(engine for engine, name in ENGINE_NAMES.items() if line.startswith(f'=> {name} '))
+
+
 def deploy_twin(train_net):
     """A copy of ``train_net`` converted to deploy form (the reference for every file's logits)."""
     net = create_model(ARCH, num_classes=NUM_CLASSES)
@@ -245,23 +252,28 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
 
     results = {}
     for name, model, flags, runs_in in (
-            ('train ckpt', paths['train'], [], 'mindspore'),
-            ('deploy ckpt', paths['deploy'], [], 'mindspore'),
+            ('train ckpt', paths['train'], [], 'openvino'),  # auto on CPU
+            ('deploy ckpt', paths['deploy'], [], 'openvino'),
             ('deploy ckpt, --backend mindspore', paths['deploy'], ['--backend', 'mindspore'], 'mindspore'),
             ('train ckpt, --backend onnxruntime', paths['train'], ['--backend', 'onnxruntime'], 'onnxruntime'),
+            ('train ckpt, --backend openvino', paths['train'], ['--backend', 'openvino'], 'openvino'),
             ('mindir', exported['mindir'], [], 'mindspore'),
-            ('onnx', exported['onnx'], [], 'onnxruntime')):
+            ('onnx', exported['onnx'], [], 'openvino'),
+            ('onnx, --backend onnxruntime', exported['onnx'], ['--backend', 'onnxruntime'], 'onnxruntime')):
         status, out, err = run_main(capsys, 'eval.py', '--config', paths['config'], '--dataset_path',
                                     paths['val'], '--pretrained', model, *flags)
         assert status == 0, err
-        assert ('run by ONNX Runtime' in out) == (runs_in == 'onnxruntime' and name != 'onnx'), name
+        assert engine_of(out) == runs_in, name
+        assert (f'run by {ENGINE_NAMES[runs_in]} (export checked' in out) == ('ckpt' in name and runs_in != 'mindspore')
         assert out.rstrip().endswith('=> eval success')
         results[name] = parse_results(out)
-    status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
-                                SIZE, '-m', 'CPU', '--prefetch', 2, '-b', 8, '-j', 1)
-    assert status == 0, err
-    results['eval_onnx.py'] = parse_results(out)
-    assert set(results['eval_onnx.py']) == {'Top1-Acc', 'Top5-Acc'}
+    for backend, runs_in in (('auto', 'openvino'), ('onnxruntime', 'onnxruntime'), ('openvino', 'openvino')):
+        status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '--image_size',
+                                    SIZE, '-m', 'CPU', '--prefetch', 2, '-b', 8, '-j', 1, '--backend', backend)
+        assert status == 0, err
+        assert engine_of(out) == runs_in, backend
+        results[f'eval_onnx.py --backend {backend}'] = parse_results(out)
+        assert set(results[f'eval_onnx.py --backend {backend}']) == {'Top1-Acc', 'Top5-Acc'}
     for name, result in results.items():
         assert result['Top1-Acc'] == reference['Top1-Acc'], name
         assert result['Top5-Acc'] == reference['Top5-Acc'], name
@@ -272,7 +284,11 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
 
 @pytest.mark.parametrize('model, flags, message', [
     ('mindir', ['--backend', 'onnxruntime'], 'a .mindir file runs only in mindspore'),
-    ('onnx', ['--backend', 'mindspore'], 'a .onnx file runs only in onnxruntime'),
+    ('mindir', ['--backend', 'openvino'], 'a .mindir file runs only in mindspore'),
+    ('mindir', ['--precision', 'bf16'], '--precision bf16 runs in the openvino back-end (CPU) only'),
+    ('onnx', ['--backend', 'mindspore'], 'an .onnx file runs in openvino or onnxruntime'),
+    ('train', ['--backend', 'openvino', '--device_target', 'GPU'], '--backend openvino runs on CPU only'),
+    ('train', ['--backend', 'onnxruntime', '--threads', '2'], '--threads sets the threads of the openvino'),
 ])
 def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, model, flags, message):
     path = {**work['paths'], **exported}[model]
@@ -322,21 +338,27 @@ def test_eval_refuses_bad_input(work, exported, capsys):
 
 
 # ----------------------------------------------------------------------------- inference
-def test_infer_ckpt_mindir_onnx_write_identical_json(work, exported, capsys):
+def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, exported, capsys):
     paths = work['paths']
     folder = paths['val'] / 'class_03'
-    outputs = {name: paths['root'] / f'pred_{name}.json' for name in ('ckpt', 'mindir', 'onnx', 'ckpt_ort')}
-    for name, model, backend in (('ckpt', paths['train'], 'mindspore'), ('mindir', exported['mindir'], 'auto'),
-                                 ('ckpt_ort', paths['train'], 'onnxruntime')):
+    outputs = {}
+    for name, model, flags in (('ckpt in mindspore', paths['train'], ['--backend', 'mindspore']),
+                               ('mindir', exported['mindir'], []),
+                               ('ckpt in onnxruntime', paths['train'], ['--backend', 'onnxruntime']),
+                               ('ckpt in openvino fp32', paths['train'], ['--precision', 'fp32'])):
+        outputs[name] = paths['root'] / f'pred_{len(outputs)}.json'
         status, out, err = run_main(capsys, 'infer.py', '--config', paths['config'], '--dataset_path', folder,
-                                    '--pretrained', model, '--pred_output', outputs[name], '--backend', backend)
+                                    '--pretrained', model, '--pred_output', outputs[name], *flags)
         assert status == 0, err
         assert '===== Load directory =====' in out
-    status, onnx_out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', exported['onnx'],
-                                     '--output', outputs['onnx'])
-    assert status == 0, err
+    for engine, flags in (('onnxruntime', ['--backend', 'onnxruntime']), ('openvino', ['--precision', 'fp32'])):
+        outputs[f'onnx in {engine}'] = paths['root'] / f'pred_{len(outputs)}.json'
+        status, onnx_out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', exported['onnx'],
+                                         '--output', outputs[f'onnx in {engine}'], *flags)
+        assert status == 0, err
+        assert engine_of(onnx_out) == engine
     predictions = [json.loads(path.read_text()) for path in outputs.values()]
-    assert predictions[0] == predictions[1] == predictions[2] == predictions[3]
+    assert all(prediction == predictions[0] for prediction in predictions), outputs
     files = sorted(folder.iterdir())
     assert list(predictions[0]) == [str(path) for path in files]
     batch = np.stack([preprocess_image(path, SIZE) for path in files])

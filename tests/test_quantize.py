@@ -22,6 +22,7 @@ from src.tools.base.cli import UserError
 from src.tools.base.numerics import relative_difference
 from src.tools.deployment.evaluation import parse_results
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
+from src.tools.deployment.openvino_engine import load_openvino
 from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, ImageBatches, calibration_files, export_int8,
                                            load_images, pick_evenly, quantize_onnx)
 from tests.helpers import assert_one_line_error, load_script, run_main
@@ -134,16 +135,21 @@ def test_int8_logits_follow_the_fp32_network(run, exported):
 def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_path, capsys):
     val = run['data'] / 'val'
     results = {}
-    for script, argv in (('eval.py', [*run['config'], '--dataset_path', val, '--pretrained', exported['int8']]),
-                         ('eval_onnx.py', [val, '-c', exported['int8'], '-b', 4, '-j', 1, '--prefetch', 2])):
+    for name, script, argv in (
+            ('eval.py', 'eval.py', [*run['config'], '--dataset_path', val, '--pretrained', exported['int8']]),
+            ('eval_onnx.py', 'eval_onnx.py', [val, '-c', exported['int8'], '-b', 4, '-j', 1, '--prefetch', 2]),
+            ('onnxruntime', 'eval_onnx.py', [val, '-c', exported['int8'], '-j', 1, '--backend', 'onnxruntime'])):
         status, out, err = run_main(capsys, script, *argv)
         assert status == 0, err
         assert f'ONNX {exported["int8"]} (input batchx3x{SIZE}x{SIZE}, {CLASSES} classes' in out
-        results[script] = parse_results(out)
+        engine = 'ONNX Runtime' if name == 'onnxruntime' else 'OpenVINO'  # on CPU, OpenVINO unless asked
+        assert any(line.startswith(f'=> {engine} ') and ', int8' in line for line in out.splitlines()), out
+        results[name] = parse_results(out)
     assert results['eval.py']['Top1-Acc'] == results['eval_onnx.py']['Top1-Acc']
     images, labels = val_images(run)
-    expected = np.mean(load_onnx(exported['int8'])(images).argmax(axis=1) == labels)
-    assert results['eval_onnx.py']['Top1-Acc'] == pytest.approx(expected)
+    for name, load in (('eval_onnx.py', load_openvino), ('onnxruntime', load_onnx)):
+        predictor = load(exported['int8'])
+        assert results[name]['Top1-Acc'] == pytest.approx(np.mean(predictor(images).argmax(axis=1) == labels))
     predictions = {}
     for script, argv in (('infer.py', [*run['config'], '--dataset_path', val / 'class0', '--pretrained',
                                        exported['int8'], '--pred_output', tmp_path / 'infer.json']),

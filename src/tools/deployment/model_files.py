@@ -2,9 +2,10 @@
 
 A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
 re-parameterized, so evaluation, export and inference always run the plain deploy form; a
-``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime. All three take
-the float32 (N, 3, S, S) batches of the one eval preprocessing (src/dataset.py), so their results
-can be compared number for number. Which back-end runs a checkpoint: src/tools/deployment/backends.py.
+``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime here, or in
+OpenVINO (openvino_engine.py). All take the float32 (N, 3, S, S) batches of the one eval
+preprocessing (src/dataset.py), so their results can be compared number for number. Which engine
+runs which file: src/tools/deployment/backends.py.
 
 The class names a model was trained on travel with it: a checkpoint's ``class_names`` entry
 (src/tools/checkpoints/format.py), an ONNX file's metadata and a MINDIR file's user info under
@@ -93,7 +94,7 @@ def check_model_file(path, kind):
     return path
 
 
-def input_dims(dims, path):
+def batch_and_size(dims, path):
     """(batch or None when dynamic, image size) from an NCHW input shape; a UserError otherwise."""
     dims = [d if isinstance(d, int) and d > 0 else None for d in dims]
     if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
@@ -187,7 +188,7 @@ def load_mindir(path, batch_size, image_size=None):
     """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
     path = check_model_file(path, 'MINDIR file')
     input_dims, output_dims, names = read_mindir_signature(path)
-    static_batch, size = input_dims(input_dims, path)
+    static_batch, size = batch_and_size(input_dims, path)
     check_image_size(path, size, image_size)
     try:
         cell = nn.GraphCell(ms.load(str(path)))
@@ -242,7 +243,7 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise UserError(f'{path} has {len(inputs)} inputs and {len(outputs)} outputs; expected one of each')
-    static_batch, size = input_dims(inputs[0].shape, path)
+    static_batch, size = batch_and_size(inputs[0].shape, path)
     check_image_size(path, size, image_size)
     num_classes = outputs[0].shape[-1]
     if not isinstance(num_classes, int):

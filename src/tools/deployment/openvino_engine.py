@@ -29,7 +29,7 @@ from tqdm import tqdm
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import CLASS_NAMES_KEY, parse_class_names
-from src.tools.deployment.model_files import Predictor, check_image_size, check_model_file, input_dims
+from src.tools.deployment.model_files import Predictor, batch_and_size, check_image_size, check_model_file
 
 OPENVINO_REQUIREMENT = 'openvino==2026.4.1'  # as pinned in requirements.txt (tests/test_openvino_engine.py)
 CPUINFO = Path('/proc/cpuinfo')
@@ -169,11 +169,17 @@ def runtime_precision(compiled):
     return '+'.join(sorted(found)) or 'fp32'
 
 
+def compile_settings(precision, threads):
+    """OpenVINO's CPU settings: one synchronous request at a time (the latency hint: one stream) on
+    ``threads`` threads, not pinned to cores (OpenVINO 2026.4 pins by default: processes that each
+    pin would crowd the same cores), in bf16 or fp32 (the hint; an INT8 model's convolutions stay
+    int8)."""
+    return {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32', 'PERFORMANCE_HINT': 'LATENCY',
+            'INFERENCE_NUM_THREADS': threads, 'ENABLE_CPU_PINNING': False}
+
+
 def _compile(ov, model, precision, threads):
-    """``model`` compiled for one synchronous request at a time on ``threads`` threads, unpinned."""
-    config = {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32', 'PERFORMANCE_HINT': 'LATENCY',
-              'INFERENCE_NUM_THREADS': threads, 'ENABLE_CPU_PINNING': False}
-    return ov.Core().compile_model(model, 'CPU', config)
+    return ov.Core().compile_model(model, 'CPU', compile_settings(precision, threads))
 
 
 def _runner(compiled):
@@ -239,7 +245,7 @@ def _signature(model, path):
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UserError(f'{path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; '
                         f'expected one of each')
-    static_batch, size = input_dims(_dims(model.inputs[0].get_partial_shape()), path)
+    static_batch, size = batch_and_size(_dims(model.inputs[0].get_partial_shape()), path)
     num_classes = _dims(model.outputs[0].get_partial_shape())[-1]
     if num_classes is None:
         raise UserError(f'{path}: the number of classes of its output is not fixed')
