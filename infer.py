@@ -16,7 +16,8 @@ def main(argv=None):
     inputs = list_inputs(config.dataset_path)
     predictor = load_predictor(config, default_precision='auto')
     announce(predictor, config.device_target)
-    run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index)
+    run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index,
+                  config.num_parallel_workers)
 
 
 if __name__ == '__main__':

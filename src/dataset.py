@@ -170,14 +170,17 @@ def preprocess_image(path, image_size, interpolation='bilinear'):
     return normalize_chw(resize_center_crop(image, eval_resize_size(image_size), image_size, interpolation))
 
 
-def eval_batches(paths, image_size, batch_size, interpolation='bilinear', workers=2, skip_unreadable=False):
+def eval_batches(paths, image_size, batch_size, interpolation='bilinear', workers=None, skip_unreadable=False):
     """(paths, float32 (B, 3, S, S)) batches of ``preprocess_image`` of ``paths``, in order.
 
-    ``workers`` threads prepare the images up to two batches ahead of the caller, so that decoding
-    and resizing run while the caller's network does (PIL and numpy release the GIL for them; threads
-    pass the images on without copies between processes). ``skip_unreadable``: a file that fails to
-    decode is left out with a warning naming it, else its UserError stops the run.
+    ``workers`` threads (default and at most: one per CPU this process may use) prepare the images
+    up to two batches ahead of the caller, so that decoding and resizing run while the caller's
+    network does (PIL and numpy release the GIL for them; threads pass the images on without copies
+    between processes). ``skip_unreadable``: a file that fails to decode is left out with a warning
+    naming it, else its UserError stops the run.
     """
+    cpus = len(os.sched_getaffinity(0))
+    workers = max(1, min(workers or cpus, cpus))
     def load(path):
         try:
             return preprocess_image(path, image_size, interpolation)
@@ -193,7 +196,7 @@ def eval_batches(paths, image_size, batch_size, interpolation='bilinear', worker
         if kept:
             yield [path for path, _ in kept], np.stack([image for _, image in kept])
 
-    pool = ThreadPoolExecutor(max(1, workers))
+    pool = ThreadPoolExecutor(workers)
     try:
         ahead = deque()
         for start in range(0, len(paths), batch_size):

@@ -13,7 +13,10 @@ The class names a model was trained on travel with it: a checkpoint's ``class_na
 model that records none).
 
 MindSpore, ONNX and ONNX Runtime are imported by the functions that use them, so that a model run
-by OpenVINO starts without loading them (MindSpore alone takes over a second).
+by OpenVINO starts without loading them (MindSpore alone takes over a second). One order matters:
+onnx imported before MindSpore fixes protobuf's C++ implementation, with which MindSpore's own
+.proto modules fail to import; ``load_onnx`` imports onnx, so a process that loads an ONNX file
+and then a checkpoint imports MindSpore first (as quantize.py does).
 """
 from pathlib import Path
 

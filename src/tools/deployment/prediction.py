@@ -6,7 +6,6 @@ class name the model was trained with (the index with ``with_index``); a model t
 class names gives indices, and says so.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -46,9 +45,8 @@ def list_inputs(path):
 
 def predict_classes(predictor, paths, interpolation='bilinear', workers=None):
     """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches; ``workers``
-    threads (default: one per CPU this process may use) decode and resize the next batches while the
-    model runs on this one (src/dataset.eval_batches)."""
-    workers = workers or len(os.sched_getaffinity(0))
+    threads (default: one per CPU) decode and resize the next batches while the model runs on this
+    one (src/dataset.eval_batches)."""
     predictions = {}
     with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
         for chunk, images in eval_batches(paths, predictor.image_size, predictor.batch_size, interpolation, workers):
