@@ -13,7 +13,7 @@ from src.dataset import eval_batches, preprocess_image
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_onnx
-from tests.helpers import assert_one_line_error, randomize_bn, run_main
+from tests.helpers import assert_one_line_error, randomize_bn, run_main, run_process
 from tests.image_folders import textured
 
 ARCH, NUM_CLASSES, SIZE, BATCH = 'RepVGG-A0', 10, 32, 4
@@ -113,3 +113,51 @@ def test_an_image_that_fails_while_predicting_stops_the_run_and_writes_nothing(m
                               '--dataset_path', folder, '--pred_output', output, '--backend', 'onnxruntime')
     assert_one_line_error(status, err, f'cannot read image {victim}')
     assert sorted(path.name for path in model['root'].iterdir() if 'changing' in path.name) == ['changing']
+
+
+def val_folder(model, name):
+    """``name``/<class>/: the first 6 images of the odd folder in two of the model's classes."""
+    folder = model['root'] / name
+    for label, path in enumerate(model['paths'][:6]):
+        target = folder / CLASSES[label % 2] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return folder
+
+
+def test_eval_skips_an_image_that_fails_to_decode_and_names_it(model, capsys):
+    """eval.py reads with the same threads; a file that passes the cheap check but whose compressed
+    data is damaged is skipped with a warning naming it, and the count says so."""
+    folder = val_folder(model, 'damaged')
+    damaged = folder / CLASSES[0] / 'c_grey.png'
+    content = bytearray(damaged.read_bytes())
+    content[60:70] = bytes(10)  # inside the compressed pixels: header and end marker intact
+    damaged.write_bytes(bytes(content))
+    status, out, err = run_main(capsys, 'eval.py', '--config', model['config'], '--pretrained', model['onnx'],
+                                '--dataset_path', folder, '--backend', 'onnxruntime')
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith('warning: ')]
+    assert len(warnings) == 1 and f'cannot read image {damaged}' in warnings[0] and warnings[0].endswith('skipped')
+    assert f'=> scored 5 of 6 images of {folder}; 1 could not be decoded' in out
+    assert "'Top1-Acc'" in out and '=> eval success' in out
+
+
+@pytest.mark.parametrize('script', ['infer.py', 'infer_onnx.py', 'eval_onnx.py'])
+def test_an_onnx_model_runs_without_loading_mindspore(model, script):
+    """Start-up: a script running an ONNX file in OpenVINO never imports MindSpore (it alone takes
+    seconds to import); the run as a process, then a look at what it imported."""
+    output = model['root'] / f'no-mindspore-{script}.json'
+    argv = {'infer.py': ['--config', model['config'], '--pretrained', model['onnx'], '--dataset_path',
+                         model['folder'], '--pred_output', output],
+            'infer_onnx.py': [model['folder'], '-c', model['onnx'], '--output', output],
+            'eval_onnx.py': [val_folder(model, 'val'), '-c', model['onnx']]}[script]
+    code = ('import runpy, sys\n'
+            f'sys.argv = {[script, *map(str, argv)]!r}\n'
+            'try:\n'
+            f'    runpy.run_path({script!r}, run_name="__main__")\n'
+            'finally:\n'
+            '    print("mindspore loaded:", "mindspore" in sys.modules)\n')
+    status, out, err = run_process('-c', code)
+    assert status == 0, err
+    assert out.strip().endswith('mindspore loaded: False'), out
+    assert 'OpenVINO' in out
