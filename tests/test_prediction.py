@@ -105,8 +105,9 @@ def test_an_image_that_fails_while_predicting_stops_the_run_and_writes_nothing(m
     checked = prediction.check_images
 
     def check_then_break(paths, **kwargs):
-        checked(paths, **kwargs)
+        result = checked(paths, **kwargs)
         victim.write_bytes(victim.read_bytes()[:40])  # truncated after the check
+        return result
     monkeypatch.setattr(prediction, 'check_images', check_then_break)
     output = model['root'] / 'changing.json'
     status, _, err = run_main(capsys, 'infer.py', '--config', model['config'], '--pretrained', model['onnx'],
