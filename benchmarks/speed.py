@@ -288,22 +288,22 @@ def print_block(arch, batch, results):
     for row, result in results.items():
         label = row + (f' [{result["note"]}]' if result.get('note') else '')
         if 'skipped' in result:
-            print(f'{arch:<10} {batch:>5}  {row:<40} skipped: {result["skipped"]}')
+            print(f'{arch:<10} {batch:>5}  {row:<58} skipped: {result["skipped"]}')
             continue
         speed = result['images_per_s']
         versus = f'{speed / base:.2f}x' if base else '-'
-        print(f'{arch:<10} {batch:>5}  {label:<40} {speed:>9.1f} {versus:>8} {result["peak_rss_mb"]:>9.0f}')
+        print(f'{arch:<10} {batch:>5}  {label:<58} {speed:>9.1f} {versus:>8} {result["peak_rss_mb"]:>9.0f}')
     for label, row, baseline in RATIOS:
         speed, over = (results.get(name, {}).get('images_per_s') for name in (row, baseline))
         if speed and over:
-            print(f'{"":<17} {label + ":":<40} {speed / over:.2f}x')
+            print(f'{"":<17} {label + ":":<58} {speed / over:.2f}x')
 
 
 def table(args):
     print(f'# {machine()}')
     print(f'# input {args.image_size}x{args.image_size}, {args.threads or "all"} threads per engine, median of '
           f'{args.repeats} runs taking turns; "vs ORT" = images/s / ONNX Runtime fp32 images/s')
-    header = f'{"arch":<10} {"batch":>5}  {"row":<40} {"images/s":>9} {"vs ORT":>8} {"peak MiB":>9}'
+    header = f'{"arch":<10} {"batch":>5}  {"row":<58} {"images/s":>9} {"vs ORT":>8} {"peak MiB":>9}'
     print(header)
     print('-' * len(header))
     with tempfile.TemporaryDirectory() as folder:
