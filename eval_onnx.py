@@ -20,9 +20,11 @@ def parse_args(argv=None):
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
                         help="CPU, or GPU (ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
-    parser.add_argument('--prefetch', type=int, default=16, help='prefetched batches per data worker')
+    parser.add_argument('--prefetch', type=int, default=16,
+                        help='accepted as in the reference; no effect: the images of two batches are read ahead')
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
-    parser.add_argument('-j', '--num_parallel_workers', type=int, default=4, help='data loading workers')
+    parser.add_argument('-j', '--num_parallel_workers', type=int, default=4,
+                        help='threads reading the images (at most one per CPU)')
     parser.add_argument('--report_dir', type=Path, default=None,
                         help='also write per_class_top1.csv and confusion_matrix.png there')
     add_onnx_engine_arguments(parser, default_precision='fp32')

@@ -20,7 +20,7 @@ def main(argv=None):
     predictor = load_predictor(config, default_precision='auto')
     announce(predictor, config.device_target)
     run_inference(predictor, inputs, config.pred_output, config.interpolation, config.with_index,
-                  model=config.pretrained)
+                  config.num_parallel_workers, model=config.pretrained)
 
 
 if __name__ == '__main__':

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from src.repvgg import ARCH_NAMES
 from src.tools.base.cli import OneLineParser, UserError
+from src.variants import ARCH_NAMES
 
 # What runs a model file in eval.py / infer.py (src/tools/deployment/backends.py), and the arithmetic
 # OpenVINO runs it in (src/tools/deployment/openvino_engine.py); eval_onnx.py / infer_onnx.py offer the same.

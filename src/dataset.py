@@ -19,6 +19,10 @@ antialias and differs from it by up to 4 grey levels at 500x375 -> 341x256 and b
 larger reductions. The policies and random erasing are Python (src/augment) and run in worker
 processes.
 
+eval.py and infer.py build no pipeline: ``eval_batches`` runs the one-image eval transform
+``preprocess_image`` (PIL decode and resize, numpy normalise) in threads, ahead of the model; it
+skips (eval.py) or stops at (infer.py) a file that fails to decode, with a line naming it.
+
 Bad images: before a pipeline is built, the files are checked cheaply (src/image_check.py: spread
 over the ranks, remembered in a manifest so that a second start only stats them; ``image_check``).
 Unreadable files stop the run before it starts with their paths listed. A file that still fails to
@@ -32,6 +36,8 @@ it had done.
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,17 +153,66 @@ def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
     return np.asarray(img.crop((left, top, left + crop, top + crop)))
 
 
+# (x - mean) / std in float32 for every uint8 value x of each channel, computed as numpy computes it per pixel
+_NORMALIZED = ((np.arange(256, dtype=np.float32) - (np.array(MEAN, np.float32) * 255)[:, None])
+               / (np.array(STD, np.float32) * 255)[:, None])
+
+
 def normalize_chw(image):
-    """HWC uint8 -> CHW float32 normalised with the ImageNet mean and std (on [0, 1])."""
-    mean = np.array(MEAN, np.float32) * 255
-    std = np.array(STD, np.float32) * 255
-    return ((np.asarray(image, np.float32) - mean) / std).transpose(2, 0, 1).copy()
+    """HWC uint8 -> CHW float32 normalised with the ImageNet mean and std (on [0, 1]). Looked up in
+    a table of the 256 values per channel: the same float32 numbers as computing them per pixel, in
+    less time (measured 0.47 vs 0.76 ms at 224x224 here), which counts when a fast engine waits."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f'normalize_chw takes uint8 images, got {image.dtype}')
+    return np.stack([_NORMALIZED[channel][image[..., channel]] for channel in range(3)])
 
 
 def preprocess_image(path, image_size, interpolation='bilinear'):
     """The eval transform of one image file: float32 (3, S, S), as the eval pipeline produces it."""
     image = read_image_rgb(path)
     return normalize_chw(resize_center_crop(image, eval_resize_size(image_size), image_size, interpolation))
+
+
+def eval_batches(paths, image_size, batch_size, interpolation='bilinear', workers=None, skip_unreadable=False):
+    """(paths, float32 (B, 3, S, S)) batches of ``preprocess_image`` of ``paths``, in order.
+
+    ``workers`` threads (default and at most: one per CPU this process may use) prepare the images
+    up to two batches ahead of the caller, so that decoding and resizing run while the caller's
+    network does (PIL and numpy release the GIL for them; threads pass the images on without copies
+    between processes). ``skip_unreadable``: a file that fails to decode is left out with a warning
+    naming it, else its UserError stops the run.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    workers = max(1, min(workers or cpus, cpus))
+
+    def load(path):
+        try:
+            return preprocess_image(path, image_size, interpolation)
+        except UserError as error:
+            if not skip_unreadable:
+                raise
+            _warn(f'{error}; skipped')
+            return None
+
+    def finished(chunk, images):
+        kept = [(path, image.result()) for path, image in zip(chunk, images)]
+        kept = [(path, image) for path, image in kept if image is not None]
+        if kept:
+            yield [path for path, _ in kept], np.stack([image for _, image in kept])
+
+    pool = ThreadPoolExecutor(workers)
+    try:
+        ahead = deque()
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            ahead.append((chunk, [pool.submit(load, path) for path in chunk]))
+            if len(ahead) > 2:
+                yield from finished(*ahead.popleft())
+        while ahead:
+            yield from finished(*ahead.popleft())
+    finally:  # also when the caller stops early: images not started yet are dropped
+        pool.shutdown(cancel_futures=True)
 
 
 class ResizeCenterCrop:
@@ -303,20 +358,13 @@ def _listed(names, limit=5):
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
-def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1, classes=None, total=None):
-    """The batched dataset of one split folder (one sub-folder per class); columns image, label.
+def scan_and_check(folder, args, training=False, rank=0, group_size=1, classes=None, total=None):
+    """What every data set of a split folder starts with: (files 'class/image' in class and name
+    order, {class folder: label}, 'class scan ... s, image check ...' for the start-up line).
 
-    image: float32 (B, 3, S, S); label: int32 (B,), or float32 (B, num_classes) soft targets when
-    training with mixup / cutmix (see ``mixup_active``). ``classes``: the model's class names in
-    label order; labels are then given by name (see ``class_indexing``). ``total`` sums numbers over
-    ranks (so that all ranks stop together on unreadable images); rank 0 prints what the start-up
-    did and took.
+    Scans the class folders, gives the labels (``class_indexing``) and checks this rank's slice of
+    the images (``check_split``); see ``create_dataset_imagenet`` for the arguments.
     """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
-
-    folder = Path(dataset_dir)
     if not 0 <= rank < group_size:
         raise ValueError(f'rank {rank} outside group of {group_size}')
     _check_settings(args, training)
@@ -332,7 +380,35 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
                         f'device ({group_size} devices); lower batch_size')
     # each rank checks its own slice, so together they check every file once
     check = check_split(folder, files, args.image_check, rank, group_size, args.image_check_cache, total)
+    return files, indexing, f'class scan {scan_seconds:.1f} s, {check.describe()}'
 
+
+def labelled_images(dataset_dir, args, classes=None):
+    """(paths, labels) of a split folder for evaluation in one process (eval.py, eval_onnx.py, which
+    read the images with ``eval_batches``): the class scan, labels and image check of
+    ``create_dataset_imagenet``, and its start-up line."""
+    folder = Path(dataset_dir)
+    files, indexing, start_up = scan_and_check(folder, args, classes=classes)
+    print(f'=> eval data {folder}: {len(files)} images, {len(indexing)} classes, 1 device(s), batch '
+          f'{args.batch_size}, eval transform; start-up: {start_up}', flush=True)
+    return [folder / name for name in files], [indexing[name.split('/', 1)[0]] for name in files]
+
+
+def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1, classes=None, total=None):
+    """The batched dataset of one split folder (one sub-folder per class); columns image, label.
+
+    image: float32 (B, 3, S, S); label: int32 (B,), or float32 (B, num_classes) soft targets when
+    training with mixup / cutmix (see ``mixup_active``). ``classes``: the model's class names in
+    label order; labels are then given by name (see ``class_indexing``). ``total`` sums numbers over
+    ranks (so that all ranks stop together on unreadable images); rank 0 prints what the start-up
+    did and took.
+    """
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
+
+    folder = Path(dataset_dir)
+    files, indexing, start_up = scan_and_check(folder, args, training, rank, group_size, classes, total)
     began = time.perf_counter()
     workers = _workers(args)
     stages = train_stages(args) if training else eval_stages(args.image_size, args.interpolation)
@@ -362,12 +438,11 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
         data = data.map(make_mixup(args, rank), input_columns=['image', 'label'],
                         output_columns=['image', 'label'], num_parallel_workers=1)
     data.get_dataset_size()  # MindSpore lists the folder here (the size is kept for later calls)
-    build_seconds = time.perf_counter() - began
     if rank == 0:
         transform = f'aug_type {args.aug_type}' if training else 'eval transform'
-        print(f'=> {"train" if training else "eval"} data {folder}: {len(files)} images, {len(names)} classes, '
-              f'{group_size} device(s), batch {args.batch_size}, {transform}; start-up: class scan '
-              f'{scan_seconds:.1f} s, {check.describe()}, pipeline build {build_seconds:.1f} s', flush=True)
+        print(f'=> {"train" if training else "eval"} data {folder}: {len(files)} images, {len(indexing)} classes, '
+              f'{group_size} device(s), batch {args.batch_size}, {transform}; start-up: {start_up}, pipeline build '
+              f'{time.perf_counter() - began:.1f} s', flush=True)
     data.image_count = len(files)  # the whole folder's, for "scored N of M images"
     return data
 

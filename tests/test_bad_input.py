@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from src.tools.base.cli import UserError
-from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import save_checkpoint
 from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
 from tests.train_helpers import command, environment
@@ -259,7 +258,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(tm
             handle.write(b'\0' * 100)
         enospc()
 
-    monkeypatch.setattr(checkpoint_format.ms, 'save_checkpoint', half_then_full)
+    monkeypatch.setattr(ms, 'save_checkpoint', half_then_full)
     with pytest.raises(UserError, match=r'could not write .*a\.ckpt: no space left on the device'):
         save_checkpoint({'w': np.ones(2, np.float32)}, tmp_path / 'a.ckpt')
     assert list(tmp_path.iterdir()) == []

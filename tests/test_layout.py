@@ -15,10 +15,11 @@ SRC = ROOT / 'src'
 # What each part of src/ may import from the others (itself always).
 ALLOWED = {
     'src.tools.base': set(),
-    'src.repvgg': {'src.tools.base'},
+    'src.variants': set(),
+    'src.repvgg': {'src.tools.base', 'src.variants'},
     'src.ema': set(),
     'src.augment': {'src.tools.base'},
-    'src.config': {'src.repvgg', 'src.tools.base'},
+    'src.config': {'src.variants', 'src.tools.base'},
     'src.image_check': {'src.tools.base'},
     'src.dataset': {'src.tools.base', 'src.augment', 'src.image_check'},
     'src.tools.demo_data': {'src.tools.base'},

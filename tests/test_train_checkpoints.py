@@ -61,7 +61,7 @@ def test_a_write_killed_midway_leaves_the_old_checkpoint_and_nothing_else(tmp_pa
             handle.write(b'\x00' * 10)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_format.ms, 'save_checkpoint', dies_while_writing)
+    monkeypatch.setattr(ms, 'save_checkpoint', dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tiny_entries(5.0), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.ckpt']

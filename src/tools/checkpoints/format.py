@@ -25,11 +25,12 @@ names count as network tensors when reading: nothing the network needs or the fi
 weights is silently ignored. Files are written under a hidden temporary name and renamed into
 place (src/tools/base/files.py), so a process killed at any moment leaves only complete files;
 they carry MindSpore's CRC, so that a file damaged later fails to read instead of loading garbage.
+
+MindSpore is imported by the functions that write and read checkpoints: the class names of an ONNX
+file (``parse_class_names``) are read without loading it.
 """
 import json
 from pathlib import Path
-
-import mindspore as ms
 
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import atomic_path, give_usual_permissions
@@ -53,6 +54,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     writer renames its own temporary file too, but only as an undocumented detail and after deleting
     an existing file of the same name.) Returns what ``verify`` returned, else the path.
     """
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
     path = Path(path)
     if path.suffix != '.ckpt':
         raise UserError(f'checkpoint {path} must end with .ckpt')
@@ -101,6 +103,7 @@ def read_checkpoint(path):
     if path.stat().st_size == 0:
         raise UserError(f'checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk? '
                         f'use another checkpoint')
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
     try:
         return ms.load_checkpoint(str(path), crc_check=True)  # files written without a CRC load too
     except (ValueError, RuntimeError, TypeError, OSError) as error:
@@ -224,6 +227,7 @@ def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, sour
     else:
         checkpoint, source = read_checkpoint(path_or_dict), f'checkpoint {path_or_dict}'
     entries, dropped = match_checkpoint(net, checkpoint, prefix, drop_head_on_mismatch, source)
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
     params = {}
     for name, value in entries.items():
         params[name] = value if isinstance(value, ms.Parameter) else ms.Parameter(value, name=name)

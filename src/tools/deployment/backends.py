@@ -17,8 +17,6 @@ from pathlib import Path
 
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
-from src.tools.base.device import set_device
-from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_deploy_network, load_mindir, load_onnx, network_predictor
 from src.tools.deployment.openvino_engine import check_precision, cpu_features, import_openvino, load_openvino
 
@@ -92,7 +90,9 @@ def load_predictor(config, default_precision='fp32'):
         raise UserError(f'--pretrained {path}: expected a {", ".join(MODEL_SUFFIXES)} file')
     precision = config.precision or default_precision
     engine = resolve_engine(config.backend, suffix, config.device_target, precision, config.threads)
-    set_device(config.device_target, config.device_id)
+    if suffix != '.onnx':  # MindSpore reads the file; an .onnx in another engine starts without loading it
+        from src.tools.base.device import set_device  # pylint: disable=import-outside-toplevel
+        set_device(config.device_target, config.device_id)
     if suffix != '.ckpt':
         if config.ema:
             raise UserError(f'--ema selects the EMA weights of a .ckpt file; {path} has only one set of weights')
@@ -104,6 +104,7 @@ def load_predictor(config, default_precision='fp32'):
     if engine == 'mindspore':
         return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
                                  class_names)
+    from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel
     with tempfile.TemporaryDirectory() as folder:  # the ONNX file lives while the engine loads it
         onnx_path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model',
                                                   class_names, model=path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.dataset import class_names, create_dataset_imagenet
+from src.dataset import class_names, eval_batches, labelled_images
 from src.tools.base.cli import UserError
 from src.tools.base.files import atomic_path, check_writable, check_writable_file, write_text_atomic
 
@@ -157,12 +157,15 @@ def validation_folder(dataset_path, data_url=None):
 
 
 def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, model='the model'):
-    """Evaluate on ``folder`` (one sub-folder per class) with the eval pipeline of src/dataset.py;
+    """Evaluate on ``folder`` (one sub-folder per class) with the eval transform of src/dataset.py;
     returns the reference's result dict, and writes the per-class report into ``report_dir``.
     ``model`` names the model file in errors.
 
-    ``config`` supplies what the pipeline reads (batch_size, interpolation, workers, ...); image
-    size and class count are the predictor's, so the model always gets the size it was built for.
+    ``config`` supplies what the loading reads (interpolation, num_parallel_workers, image_check,
+    ...); image size, batch and class count are the predictor's, so the model always gets the size
+    it was built for. The images are read by ``eval_batches``' threads while the model runs, not by
+    a MindSpore pipeline: the same numbers in less CPU time, and a model in ONNX Runtime or
+    OpenVINO never loads MindSpore (docs/performance.md).
     """
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
@@ -172,13 +175,17 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, 
         check_class_count(folder, predictor.num_classes)
         print(f'=> note: the model records no class names (an older checkpoint, or converted weights): '
               f'the sorted class folders of {folder} are taken as its classes 0-{predictor.num_classes - 1}')
-    config = argparse.Namespace(**{**vars(config), 'image_size': predictor.image_size,
+    config = argparse.Namespace(**{**vars(config), 'batch_size': predictor.batch_size,
                                    'num_classes': predictor.num_classes})
-    dataset = create_dataset_imagenet(str(folder), config, training=False, classes=predictor.class_names)
-    batches = dataset.create_tuple_iterator(columns=['image', 'label'], output_numpy=True, num_epochs=1)
-    result = score(predictor, batches, predictor.num_classes, dataset.get_dataset_size(), source=folder,
+    paths, labels = labelled_images(folder, config, classes=predictor.class_names)
+    label_of = dict(zip(paths, labels))
+    batches = ((images, np.array([label_of[path] for path in chunk], np.int32))
+               for chunk, images in eval_batches(paths, predictor.image_size, predictor.batch_size,
+                                                 config.interpolation, config.num_parallel_workers,
+                                                 skip_unreadable=True))
+    result = score(predictor, batches, predictor.num_classes, -(-len(paths) // predictor.batch_size), source=folder,
                    model=model)
-    skipped = partial_count_line(result['count'], dataset.image_count, folder)
+    skipped = partial_count_line(result['count'], len(paths), folder)
     if skipped:
         print(skipped)
     if report_dir is not None:

@@ -11,18 +11,18 @@ The class names a model was trained on travel with it: a checkpoint's ``class_na
 (src/tools/checkpoints/format.py), an ONNX file's metadata and a MINDIR file's user info under
 ``CLASS_NAMES_KEY`` (written by export.py). A Predictor has them as ``class_names`` (None for a
 model that records none).
+
+MindSpore, ONNX and ONNX Runtime are imported by the functions that use them, so that a model run
+by OpenVINO starts without loading them (MindSpore alone takes over a second). One order matters:
+onnx imported before MindSpore fixes protobuf's C++ implementation, with which MindSpore's own
+.proto modules fail to import; ``load_onnx`` imports onnx, so a process that loads an ONNX file
+and then a checkpoint imports MindSpore first (as quantize.py does).
 """
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
-import onnx
-import onnxruntime as ort
 from google.protobuf.message import DecodeError
-from mindspore import Tensor, nn
-from mindspore.train import mind_ir_pb2  # MindSpore's own schema of the MINDIR format
 
-from src.repvgg import count_params, create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import (CLASS_NAMES_KEY, EMA_PREFIX, check_recorded_arch, is_deploy_form,
                                           load_weights, parse_class_names, read_checkpoint,
@@ -111,6 +111,7 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, class names
     or None).
     """
+    from src.repvgg import count_params, create_model, switch_net_to_deploy  # pylint: disable=import-outside-toplevel
     checkpoint = read_checkpoint(path)
     prefix = EMA_PREFIX if ema else ''
     if ema and not any(name.startswith(prefix) for name in checkpoint):
@@ -135,13 +136,17 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     return net, f'{arch} {weights} from {path} ({form})', recorded_class_names(checkpoint, f'checkpoint {path}')
 
 
-MINDSPORE_ENGINE = f'MindSpore {ms.__version__}, fp32'
+def mindspore_engine():
+    """The engine words of a Predictor run by MindSpore."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    return f'MindSpore {ms.__version__}, fp32'
 
 
 def network_predictor(net, image_size, num_classes, batch_size, description='', class_names=None):
     """A Predictor running a MindSpore network (already in eval mode)."""
+    from mindspore import Tensor  # pylint: disable=import-outside-toplevel
     return Predictor(lambda images: net(Tensor(images)).asnumpy(), image_size, num_classes, batch_size,
-                     pad_to_seen=True, description=description, class_names=class_names, engine=MINDSPORE_ENGINE)
+                     pad_to_seen=True, description=description, class_names=class_names, engine=mindspore_engine())
 
 
 # ----------------------------------------------------------------------------- MINDIR
@@ -170,6 +175,7 @@ def read_mindir_signature(path):
     Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
     error (mindspore.load would also print a C++ error log) and tells the input shape.
     """
+    from mindspore.train import mind_ir_pb2  # pylint: disable=import-outside-toplevel  (MindSpore's MINDIR schema)
     model = mind_ir_pb2.ModelProto()
     try:
         model.ParseFromString(Path(path).read_bytes())
@@ -186,6 +192,8 @@ def read_mindir_signature(path):
 
 def load_mindir(path, batch_size, image_size=None):
     """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
     path = check_model_file(path, 'MINDIR file')
     input_dims, output_dims, names = read_mindir_signature(path)
     static_batch, size = batch_and_size(input_dims, path)
@@ -196,7 +204,7 @@ def load_mindir(path, batch_size, image_size=None):
         raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
     batch = 'batch' if static_batch is None else str(static_batch)
     return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
-                     static_batch=static_batch, class_names=names, engine=MINDSPORE_ENGINE,
+                     static_batch=static_batch, class_names=names, engine=mindspore_engine(),
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
@@ -207,6 +215,7 @@ def onnx_providers(device_target):
         return ['CPUExecutionProvider']
     if device_target != 'GPU':
         raise UserError(f"device_target must be CPU or GPU, got '{device_target}'")
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
                         '(matching your CUDA), or run with device target CPU')
@@ -219,12 +228,14 @@ QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 
 
 def onnx_precision(path):
     """'int8' for a quantized ONNX file (export.py --quantize int8 writes QDQ pairs), else 'fp32'."""
+    import onnx  # pylint: disable=import-outside-toplevel
     graph = onnx.load(str(path), load_external_data=False).graph
     return 'int8' if any(node.op_type in QUANTIZED_OPS for node in graph.node) else 'fp32'
 
 
 def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
     path = check_model_file(path, 'ONNX file')
     if path.suffix.lower() != '.onnx':
         raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
