@@ -1,6 +1,6 @@
 """Evaluate an ONNX model (fp32 or INT8) in OpenVINO on CPU or ONNX Runtime: Top1-Acc, Top5-Acc.
 
-python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target CPU|GPU] [--prefetch N]
+python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target auto|CPU|GPU] [--prefetch N]
                     [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
 from pathlib import Path
@@ -8,7 +8,8 @@ from pathlib import Path
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine
+from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
+                                            onnx_device)
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
 
@@ -18,8 +19,9 @@ def parse_args(argv=None):
     parser.add_argument('dataset_path', metavar='DATASET', type=Path, help='validation folder, one sub-folder per class')
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
-    parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
-                        help="CPU, or GPU (ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
+    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
+                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
+                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--prefetch', type=int, default=16,
                         help='accepted as in the reference; no effect: the images of two batches are read ahead')
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
@@ -36,6 +38,7 @@ def main(argv=None):
     args = parse_args(argv)
     folder = validation_folder(args.dataset_path)
     check_outputs_apart({'--report_dir': args.report_dir}, {'--onnx_path': args.onnx_path, 'validation folder': folder})
+    args.device_target = onnx_device(args.device_target, args.backend)
     predictor = load_onnx_engine(args)
     announce(predictor, args.device_target)
     config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,

@@ -1,13 +1,14 @@
 """Predict classes with an ONNX model in OpenVINO (CPU) or ONNX Runtime; same printout and JSON as infer.py.
 
-python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/--device_target CPU|GPU]
+python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/--device_target auto|CPU|GPU]
                      [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
 from pathlib import Path
 
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine
+from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
+                                            onnx_device)
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
@@ -18,8 +19,9 @@ def parse_args(argv=None):
                         help='an image, or a folder whose .png/.jpg/.jpeg files are predicted')
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('-o', '--output', type=Path, default=Path('predictions.json'), help='JSON file to write')
-    parser.add_argument('-m', '--device_target', choices=('CPU', 'GPU'), default='CPU',
-                        help="CPU, or GPU (ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
+    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
+                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
+                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default='bilinear',
@@ -37,6 +39,7 @@ def main(argv=None):
                         {'--onnx_path': args.onnx_path, 'dataset_path': args.dataset_path})
     check_output_path(args.output)
     inputs = list_inputs(args.dataset_path)
+    args.device_target = onnx_device(args.device_target, args.backend)
     predictor = load_onnx_engine(args)
     announce(predictor, args.device_target)
     run_inference(predictor, inputs, args.output, args.interpolation, args.with_index, model=args.onnx_path)

@@ -13,6 +13,7 @@ need_file() { [ -f "$2" ] || fail "$1 $2 does not exist"; }
 need_dir() { [ -d "$2" ] || fail "$1 $2 does not exist"; }
 need_path() { [ -e "$2" ] || fail "$1 $2 does not exist"; }
 need_target() { case "$1" in GPU|CPU) ;; *) fail "DEVICE_TARGET must be GPU or CPU, got $1";; esac; }
+need_onnx_target() { case "$1" in auto|GPU|CPU) ;; *) fail "DEVICE_TARGET must be auto, GPU or CPU, got $1";; esac; }
 need_count() { [[ "$2" =~ ^[0-9]+$ ]] || fail "$1 must be a number, got $2"; }
 need_positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || fail "$1 must be a positive number, got $2"; }
 need_port() {

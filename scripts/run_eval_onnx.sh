@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Evaluate an ONNX model with ONNX Runtime on a validation folder.
-# Usage: bash scripts/run_eval_onnx.sh ONNX DATASET [DEVICE_TARGET=CPU]
+# Evaluate an ONNX model on a validation folder: ONNX Runtime's CUDA provider on GPU, OpenVINO on CPU.
+# Usage: bash scripts/run_eval_onnx.sh ONNX DATASET [DEVICE_TARGET=auto]
+# DEVICE_TARGET auto: GPU where ONNX Runtime's CUDA provider starts, else CPU (with a note); or GPU, CPU.
 # Output goes to the screen and to eval_onnx.log in the current folder.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-usage_unless 2 3 $# "bash $0 ONNX DATASET [DEVICE_TARGET=CPU]"
+usage_unless 2 3 $# "bash $0 ONNX DATASET [DEVICE_TARGET=auto]"
 ONNX=$(absolute "$1"); need_file "ONNX file" "$ONNX"
 DATASET=$(absolute "$2"); need_dir "dataset folder" "$DATASET"
-TARGET=${3:-CPU}; need_target "$TARGET"
+TARGET=${3:-auto}; need_onnx_target "$TARGET"
 LOG="$PWD/eval_onnx.log"
 
 cd "$REPO"

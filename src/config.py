@@ -182,8 +182,8 @@ OPTIONS = (
     _opt('watchdog_timeout', to_float, 60.0, 'Data parallel under msrun: seconds without a sign of life after '
          'which a rank counts as lost and the others stop (a killed process is seen at once); 0: no watchdog.',
          at_least=0),
-    _opt('watchdog_port', to_int, 0, "Port of rank 0's watchdog (0: msrun's MASTER_PORT + 1).", at_least=0,
-         at_most=65535),
+    _opt('watchdog_port', to_int, 0, "Port of rank 0's watchdog (0: msrun's MASTER_PORT + 1, or 65534 when "
+         'that is 65535).', at_least=0, at_most=65535),
     # data loading
     _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',), at_least=1),
     _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).', at_least=1),

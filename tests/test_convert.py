@@ -410,10 +410,26 @@ def test_legacy_and_foreign_files_are_refused_clearly(tmp_path):
         read_source(text)
 
 
-def test_safetensors_bfloat16(tmp_path):
-    value = torch.randn(4, 3).bfloat16()
-    save_safetensors({'w': value}, str(tmp_path / 'w.safetensors'))
-    np.testing.assert_array_equal(read_safetensors(tmp_path / 'w.safetensors')['w'], value.float().numpy())
+def test_safetensors_every_dtype_of_a_checkpoint(tmp_path):
+    state = {'f32': torch.randn(3, 4), 'f16': torch.randn(5).half(), 'bf16': torch.randn(4, 3).bfloat16(),
+             'f64': torch.randn(2, 2).double(), 'i64': torch.tensor([1, -2, 3])}
+    save_safetensors(state, str(tmp_path / 'w.safetensors'))
+    loaded = read_safetensors(tmp_path / 'w.safetensors')
+    assert sorted(loaded) == sorted(state)
+    for name, value in state.items():
+        # numpy has no bfloat16: the reader widens it to float32 exactly; other dtypes are kept
+        expected = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        assert loaded[name].dtype == expected.dtype, name
+        np.testing.assert_array_equal(loaded[name], expected, err_msg=name)
+
+
+def test_safetensors_of_an_unsupported_dtype_is_one_line(tmp_path):
+    path = tmp_path / 'model.safetensors'
+    save_safetensors({'stem.weight': torch.zeros(2, 2), 'w8': torch.zeros(4).to(torch.float8_e4m3fn)}, str(path))
+    result = _run_convert(['--input', path, '--output', tmp_path / 'out.ckpt'], block_torch=True)
+    assert result.returncode == 2 and result.stderr.strip().count('\n') == 0
+    assert result.stderr.strip() == f'error: {path}: tensor w8 has unsupported dtype F8_E4M3'
+    assert not (tmp_path / 'out.ckpt').exists()
 
 
 # ----------------------------------------------------------------------------- the script

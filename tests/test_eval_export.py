@@ -24,10 +24,11 @@ from src.dataset import preprocess_image
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import class_names_entry, save_checkpoint
-from src.tools.deployment.backends import ENGINE_NAMES
+from src.tools.deployment import backends
+from src.tools.deployment.backends import ENGINE_NAMES, onnx_device
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
-from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx
+from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx, onnxruntime_cuda_works
 from src.tools.base.numerics import relative_difference
 from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
 
@@ -350,6 +351,37 @@ def test_eval_refuses_bad_input(work, exported, capsys):
         assert_one_line_error(status, err, 'onnxruntime-gpu')
 
 
+AUTO_NOTE = "=> note: device auto: ONNX Runtime's CUDA provider does not start on this machine"
+
+
+@pytest.mark.skipif(onnxruntime_cuda_works(), reason="ONNX Runtime's CUDA provider starts here: auto is GPU")
+def test_onnx_scripts_default_to_auto_which_is_cpu_with_a_note_without_cuda(work, exported, capsys):
+    """The zoo's eval_onnx/infer_onnx defaulted to CPU and its GPU edition ran them on GPU; here the
+    default is auto: GPU where ONNX Runtime's CUDA provider starts, else (this machine) CPU, said once."""
+    paths = work['paths']
+    status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'])
+    assert status == 0, err
+    assert out.count(AUTO_NOTE) == 1 and engine_of(out) == 'openvino' and out.rstrip().endswith('=> eval success')
+    status, out, err = run_main(capsys, 'infer_onnx.py', paths['val'] / 'class_01', '-c', exported['onnx'],
+                                '-o', paths['root'] / 'auto.json', '--backend', 'onnxruntime')
+    assert status == 0, err
+    assert out.count(AUTO_NOTE) == 1 and engine_of(out) == 'onnxruntime' and 'CPUExecutionProvider' in out
+    assert len(json.loads((paths['root'] / 'auto.json').read_text())) == 2
+    status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '-m', 'CPU')
+    assert status == 0 and AUTO_NOTE not in out, err  # an explicit device is taken as it is
+
+
+def test_onnx_device_auto_is_gpu_where_cuda_starts(monkeypatch, capsys):
+    probes = []
+    monkeypatch.setattr(backends, 'onnxruntime_cuda_works', lambda: probes.append(1) or True)
+    assert onnx_device('auto', 'auto') == 'GPU' and onnx_device('auto', 'onnxruntime') == 'GPU'
+    assert onnx_device('auto', 'openvino') == 'CPU'  # OpenVINO runs on CPU only: nothing to probe
+    assert onnx_device('CPU', 'auto') == 'CPU' and onnx_device('GPU', 'openvino') == 'GPU'  # checked later
+    assert len(probes) == 2 and capsys.readouterr().out == ''
+    monkeypatch.setattr(backends, 'onnxruntime_cuda_works', lambda: False)
+    assert onnx_device('auto', 'onnxruntime') == 'CPU' and AUTO_NOTE in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- inference
 def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, exported, capsys):
     paths = work['paths']
@@ -463,6 +495,15 @@ def test_scripts_as_processes(work, exported):
     assert result.returncode == 0, result.stderr + result.stdout
     assert len(json.loads(output.read_text())) == 2
     assert '===== Load directory =====' in (log_dir / 'infer_onnx.log').read_text()
+    result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_eval_onnx.sh'), exported['onnx'], paths['val']],
+                            cwd=log_dir, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+    log = (log_dir / 'eval_onnx.log').read_text()
+    assert log.rstrip().endswith('=> eval success')
+    assert (AUTO_NOTE in log) != onnxruntime_cuda_works()  # the default device is auto
+    result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_eval_onnx.sh'), exported['onnx'], paths['val'],
+                             'TPU'], cwd=log_dir, capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (1, 'error: DEVICE_TARGET must be auto, GPU or CPU, got TPU\n')
     result = subprocess.run(['bash', str(ROOT / 'scripts' / 'run_eval_gpu.sh'), paths['config']],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0 and 'Usage' in result.stderr

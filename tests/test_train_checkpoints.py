@@ -6,6 +6,7 @@ import pathlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import mindspore as ms
 import numpy as np
@@ -238,33 +239,43 @@ def test_metrics_file_has_one_row_per_epoch_and_a_plot(tmp_path):
 
 def test_ranks_helpers_are_identities_for_one_process():
     ranks = Ranks()
-    assert ranks.is_main and ranks.from_main(1_800_000_123) == 1_800_000_123
+    assert ranks.is_main and ranks.from_main([1_800_000_123, -5]) == [1_800_000_123, -5]
+    assert ranks.from_main([[2, 3], [0, 0]]) == [[2, 3], [0, 0]]
+    with pytest.raises(ValueError, match='int32'):
+        ranks.from_main([2 ** 31])  # the broadcast carries int32: a larger value is a bug, not a wrap-around
     np.testing.assert_array_equal(ranks.sum([1.5, 2.0]), [1.5, 2.0])
     ranks.barrier()  # nothing to wait for
 
 
 # ----------------------------------------------------------------------------- several ranks, several machines
 class FakeGroup:
-    """``size`` threads standing for ranks: ``total(rank)`` is their sum over ranks (every rank
-    calls it in the same order, as with the all-reduce it replaces)."""
+    """``size`` threads standing for ranks: ``ranks(rank)`` has the ``sum`` and ``from_main`` of
+    ``Ranks`` over them (every rank calls them in the same order, as with the collectives they
+    stand for)."""
 
     def __init__(self, size):
         self.barrier = threading.Barrier(size, timeout=30)
         self.slots = [None] * size
 
-    def total(self, rank):
+    def _exchange(self, rank, values):
+        self.slots[rank] = values
+        self.barrier.wait()
+        result = list(self.slots)
+        self.barrier.wait()
+        return result
+
+    def ranks(self, rank):
         def summed(values):
-            self.slots[rank] = np.asarray(values, np.float64)
-            self.barrier.wait()
-            result = np.sum(self.slots, axis=0)
-            self.barrier.wait()
-            return result
-        return summed
+            return np.sum(self._exchange(rank, np.asarray(values, np.float64)), axis=0)
+
+        def from_main(values):
+            return self._exchange(rank, np.asarray(values, np.int64).tolist())[0]
+        return SimpleNamespace(rank=rank, group_size=len(self.slots), sum=summed, from_main=from_main)
 
     def run(self, work):
-        """[work(rank, total) for each rank], run together."""
+        """[work(rank, ranks) for each rank], run together."""
         with ThreadPoolExecutor(len(self.slots)) as pool:
-            return list(pool.map(lambda rank: work(rank, self.total(rank)), range(len(self.slots))))
+            return list(pool.map(lambda rank: work(rank, self.ranks(rank)), range(len(self.slots))))
 
 
 def write_positions(folder, rank, positions_and_values):
@@ -283,10 +294,10 @@ def test_ranks_with_their_own_folders_agree_and_pass_over_an_unreadable_newest(t
     damaged = folders[0] / f'{ARCH}_0-2_2.ckpt'
     damaged.write_bytes(damaged.read_bytes()[:40])
 
-    def resume(rank, total):
+    def resume(rank, ranks):
         saver = CheckpointSaver(folders[rank], ARCH, rank, keep_last=3, keep_best=1)
-        candidates = resume_candidates(saver, 2, total, count=3)
-        path, checkpoint = first_readable(candidates, total, rank)
+        candidates = resume_candidates(saver, 2, ranks, count=3)
+        path, checkpoint = first_readable(candidates, ranks.sum, rank)
         return [p.name for p in candidates], path.name, checkpoint['linear.bias'].asnumpy().tolist()
 
     found = FakeGroup(2).run(resume)
@@ -295,7 +306,7 @@ def test_ranks_with_their_own_folders_agree_and_pass_over_an_unreadable_newest(t
     out = capsys.readouterr().out
     assert f'=> note: checkpoint {damaged} cannot be read (corrupt or not a checkpoint)' in out
     assert f'=> note: the checkpoint {ARCH}_0-2_2.ckpt cannot be read on 1 rank(s)' not in out  # rank 0 knows why
-    # Without an all-reduce (one process, or one shared folder) the same positions are found.
+    # Without collectives (one process, or one shared folder) the same positions are found.
     shared = tmp_path / 'shared'
     write_positions(shared, 0, [((1, 4), 1.0), ((2, 2), 2.0), ((2, 3), 3.0)])
     write_positions(shared, 1, [((1, 4), 1.0), ((2, 2), 2.0)])
@@ -308,9 +319,9 @@ def test_no_readable_checkpoint_is_one_error_for_every_rank(tmp_path):
     write_positions(folder, 1, [((1, 4), 1.0)])
     (folder / f'{ARCH}_1-1_4.ckpt').write_bytes(b'\x00' * 64)
 
-    def resume(rank, total):
+    def resume(rank, ranks):
         with pytest.raises(UserError, match='no checkpoint to resume from can be read') as error:
-            first_readable(resume_candidates(CheckpointSaver(folder, ARCH, rank, 3, 1), 2, total, 3), total, rank)
+            first_readable(resume_candidates(CheckpointSaver(folder, ARCH, rank, 3, 1), 2, ranks, 3), ranks.sum, rank)
         return str(error.value)
 
     messages = FakeGroup(2).run(resume)

@@ -1,6 +1,7 @@
 """src/tools/training/watchdog.py with two real processes (no MindSpore): a rank killed with
 kill -9, or stopping on an error, stops the other within seconds with a line naming it; a clean
 end is quiet; a checkpoint being written is completed first."""
+import os
 import signal
 import subprocess
 import sys
@@ -94,3 +95,25 @@ def test_a_clean_end_is_quiet_and_a_checkpoint_being_written_is_completed():
     assert status == 1 and out.strip() == 'checkpoint written' and 'rank 1 of 2 was lost' in err
     assert 1 < seconds < 5  # waited for the write (2 s from its start), then stopped
     ranks[1].wait()
+
+
+LAUNCHED = f'''
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from src.tools.training.watchdog import Watchdog
+watchdog = Watchdog.for_launcher(int(sys.argv[1]), 2, timeout=30)
+with watchdog:
+    print('port', watchdog.port, flush=True)
+    time.sleep(1)  # both connected (in a run, the collectives see to that)
+print('clean end', flush=True)
+'''
+
+
+def test_the_default_port_is_valid_when_master_port_is_the_last_one():
+    """msrun's MASTER_PORT 65535: the watchdog cannot use 65536; both ranks meet on 65534."""
+    env = {**os.environ, 'MS_SCHED_HOST': '127.0.0.1', 'MS_SCHED_PORT': '65535'}
+    ranks = [subprocess.Popen([sys.executable, '-c', LAUNCHED, str(rank)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    for process in ranks:
+        status, out, err, _ = finish(process, within=20)
+        assert (status, out.split('\n')[:2], err) == (0, ['port 65534', 'clean end'], '')

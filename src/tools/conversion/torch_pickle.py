@@ -8,31 +8,31 @@ globals the pickle asks for, which lets a crafted file run code; ``SafeUnpickler
 resolves only the handful of names that rebuild tensors and containers, and refuses anything
 else with an error that names the global.
 
-safetensors files are read here too (an 8-byte header size, a JSON header, raw data) because the
-safetensors package's numpy API cannot represent bfloat16.
+safetensors files are read by the safetensors package; its numpy API returns bfloat16 tensors as
+ml_dtypes' bfloat16 (ml_dtypes, an onnx dependency, registers that dtype with numpy when imported).
 """
 import io
-import json
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from src.tools.base.cli import UserError
 
-# storage class named in the pickle -> numpy dtype of its raw bytes (bfloat16 handled apart)
+# storage class named in the pickle -> numpy dtype of its raw bytes
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32,
     'HalfStorage': np.float16,
-    'BFloat16Storage': 'bfloat16',
+    'BFloat16Storage': ml_dtypes.bfloat16,
     'DoubleStorage': np.float64,
     'LongStorage': np.int64,
 }
-_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': 'bfloat16', 'F64': np.float64,
-                       'I64': np.int64}
+_SAFETENSORS_DTYPES = {'F32', 'F16', 'BF16', 'F64', 'I64'}  # the same element types in safetensors' names
 _PICKLE_MAGIC = 0x1950a86a20f9469cfc6c  # first object of the legacy (pre-zip) torch format
 
 
@@ -40,15 +40,13 @@ class UnsafeCheckpointError(UserError):
     """The file asks for a Python global that rebuilding tensors does not need."""
 
 
-def bfloat16_to_float32(raw):
-    """bfloat16 bits (uint16) as float32: they are the upper half of the float32 bits."""
-    return (np.asarray(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+def _numpy_dtype(values):
+    """bfloat16 as float32 (numpy's own types know no bfloat16); other arrays unchanged."""
+    return values.astype(np.float32) if values.dtype == ml_dtypes.bfloat16 else values
 
 
-def _decode(buffer, dtype, byteorder='<'):
-    if dtype == 'bfloat16':
-        return bfloat16_to_float32(np.frombuffer(buffer, np.dtype(np.uint16).newbyteorder(byteorder)))
-    return np.frombuffer(buffer, np.dtype(dtype).newbyteorder(byteorder)).astype(np.dtype(dtype))
+def _decode(buffer, dtype, byteorder):
+    return _numpy_dtype(np.frombuffer(buffer, np.dtype(dtype).newbyteorder(byteorder)).astype(dtype))
 
 
 class _Storage:
@@ -187,34 +185,13 @@ def is_safetensors(path):
 
 def read_safetensors(path):
     """{name: numpy array} of a safetensors file; bfloat16 becomes float32. A file that does not
-    follow the format is a one-line UserError naming what is wrong."""
-    path = Path(path)
-    data = path.read_bytes()
+    follow the format is a one-line UserError with the package's reason."""
     try:
-        size = struct.unpack('<Q', data[:8])[0]
-        header = json.loads(data[8:8 + size])
-    except (struct.error, ValueError) as error:
-        raise UserError(f'{path} is not a valid safetensors file ({error})') from None
-    if not isinstance(header, dict):
-        raise UserError(f'{path} is not a valid safetensors file (its header is not a JSON object)')
-    body = memoryview(data)[8 + size:]
-    tensors = {}
-    for name, info in header.items():
-        if name == '__metadata__':
-            continue
-        try:
-            tensors[name] = _safetensors_tensor(info, body, name, path)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise UserError(f'{path} is not a valid safetensors file (tensor {name}: '
-                            f'{type(error).__name__} {error})') from None
-    return tensors
-
-
-def _safetensors_tensor(info, body, name, path):
-    dtype = _SAFETENSORS_DTYPES.get(info.get('dtype'))
-    if dtype is None:
-        raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-    start, end = info['data_offsets']
-    if not 0 <= start <= end <= len(body):
-        raise UserError(f'{path}: tensor {name} reaches past the end of the file')
-    return _decode(body[start:end], dtype).reshape(info['shape'])
+        with safe_open(path, framework='numpy') as file:
+            for name in file.keys():
+                dtype = file.get_slice(name).get_dtype()
+                if dtype not in _SAFETENSORS_DTYPES:
+                    raise UserError(f'{path}: tensor {name} has unsupported dtype {dtype}')
+            return {name: _numpy_dtype(file.get_tensor(name)) for name in file.keys()}
+    except SafetensorError as error:
+        raise UserError(f"{path} is not a valid safetensors file ({' '.join(str(error).split())})") from None

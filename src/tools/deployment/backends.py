@@ -17,7 +17,8 @@ from pathlib import Path
 
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
-from src.tools.deployment.model_files import load_deploy_network, load_mindir, load_onnx, network_predictor
+from src.tools.deployment.model_files import (load_deploy_network, load_mindir, load_onnx, network_predictor,
+                                              onnxruntime_cuda_works)
 from src.tools.deployment.openvino_engine import check_precision, cpu_features, import_openvino, load_openvino
 
 MODEL_SUFFIXES = ('.ckpt', '.mindir', '.onnx')
@@ -132,6 +133,20 @@ def _threads(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f'expected a whole number, at least 0, got {text!r}')
     return value
+
+
+def onnx_device(device_target, backend):
+    """The device of eval_onnx.py / infer_onnx.py. ``auto`` (their default; the model zoo ran them on
+    GPU): GPU where ONNX Runtime's CUDA provider starts, else CPU, saying so; OpenVINO is CPU only."""
+    if device_target != 'auto':
+        return device_target
+    if backend == 'openvino':
+        return 'CPU'
+    if onnxruntime_cuda_works():
+        return 'GPU'
+    print("=> note: device auto: ONNX Runtime's CUDA provider does not start on this machine (no GPU, or not "
+          'the CUDA and cuDNN libraries of onnxruntime-gpu: requirements.txt); running on CPU', flush=True)
+    return 'CPU'
 
 
 def load_onnx_engine(args):

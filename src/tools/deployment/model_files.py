@@ -222,6 +222,25 @@ def onnx_providers(device_target):
     return ['CUDAExecutionProvider', 'CPUExecutionProvider']
 
 
+def onnxruntime_cuda_works():
+    """Whether ONNX Runtime's CUDA provider starts on this machine. onnxruntime-gpu lists it as
+    available wherever it is installed; whether its libraries load and a GPU answers shows only when
+    a session asks for it, so a one-node session does (ONNX Runtime then falls back to CPU)."""
+    import onnx  # pylint: disable=import-outside-toplevel
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        return False
+    x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in 'xy')
+    graph = onnx.helper.make_graph([onnx.helper.make_node('Identity', ['x'], ['y'])], 'probe', [x], [y])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 13)], ir_version=8)
+    ort.set_default_logger_severity(4)  # the failure to load the CUDA libraries is not an error here
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=['CUDAExecutionProvider'])
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+    return 'CUDAExecutionProvider' in session.get_providers()
+
+
 QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'QLinearMatMul', 'ConvInteger',
                            'MatMulInteger'})
 

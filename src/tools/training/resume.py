@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
-import numpy as np
 import yaml
 
 from src.config import OPTION_BY_NAME
@@ -94,7 +93,7 @@ def _resume(args, net, steps_per_epoch, ranks, classes):
     folder = Path(args.continues)
     remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{ranks.rank}-')  # each machine its own
     saver = _saver(args, folder, ranks.rank)
-    candidates = resume_candidates(saver, ranks.group_size, ranks.sum, count=args.keep_checkpoint_max)
+    candidates = resume_candidates(saver, ranks.group_size, ranks, count=args.keep_checkpoint_max)
     path, checkpoint = first_readable(candidates, ranks.sum, ranks.rank)
     source = f'checkpoint {path}'
     check_recorded_arch(checkpoint, args.arch, source)
@@ -160,30 +159,28 @@ def _checked(start, args, steps_per_epoch):
 
 
 # ----------------------------------------------------------------------------- which checkpoint
-def resume_candidates(saver, group_size, total=None, count=None):
+def resume_candidates(saver, group_size, ranks=None, count=None):
     """This rank's checkpoints at the positions that every rank reached, newest first; when the
     ranks share none (the group size changed), rank 0's newest, for every rank.
 
-    Without ``total`` (or with one rank) the folder holds every rank's files (one process, or a
-    shared folder). With ``total`` (a sum over ranks; every rank calls this together) each rank
-    looks only at its own files, so that a run folder that each machine keeps for itself works too:
-    rank 0 names its ``count`` newest positions and every rank says which of them it has.
+    Without ``ranks`` (or with one rank) the folder holds every rank's files (one process, or a
+    shared folder). With ``ranks`` (``Ranks``: every rank calls this together) each rank looks only
+    at its own files, so that a run folder that each machine keeps for itself works too: rank 0
+    names its ``count`` newest positions (a broadcast) and every rank says which of them it has (a
+    sum of 0/1 per position: a count of ranks, exact in float32).
     """
     mine = saver.periodic()
-    if total is None or group_size == 1:
+    if ranks is None or group_size == 1:
         per_rank = [saver.periodic(rank) for rank in range(group_size)]
         common = sorted(set(per_rank[0]).intersection(*per_rank[1:]), reverse=True)
         rank0_newest = max(per_rank[0]) if per_rank[0] else None
     else:
         count = max(int(count or 0), 1)
-        named = np.zeros((count, 2))
-        if saver.rank == 0:
-            for row, position in enumerate(sorted(mine, reverse=True)[:count]):
-                named[row] = position
-        named = total(named.ravel()).reshape(count, 2)  # rank 0's rows; exact below 2**24
-        positions = [(int(epoch), int(step)) for epoch, step in named if epoch > 0]
-        held = total([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
-        common = [position for position, ranks in zip(positions, held) if int(ranks) == group_size]
+        newest = sorted(mine, reverse=True)[:count] if saver.rank == 0 else []
+        named = ranks.from_main([list(position) for position in newest] + [[0, 0]] * (count - len(newest)))
+        positions = [(epoch, step) for epoch, step in named if epoch > 0]
+        held = ranks.sum([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
+        common = [position for position, holders in zip(positions, held) if int(holders) == group_size]
         rank0_newest = positions[0] if positions else None
     if common:
         return [mine[position] for position in common]
@@ -272,7 +269,7 @@ def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
     changed, unless ``allow_schedule_change`` (then say so). Rank 0 decides for every rank: only
     its machine is sure to hold the config copy."""
     changes = schedule_changes(folder, args, saved_steps_per_epoch, steps_per_epoch)
-    changed = ranks.from_main(int(bool(changes)))
+    (changed,) = ranks.from_main([int(bool(changes))])
     if not changed:
         return
     listed = ', '.join(f'{key} {before} -> {now}' for key, before, now in changes) or 'see rank 0'

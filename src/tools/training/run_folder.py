@@ -45,7 +45,8 @@ def new_run_folder(train_url, arch, brief, ranks):
                 break
             except FileExistsError:
                 stamp += 1
-    stamp = ranks.from_main(stamp)
+    days, seconds = ranks.from_main(divmod(stamp, 86400))  # each an int32, past 2038 too
+    stamp = days * 86400 + seconds
     folder = train_url / run_folder_name(stamp, arch, brief)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

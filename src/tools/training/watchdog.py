@@ -8,7 +8,7 @@ What MindSpore 2.8 and msrun do by themselves (measured on CPU with 2 workers, k
   'Ring ReduceScatter wait receiving failed'; nothing in its log names the lost rank. (GPU/NCCL:
   not measured here.)
 
-The watchdog: rank 0 listens on a TCP port (``watchdog_port``; default msrun's MASTER_PORT + 1) and
+The watchdog: rank 0 listens on a TCP port (``watchdog_port``; default ``default_port``) and
 every other rank holds one connection to it. When a process ends in any way (kill -9, an
 out-of-memory kill, a crash), its kernel closes its connection and the other end sees it at once;
 a machine that vanishes is found by TCP keepalive probes after about ``watchdog_timeout`` seconds
@@ -41,6 +41,12 @@ def _keepalive(sock, timeout):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+def default_port(scheduler_port):
+    """The watchdog's port beside msrun's scheduler: MASTER_PORT + 1, or MASTER_PORT - 1 when
+    MASTER_PORT is the last port, 65535."""
+    return scheduler_port + 1 if scheduler_port < 65535 else scheduler_port - 1
+
+
 class Watchdog:
     """Watches the ranks of one run (see the module docstring); use as a context manager around
     the run, so that a clean end says goodbye and an error is passed on."""
@@ -67,7 +73,7 @@ class Watchdog:
         host, scheduler_port = os.environ.get('MS_SCHED_HOST'), os.environ.get('MS_SCHED_PORT')
         if group_size < 2 or timeout <= 0 or not host or not scheduler_port:
             return None
-        watchdog = cls(rank, group_size, host, port or int(scheduler_port) + 1, timeout)
+        watchdog = cls(rank, group_size, host, port or default_port(int(scheduler_port)), timeout)
         watchdog.start()
         return watchdog
 
