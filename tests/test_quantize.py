@@ -125,10 +125,10 @@ def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported)
     assert dims == [['batch', 3, SIZE, SIZE], ['batch', CLASSES]]
     assert exported['int8'].stat().st_size < 0.35 * exported['fp32'].stat().st_size
     assert load_onnx(exported['int8']).class_names == ['class0', 'class1', 'class2']  # as the fp32 export
-    assert {prop.key: prop.value for prop in model.metadata_props} == {  # the checkpoint's card, in deploy form
-        'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy', 'quantization_friendly': 'true',
-        'class_names': '["class0", "class1", "class2"]', 'image_size': str(SIZE), 'interpolation': 'bilinear',
-        'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}
+    card = {'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy', 'quantization_friendly': 'true',
+            'class_names': '["class0", "class1", "class2"]', 'image_size': str(SIZE), 'interpolation': 'bilinear',
+            'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}
+    assert card.items() <= {prop.key: prop.value for prop in model.metadata_props}.items()  # the checkpoint's card
 
 
 def test_int8_logits_follow_the_fp32_network(run, exported):
@@ -214,7 +214,7 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
     for argv, fragments in cases:
         status, out, err = run_main(capsys, 'export.py', *base, *argv)
         assert_one_line_error(status, err, *fragments)
-        assert '=>' not in out  # refused before the checkpoint was read
+        assert ' weights from ' not in out  # refused before the checkpoint was read
     assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'imageless']
 
 
