@@ -154,7 +154,8 @@ def help_flags(out):
 
 
 @pytest.mark.parametrize('script, has, has_not', [
-    ('train.py', ['--epochs', '--mix_up', '--continues', '--pretrained'], ['--pred_output', '--export_path', '--backend']),
+    ('train.py', ['--epochs', '--mix_up', '--continues', '--pretrained'],
+     ['--pred_output', '--export_path', '--backend']),
     ('eval.py', ['--dataset_path', '--report_dir', '--backend', '--image_check', '--arch'],
      ['--epochs', '--pred_output', '--export_path', '--quantize', '--seed']),
     ('infer.py', ['--pred_output', '--with_index', '--precision'], ['--epochs', '--report_dir', '--quantize']),
@@ -176,7 +177,8 @@ def test_each_script_help_lists_the_options_it_reads_and_no_others(capsys, scrip
 def test_a_flag_of_another_script_is_accepted_with_one_note(capsys):
     config = parse_config(['--dataset_path', 'val', '--epochs', '3', '--seed', '1', '--wd', '0.1'], 'eval.py')
     out = capsys.readouterr().out
-    assert out == '=> note: eval.py does not read --epochs, --seed, --weight_decay (options of other scripts); ignored\n'
+    assert out == ('=> note: eval.py does not read --epochs, --seed, --weight_decay (options of other scripts); '
+                   'ignored\n')
     assert config.epochs == 3 and config.given == {'dataset_path', 'epochs', 'seed', 'weight_decay'}
     parse_config(['--config', str(CONFIGS / 'RepVGG-A0_digits.yaml'), '--dataset_path', 'val'], 'eval.py')
     assert capsys.readouterr().out == ''  # a training YAML's keys get no note

@@ -105,7 +105,8 @@ def write_source(state, path, layout, wrapper='raw'):
 
 def read_ckpt(path):
     """The tensors of a checkpoint (its model card, a set of strings, is left out)."""
-    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items() if not isinstance(param, str)}
+    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()
+            if not isinstance(param, str)}
 
 
 def recorded_card(path):

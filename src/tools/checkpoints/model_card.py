@@ -20,11 +20,10 @@ contradicts the file.
 import json
 from dataclasses import dataclass, replace
 
+from src.config import OPTION_BY_NAME
 from src.dataset import EVAL_CROP_PCT, MEAN, STD, Preprocessing
 from src.tools.base.cli import UserError
 from src.variants import ARCH_NAMES, QA_ARCH_NAMES
-
-INTERPOLATIONS = ('bilinear', 'bicubic')
 
 
 def _text(value):
@@ -32,64 +31,39 @@ def _text(value):
     return str(value.asnumpy().item()) if hasattr(value, 'asnumpy') else str(value)
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
+def _parser(convert, valid):
+    """``convert`` an entry's text, refusing (ValueError) what ``valid`` says no to."""
+    def parse(text):
+        value = convert(text)
+        if not valid(value):
+            raise ValueError(text)
+        return value
+    return parse
 
 
-def _arch(text):
-    if text not in ARCH_NAMES:
-        raise ValueError
-    return text
+def _json_list(text):
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError(text)
+    return tuple(value)
 
 
-def _form(text):
-    return {'train': False, 'deploy': True}[text]
-
-
-def _names(text):
-    names = json.loads(text)
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ValueError
-    return tuple(names)
-
-
-def _triple(text):
-    values = json.loads(text)
-    if not isinstance(values, list) or len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
-        raise ValueError
-    return tuple(float(v) for v in values)
-
-
-def _choice(text):
-    if text not in INTERPOLATIONS:
-        raise ValueError
-    return text
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError
-    return value
-
-
+_POSITIVE = _parser(int, lambda value: value >= 1)
+_TRIPLE = _parser(_json_list, lambda value: len(value) == 3 and all(type(v) in (int, float) for v in value))
 # entry -> (field, parser, what a valid value is)
 _ENTRIES = {
-    'arch': ('arch', _arch, 'an arch name'),
-    'num_classes': ('num_classes', _positive_int, 'a positive integer'),
-    'form': ('deploy', _form, 'train or deploy'),
-    'class_names': ('class_names', _names, 'a list of names'),
-    'image_size': ('image_size', _positive_int, 'a positive integer'),
-    'interpolation': ('interpolation', _choice, 'bilinear or bicubic'),
-    'mean': ('mean', _triple, 'a list of 3 numbers'),
-    'std': ('std', _triple, 'a list of 3 numbers'),
-    'crop_pct': ('crop_pct', _fraction, 'a number in (0, 1]'),
+    'arch': ('arch', _parser(str, lambda value: value in ARCH_NAMES), 'an arch name'),
+    'num_classes': ('num_classes', _POSITIVE, 'a positive integer'),
+    'form': ('deploy', {'train': False, 'deploy': True}.__getitem__, 'train or deploy'),
+    'class_names': ('class_names', _parser(_json_list, lambda value: all(isinstance(v, str) for v in value)),
+                    'a list of names'),
+    'image_size': ('image_size', _POSITIVE, 'a positive integer'),
+    'interpolation': ('interpolation', _parser(str, lambda value: value in OPTION_BY_NAME['interpolation'].choices),
+                      'bilinear or bicubic'),
+    'mean': ('mean', _TRIPLE, 'a list of 3 numbers'),
+    'std': ('std', _TRIPLE, 'a list of 3 numbers'),
+    'crop_pct': ('crop_pct', _parser(float, lambda value: 0 < value <= 1), 'a number in (0, 1]'),
 }
-
-
 ENTRY_NAMES = (*_ENTRIES, 'quantization_friendly')
 
 
@@ -132,16 +106,13 @@ class ModelCard:
 
     def entries(self):
         """The recorded fields as {entry: string}, for a checkpoint's append_dict or a file's metadata."""
-        qa = None if self.arch is None else str(self.arch in QA_ARCH_NAMES).lower()
-        values = {'arch': self.arch, 'num_classes': self.num_classes,
-                  'form': None if self.deploy is None else ('deploy' if self.deploy else 'train'),
-                  'quantization_friendly': qa,
-                  'class_names': None if self.class_names is None else json.dumps(list(self.class_names),
-                                                                                  ensure_ascii=False),
-                  'image_size': self.image_size, 'interpolation': self.interpolation,
-                  'mean': None if self.mean is None else json.dumps(list(self.mean)),
-                  'std': None if self.std is None else json.dumps(list(self.std)), 'crop_pct': self.crop_pct}
-        return {key: str(value) for key, value in values.items() if value is not None}
+        def text(value):
+            return json.dumps(list(value), ensure_ascii=False) if isinstance(value, tuple) else str(value)
+        values = {key: getattr(self, field) for key, (field, _, _) in _ENTRIES.items()}
+        values['form'] = None if self.deploy is None else ('deploy' if self.deploy else 'train')
+        if self.arch is not None:
+            values['quantization_friendly'] = str(self.arch in QA_ARCH_NAMES).lower()
+        return {key: text(value) for key, value in values.items() if value is not None}
 
     @property
     def preprocessing(self):
