@@ -26,8 +26,8 @@ weights is silently ignored. Files are written under a hidden temporary name and
 place (src/tools/base/files.py), so a process killed at any moment leaves only complete files;
 they carry MindSpore's CRC, so that a file damaged later fails to read instead of loading garbage.
 
-MindSpore is imported by the functions that write and read checkpoints: the class names of an ONNX
-file (``parse_class_names``) are read without loading it.
+MindSpore is imported by the functions that write and read checkpoints: the model card of an ONNX
+file (model_card.py) is read without loading it.
 """
 import json
 from pathlib import Path

@@ -80,14 +80,18 @@ class ModelCard:
     std: tuple = None
     crop_pct: float = None
 
+    def __post_init__(self):  # lists compare equal to what a file reads back
+        for field in ('class_names', 'mean', 'std'):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, tuple(getattr(self, field)))
+
     @classmethod
     def of(cls, arch, num_classes, deploy, class_names=None, preprocessing=None):
         """The card of a network: its arch, classes and form, and ``preprocessing`` (a Preprocessing)."""
-        fields = dict(arch=arch, num_classes=int(num_classes), deploy=bool(deploy),
-                      class_names=tuple(class_names) if class_names else None)
+        fields = dict(arch=arch, num_classes=int(num_classes), deploy=bool(deploy), class_names=class_names or None)
         if preprocessing is not None:
             fields.update(image_size=preprocessing.image_size, interpolation=preprocessing.interpolation,
-                          mean=tuple(preprocessing.mean), std=tuple(preprocessing.std), crop_pct=preprocessing.crop_pct)
+                          mean=preprocessing.mean, std=preprocessing.std, crop_pct=preprocessing.crop_pct)
         return cls(**fields)
 
     @classmethod
