@@ -39,10 +39,11 @@ def main(argv=None):
     folder = validation_folder(args.dataset_path)
     check_outputs_apart({'--report_dir': args.report_dir}, {'--onnx_path': args.onnx_path, 'validation folder': folder})
     args.device_target = onnx_device(args.device_target, args.backend)
-    predictor = load_onnx_engine(args)
+    size = {'image_size': args.image_size} if args.image_size else {}
+    config = make_config(batch_size=args.batch_size, prefetch=args.prefetch, device_target=args.device_target,
+                         num_parallel_workers=args.num_parallel_workers, **size)
+    predictor = load_onnx_engine(args, config)  # preprocessing: the model's (its metadata)
     announce(predictor, args.device_target)
-    config = make_config(image_size=predictor.image_size, batch_size=args.batch_size, prefetch=args.prefetch,
-                         num_parallel_workers=args.num_parallel_workers, device_target=args.device_target)
     print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir,
                                          model=args.onnx_path)))
     print('=> eval success')

@@ -1,8 +1,10 @@
 """Export the deploy (re-parameterized) network of a checkpoint to MINDIR or ONNX, fp32, or to ONNX INT8.
 
-python export.py --config C --pretrained CKPT --file_format MINDIR|ONNX|AIR --export_path P [--ema 1]
-python export.py --config C --pretrained CKPT --file_format ONNX --quantize int8 [--calibration_path DIR]
+python export.py --pretrained CKPT --file_format MINDIR|ONNX|AIR --export_path P [--ema 1] [--config C]
+python export.py --pretrained CKPT --file_format ONNX --quantize int8 [--calibration_path DIR]
                  [--calibration_images N] --export_path P
+
+The checkpoint's model card (arch, classes, preprocessing) goes into the file's metadata.
 """
 from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
@@ -16,9 +18,9 @@ from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, cal
 
 @user_entry_point
 def main(argv=None):
-    config = parse_config(argv, description='Export a RepVGG checkpoint, re-parameterized to its deploy '
-                                            'form, as MINDIR or ONNX (input Nx3xSxS float32), or as INT8 '
-                                            'ONNX (--quantize int8).')
+    config = parse_config(argv, 'export.py', 'Export a RepVGG checkpoint, re-parameterized to its deploy form, '
+                                             'as MINDIR or ONNX (input Nx3xSxS float32), or as INT8 ONNX '
+                                             '(--quantize int8).')
     check_export_format(config.file_format, config.device_target)
     if config.pretrained is None:
         raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
@@ -30,25 +32,24 @@ def main(argv=None):
     files = calibration_files(folder, config.calibration_images) if config.quantize == 'int8' else None
     check_export_target(config.export_path, config.file_format)
     set_device(config.device_target, config.device_id)
-    net, description, class_names = load_deploy_network(config.pretrained, config.arch, config.num_classes,
-                                                        ema=config.ema)
+    net, description, card = load_deploy_network(config.pretrained, config)
     print(f'=> {description}')
-    size = f'{config.image_size}x{config.image_size}'
-    names = f'{len(class_names)} class names' if class_names else 'no class names (the checkpoint records none)'
+    size = f'{card.image_size}x{card.image_size}'
+    names = (f'{len(card.class_names)} class names' if card.class_names
+             else 'no class names (the checkpoint records none)')
     if config.quantize == 'int8':
-        note = foreign_classes_note(files, class_names)
+        note = foreign_classes_note(files, card.class_names)
         if note:
             print(note)
-        result = export_int8(net, config.image_size, config.export_path, files, class_names, config.interpolation,
-                             model=config.pretrained)
+        result = export_int8(net, card, config.export_path, files, model=config.pretrained)
         print(f'=> exported {result.path} (ONNX INT8: {INT8_SCHEME}; deploy form, input {result.batch}x3x{size} '
               f'float32, {names}; calibrated on {result.images} images of {folder})')
         print(f'=> top-1 agreement with the fp32 network on the calibration images: {result.agreement:.2%} '
               f'(at least {AGREEMENT_THRESHOLD:.0%} required; the fp32 export differs from the network by '
               f'{result.fp32_difference:.2g} relative)')
     else:
-        path, difference, batch = export_network(net, config.image_size, config.file_format, config.export_path,
-                                                 class_names, model=config.pretrained)
+        path, difference, batch = export_network(net, card.image_size, config.file_format, config.export_path, card,
+                                                 model=config.pretrained)
         print(f'=> exported {path} ({config.file_format}, deploy form, input {batch}x3x{size} float32, {names}; '
               f'max relative difference to the network {difference:.2g})')
     print('=> export success')

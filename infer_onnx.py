@@ -5,6 +5,7 @@ python infer_onnx.py IMAGE_OR_FOLDER -c/--onnx_path ONNX --output OUT.json [-m/-
 """
 from pathlib import Path
 
+from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
@@ -24,8 +25,8 @@ def parse_args(argv=None):
                              "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
-    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default='bilinear',
-                        help='resize interpolation (as in evaluation: bilinear)')
+    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default=None,
+                        help="resize interpolation (default: the model's, else bilinear)")
     parser.add_argument('--with_index', action='store_true',
                         help="each prediction as {'class': name, 'index': i} instead of the class name alone")
     add_onnx_engine_arguments(parser, default_precision='auto')
@@ -40,9 +41,10 @@ def main(argv=None):
     check_output_path(args.output)
     inputs = list_inputs(args.dataset_path)
     args.device_target = onnx_device(args.device_target, args.backend)
-    predictor = load_onnx_engine(args)
+    given = {key: getattr(args, key) for key in ('image_size', 'interpolation') if getattr(args, key) is not None}
+    predictor = load_onnx_engine(args, make_config(**given))  # preprocessing: the model's (its metadata)
     announce(predictor, args.device_target)
-    run_inference(predictor, inputs, args.output, args.interpolation, args.with_index, model=args.onnx_path)
+    run_inference(predictor, inputs, args.output, args.with_index, model=args.onnx_path)
 
 
 if __name__ == '__main__':

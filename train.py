@@ -12,13 +12,14 @@ from pathlib import Path
 import mindspore as ms
 
 from src.config import parse_config
-from src.dataset import class_names, get_dataset, mixup_active
+from src.dataset import Preprocessing, class_names, get_dataset, mixup_active
 from src.ema.ema import EMA
 from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
 from src.repvgg import get_model
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import check_folder_creatable, check_outputs_apart, check_writable
+from src.tools.checkpoints.model_card import ModelCard
 from src.tools.training.resume import check_continues, restore_state, start_run
 from src.tools.demo_data import build_demo_data, is_complete
 from src.tools.training.amp import cast_amp, loss_scale_cell
@@ -60,7 +61,7 @@ def training_classes(args):
 @user_entry_point
 def main(argv=None):
     began = time.time()
-    args = parse_config(argv, description='Train a RepVGG classifier (standalone, or under msrun / mpirun).')
+    args = parse_config(argv, 'train.py', 'Train a RepVGG classifier (standalone, or under msrun / mpirun).')
     check_args(args)
     rank, group_size = init_device(args.device_target, args.device_id)
     ranks = Ranks(rank, group_size)
@@ -125,7 +126,10 @@ def train(args, ranks, watchdog, began):
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)
 
-    trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema, classes=classes,
+    # What every checkpoint says the model is: eval.py, export.py and infer.py need no config.
+    card = ModelCard.of(args.arch, args.num_classes, args.deploy, classes,
+                        Preprocessing(args.image_size, args.interpolation))
+    trainer = Trainer(args=args, train_cell=train_cell, net=net, ema=ema, card=card,
                       saver=start.saver, metrics_log=start.metrics_log, ranks=ranks,
                       steps_per_epoch=steps_per_epoch, lr_values=lr_values, sample_log=sample_log,
                       watchdog=watchdog)

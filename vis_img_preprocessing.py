@@ -30,8 +30,8 @@ def main(argv=None):
     extra, rest = _extra_flags(argv)
     if extra.num_images < 1 or extra.num_draws < 1:
         raise UserError('--num_images and --num_draws must be at least 1')
-    config = parse_config(rest, description=__doc__.split('\n', 1)[0] + ' Also: --output, --num_images, '
-                          '--num_draws.', require_config=False)
+    config = parse_config(rest, 'vis_img_preprocessing.py', __doc__.split('\n', 1)[0] + ' Also: --output, '
+                          '--num_images, --num_draws.')
     if config.data_url is None:
         raise UserError('pass --data_url with a folder holding train/ (and a --config)')
     check_outputs_apart({'--output': extra.output},

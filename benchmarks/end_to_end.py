@@ -98,16 +98,17 @@ def write_models(folder, photos, components=2, fitted=128):
     # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, ops
 
-    from src.dataset import eval_batches
+    from src.dataset import Preprocessing, eval_batches
     from src.repvgg import create_model, switch_net_to_deploy
     from src.tools.base.device import set_device, set_seed
-    from src.tools.checkpoints.format import class_names_entry, save_checkpoint
+    from src.tools.checkpoints.format import save_checkpoint
+    from src.tools.checkpoints.model_card import ModelCard
     from src.tools.deployment.export import export_network
     set_device('CPU')
     set_seed(0)
     net = random_statistics(create_model(ARCH, num_classes=NUM_CLASSES))
     net.set_train(False)
-    sample = [Tensor(images) for _, images in eval_batches(sorted(Path(photos).iterdir())[:fitted], 224, 32)]
+    sample = [Tensor(images) for _, images in eval_batches(sorted(Path(photos).iterdir())[:fitted], Preprocessing(224), 32)]
     last = net.blocks()[-1]  # centre its input to the ReLU per channel: the features then vary more
     inputs = [net.forward_stages(images)[3] for images in sample]
     before_relu = np.concatenate([(last.rbr_dense(x) + last.rbr_1x1(x)).asnumpy() for x in inputs])
@@ -126,9 +127,9 @@ def write_models(folder, photos, components=2, fitted=128):
     net.linear.weight.set_data(Tensor(weight.astype(np.float32)))
     net.linear.bias.set_data(Tensor(bias.astype(np.float32)))
     ckpt = Path(folder) / 'a0.ckpt'
-    save_checkpoint([{'name': p.name, 'data': p} for p in net.get_parameters()], ckpt,
-                    append_dict={'arch': ARCH, 'num_classes': NUM_CLASSES, **class_names_entry(CLASS_NAMES)})
-    onnx, _, _ = export_network(switch_net_to_deploy(net), 224, 'ONNX', Path(folder) / 'a0', CLASS_NAMES)
+    card = ModelCard.of(ARCH, NUM_CLASSES, False, CLASS_NAMES, Preprocessing(224))
+    save_checkpoint([{'name': p.name, 'data': p} for p in net.get_parameters()], ckpt, append_dict=card.entries())
+    onnx, _, _ = export_network(switch_net_to_deploy(net), 224, 'ONNX', Path(folder) / 'a0', card)
     return ckpt, onnx
 
 

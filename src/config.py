@@ -246,6 +246,31 @@ OPTIONS = (
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
+# What each script reads: its --help lists these, and a flag of another script is accepted with a
+# note. A YAML file may hold any key (a training config serves eval.py, export.py and infer.py too).
+_MODEL_FILE = ('config', 'pretrained', 'ema', 'arch', 'num_classes', 'image_size', 'interpolation', 'device_target',
+               'device_id')
+_ENGINE = ('batch_size', 'backend', 'precision', 'threads')
+SCRIPT_OPTIONS = {
+    'train.py': ('config', *(option.name for option in OPTIONS if option.yaml)),
+    'eval.py': (*_MODEL_FILE, *_ENGINE, 'dataset_path', 'data_url', 'report_dir', 'num_parallel_workers', 'prefetch',
+                'cache_session_id', 'image_check', 'image_check_cache'),
+    'infer.py': (*_MODEL_FILE, *_ENGINE, 'dataset_path', 'pred_output', 'with_index'),
+    'export.py': (*_MODEL_FILE, 'file_format', 'export_path', 'quantize', 'calibration_path', 'calibration_images',
+                  'data_url'),
+    'vis_img_preprocessing.py': ('config', 'data_url', 'image_size', 'interpolation', 'aug_type', 'auto_augment',
+                                 're_prob', 're_mode', 're_count', 'seed'),
+    'src.config': tuple(OPTION_BY_NAME),
+}
+CONFIG_REQUIRED = ('train.py', 'src.config')
+# Keys whose value a model file records (src/tools/checkpoints/model_card.py): in these scripts the
+# option's default applies only to files that do not.
+RECORDED_KEYS = ('arch', 'num_classes', 'image_size', 'interpolation')
+READS_MODEL_FILES = ('eval.py', 'infer.py', 'export.py')
+# The reference's flags that are gone, with what to pass instead: {flag: (scripts, message)}.
+RETIRED_FLAGS = {'onnx_path': (('eval.py', 'infer.py'), '{script} takes an .onnx file as --pretrained: pass '
+                               '--pretrained {value} (eval_onnx.py and infer_onnx.py take it as -c/--onnx_path)')}
+
 
 # ----------------------------------------------------------------------------- parsing
 def nearest_key(name):
@@ -263,27 +288,43 @@ def _argparse_type(option):
     return convert
 
 
-def _help_with_default(option):
+def _help_with_default(option, script):
     if option.name == 'config' or '(default:' in option.help:
         return option.help.replace('%', '%%')
     default = option.default
     shown = "''" if isinstance(default, Path) and str(default) == '.' else default
+    if option.name in RECORDED_KEYS and script in READS_MODEL_FILES:
+        shown = f"the model file's; {shown} for a file that records none"
     return f'{option.help} (default: {shown})'.replace('%', '%%')
 
 
-def build_parser(description='RepVGG', suppress_defaults=False, require_config=True):
-    """The command-line parser; with ``suppress_defaults`` only flags actually given appear."""
-    parser = OneLineParser(description=description, allow_abbrev=False,
-                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
+class _Retired(argparse.Action):
+    """A retired flag of the reference (RETIRED_FLAGS): a UserError that says what to pass instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        message = RETIRED_FLAGS[self.dest][1].format(script=parser.prog, value=values or 'MODEL.onnx')
+        raise UserError(f'{option_string} is gone: {message}')
+
+
+def build_parser(script='train.py', description='RepVGG', suppress_defaults=False):
+    """The command-line parser of ``script`` (a key of SCRIPT_OPTIONS): every option is accepted, the
+    help lists those it reads; with ``suppress_defaults`` only flags actually given appear."""
+    reads = SCRIPT_OPTIONS[script]
+    parser = OneLineParser(prog=script if script.endswith('.py') else None, description=description,
+                           allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for option in OPTIONS:
-        kwargs = dict(dest=option.name, help=_help_with_default(option), type=_argparse_type(option))
+        kwargs = dict(dest=option.name, type=_argparse_type(option),
+                      help=_help_with_default(option, script) if option.name in reads else argparse.SUPPRESS)
         if option.nargs:
             kwargs['nargs'] = option.nargs
         if not suppress_defaults:
             kwargs['default'] = option.default
         if option.name == 'config':
-            kwargs['required'] = require_config
+            kwargs['required'] = script in CONFIG_REQUIRED and not suppress_defaults
         parser.add_argument(f'--{option.name}', *option.aliases, **kwargs)
+    for flag, (scripts, _) in RETIRED_FLAGS.items():
+        if script in scripts:
+            parser.add_argument(f'--{flag}', nargs='?', action=_Retired, help=argparse.SUPPRESS)
     return parser
 
 
@@ -321,22 +362,35 @@ def read_yaml(path):
     return values
 
 
-def parse_config(argv=None, description='RepVGG', require_config=True):
-    """Parse ``argv`` (default: sys.argv) into the config Namespace: defaults < YAML < CLI."""
-    config = build_parser(description, require_config=require_config).parse_args(argv)
-    explicit = vars(build_parser(description, suppress_defaults=True, require_config=False).parse_args(argv))
-    if config.config is not None:
-        vars(config).update(read_yaml(config.config))
-        vars(config).update(explicit)
+def parse_config(argv=None, script='train.py', description='RepVGG'):
+    """Parse ``argv`` (default: sys.argv) for ``script`` into the config Namespace: defaults < YAML < CLI.
+
+    ``config.given`` names the keys the YAML file or the command line set: a model file's own values
+    yield only to those (src/tools/checkpoints/model_card.py). Flags that ``script`` does not read
+    are accepted, with one note naming them.
+    """
+    config = build_parser(script, description).parse_args(argv)
+    explicit = vars(build_parser(script, description, suppress_defaults=True).parse_args(argv))
+    from_yaml = read_yaml(config.config) if config.config is not None else {}
+    vars(config).update(from_yaml)
+    vars(config).update(explicit)
+    config.given = frozenset(from_yaml) | (frozenset(explicit) - {'config'})
+    ignored = [f'--{name}' for name in explicit if name not in SCRIPT_OPTIONS[script]]
+    if ignored:
+        print(f"=> note: {script} does not read {', '.join(ignored)} (options of other scripts); ignored")
     return config
 
 
 def make_config(yaml_path=None, **overrides):
-    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``."""
+    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``; ``given``
+    as parse_config sets it."""
     config = argparse.Namespace(**{option.name: option.default for option in OPTIONS})
+    from_yaml = {}
     if yaml_path is not None:
         config.config = Path(yaml_path)
-        vars(config).update(read_yaml(yaml_path))
+        from_yaml = read_yaml(yaml_path)
+        vars(config).update(from_yaml)
+    config.given = frozenset(from_yaml) | frozenset(overrides)
     for key, value in overrides.items():
         option = OPTION_BY_NAME.get(key)
         if option is None:
@@ -350,13 +404,14 @@ def make_config(yaml_path=None, **overrides):
 
 
 def config_to_dict(config):
-    """Plain YAML-serialisable values (paths as strings) for logs and run folders."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()}
+    """Plain YAML-serialisable values of the options (paths as strings) for logs and run folders."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()
+            if key in OPTION_BY_NAME}
 
 
 def _main():
     """``python -m src.config --config FILE [--key value ...]``: print the resolved config."""
-    config = parse_config(description='Print the configuration that a run would use.')
+    config = parse_config(script='src.config', description='Print the configuration that a run would use.')
     print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end='')
 
 

@@ -8,9 +8,9 @@ Layout: ``split/<class>/<image>`` with the class index given by the sorted class
   ``auto`` = weak + the ``auto_augment`` policy + RandomErasing (``re_prob``). Then normalise (ImageNet
   mean and std on [0, 1]) to CHW float32, shuffle, shard by (group_size, rank), batch with
   drop_remainder, and, when mixup / cutmix is on, mix whole batches into soft targets.
-- Eval: resize the shorter side to int(size * 256 / 224), centre crop ``image_size``, normalise.
-  Rank r reads images r, r + R, r + 2R, ... so all ranks together score every image exactly once;
-  the last batch is kept.
+- Eval (``Preprocessing``, which model files record): resize the shorter side to int(size /
+  crop_pct) (crop_pct 224 / 256), centre crop ``image_size``, normalise. Rank r reads images r,
+  r + R, r + 2R, ... so all ranks together score every image exactly once; the last batch is kept.
 
 Decode, the random crop, flip, normalise and HWC2CHW are MindSpore's C++ ops. The shorter-side
 resize of evaluation (and of ``aug_type none``) is PIL's, antialiased, as in the torchvision
@@ -20,7 +20,7 @@ larger reductions. The policies and random erasing are Python (src/augment) and 
 processes.
 
 eval.py and infer.py build no pipeline: ``eval_batches`` runs the one-image eval transform
-``preprocess_image`` (PIL decode and resize, numpy normalise) in threads, ahead of the model; it
+(``Preprocessing.image``: PIL decode and resize, numpy normalise) in threads, ahead of the model; it
 skips (eval.py) or stops at (infer.py) a file that fails to decode, with a line naming it.
 
 Bad images: before a pipeline is built, the files are checked cheaply (src/image_check.py: spread
@@ -33,6 +33,7 @@ Start-up at ImageNet size (1.28 million files) is why the folders are listed wit
 run starts its pipeline at the step it needs (``resume_batches``) instead of reading the batches
 it had done.
 """
+import functools
 import os
 import sys
 import time
@@ -50,7 +51,7 @@ from src.tools.base.cli import UserError
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-EVAL_RESIZE_RATIO = 256 / 224
+EVAL_CROP_PCT = 224 / 256  # the centre crop's share of the resized shorter side (timm's crop_pct)
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 _PIL_INTERPOLATION = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
@@ -131,9 +132,9 @@ def read_image_rgb(path):
 
 
 # ----------------------------------------------------------------------------- transforms
-def eval_resize_size(image_size):
-    """Shorter side before the centre crop: int(size * 256 / 224) (256 for 224)."""
-    return int(image_size * EVAL_RESIZE_RATIO)
+def eval_resize_size(image_size, crop_pct=EVAL_CROP_PCT):
+    """Shorter side before the centre crop: int(size / crop_pct) (256 for 224 at 0.875)."""
+    return int(image_size / crop_pct)
 
 
 def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
@@ -153,29 +154,56 @@ def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
     return np.asarray(img.crop((left, top, left + crop, top + crop)))
 
 
-# (x - mean) / std in float32 for every uint8 value x of each channel, computed as numpy computes it per pixel
-_NORMALIZED = ((np.arange(256, dtype=np.float32) - (np.array(MEAN, np.float32) * 255)[:, None])
-               / (np.array(STD, np.float32) * 255)[:, None])
+@functools.lru_cache(maxsize=8)
+def _normalized(mean, std):
+    """(x - mean) / std in float32 for every uint8 value x of each channel, computed as numpy computes
+    it per pixel: a (3, 256) table."""
+    return ((np.arange(256, dtype=np.float32) - (np.array(mean, np.float32) * 255)[:, None])
+            / (np.array(std, np.float32) * 255)[:, None])
 
 
-def normalize_chw(image):
-    """HWC uint8 -> CHW float32 normalised with the ImageNet mean and std (on [0, 1]). Looked up in
-    a table of the 256 values per channel: the same float32 numbers as computing them per pixel, in
-    less time (measured 0.47 vs 0.76 ms at 224x224 here), which counts when a fast engine waits."""
+def normalize_chw(image, mean=MEAN, std=STD):
+    """HWC uint8 -> CHW float32 normalised with ``mean`` and ``std`` (on [0, 1]; ImageNet's by default).
+    Looked up in a table of the 256 values per channel: the same float32 numbers as computing them
+    per pixel, in less time (measured 0.47 vs 0.76 ms at 224x224 here), which counts when a fast
+    engine waits."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f'normalize_chw takes uint8 images, got {image.dtype}')
-    return np.stack([_NORMALIZED[channel][image[..., channel]] for channel in range(3)])
+    table = _normalized(tuple(mean), tuple(std))
+    return np.stack([table[channel][image[..., channel]] for channel in range(3)])
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval transform a model takes its images through; model files record it
+    (src/tools/checkpoints/model_card.py), so evaluation and inference preprocess as training did."""
+    image_size: int
+    interpolation: str = 'bilinear'
+    mean: tuple = MEAN
+    std: tuple = STD
+    crop_pct: float = EVAL_CROP_PCT
+
+    def image(self, path):
+        """One image file -> float32 (3, S, S), as the eval pipeline produces it."""
+        crop = resize_center_crop(read_image_rgb(path), eval_resize_size(self.image_size, self.crop_pct),
+                                  self.image_size, self.interpolation)
+        return normalize_chw(crop, self.mean, self.std)
+
+    def stages(self):
+        """The same transform as pipeline stages, raw file bytes -> CHW float32."""
+        resize = ResizeCenterCrop(eval_resize_size(self.image_size, self.crop_pct), self.image_size, self.interpolation)
+        return [Stage([_vision().Decode(), resize] + _normalize_ops(self.mean, self.std))]
 
 
 def preprocess_image(path, image_size, interpolation='bilinear'):
-    """The eval transform of one image file: float32 (3, S, S), as the eval pipeline produces it."""
-    image = read_image_rgb(path)
-    return normalize_chw(resize_center_crop(image, eval_resize_size(image_size), image_size, interpolation))
+    """The eval transform of one image file with ImageNet's mean, std and crop."""
+    return Preprocessing(image_size, interpolation).image(path)
 
 
-def eval_batches(paths, image_size, batch_size, interpolation='bilinear', workers=None, skip_unreadable=False):
-    """(paths, float32 (B, 3, S, S)) batches of ``preprocess_image`` of ``paths``, in order.
+def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable=False):
+    """(paths, float32 (B, 3, S, S)) batches of ``paths`` through ``preprocessing`` (a Preprocessing),
+    in order.
 
     ``workers`` threads (default and at most: one per CPU this process may use) prepare the images
     up to two batches ahead of the caller, so that decoding and resizing run while the caller's
@@ -188,7 +216,7 @@ def eval_batches(paths, image_size, batch_size, interpolation='bilinear', worker
 
     def load(path):
         try:
-            return preprocess_image(path, image_size, interpolation)
+            return preprocessing.image(path)
         except UserError as error:
             if not skip_unreadable:
                 raise
@@ -250,9 +278,9 @@ def _vision():
     return vision
 
 
-def _normalize_ops():
+def _normalize_ops(mean=MEAN, std=STD):
     vision = _vision()
-    return [vision.Normalize(mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD]), vision.HWC2CHW()]
+    return [vision.Normalize(mean=[m * 255 for m in mean], std=[s * 255 for s in std]), vision.HWC2CHW()]
 
 
 def _mindspore_interpolation(name):
@@ -281,12 +309,6 @@ def train_stages(args):
     if args.re_prob > 0:
         stages.append(Stage([RandomErasing(args.re_prob, args.re_mode, args.re_count)], processes=True))
     return stages
-
-
-def eval_stages(image_size, interpolation='bilinear'):
-    """Per-image eval transform, raw file bytes -> CHW float32, as pipeline stages."""
-    return [Stage([_vision().Decode(), ResizeCenterCrop(eval_resize_size(image_size), image_size, interpolation)]
-                  + _normalize_ops())]
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -411,7 +433,7 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
     files, indexing, start_up = scan_and_check(folder, args, training, rank, group_size, classes, total)
     began = time.perf_counter()
     workers = _workers(args)
-    stages = train_stages(args) if training else eval_stages(args.image_size, args.interpolation)
+    stages = train_stages(args) if training else Preprocessing(args.image_size, args.interpolation).stages()
     ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
     ds.config.set_fast_recovery(True)  # resume_batches: skipped samples are neither read nor decoded
     ds.config.set_prefetch_size(max(1, args.prefetch))

@@ -21,6 +21,7 @@ from PIL import Image
 
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import save_checkpoint
+from src.tools.deployment.evaluation import parse_results
 from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
 from tests.train_helpers import command, environment
 
@@ -92,8 +93,25 @@ def common(trained):
 def test_the_training_classes_are_in_every_checkpoint_and_the_run_folder(trained):
     folder = trained['folder']
     assert json.loads((folder / 'class_names.json').read_text()) == CLASSES
-    for path in folder.glob('*.ckpt'):
-        assert json.loads(ms.load_checkpoint(str(path))['class_names']) == CLASSES, path.name
+    paths = list(folder.glob('*.ckpt'))
+    assert any('_epoch=' in path.name for path in paths) and any('_0-' in path.name for path in paths)
+    for path in paths:  # periodic and best: each says what the model is and how its images are preprocessed
+        card = {key: value for key, value in ms.load_checkpoint(str(path)).items()
+                if isinstance(value, str) and key != 'epoch_metrics'}
+        assert card == {'arch': ARCH, 'num_classes': '3', 'form': 'train', 'quantization_friendly': 'false',
+                        'class_names': json.dumps(CLASSES), 'image_size': str(SIZE), 'interpolation': 'bilinear',
+                        'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}, path
+
+
+def test_eval_of_a_training_checkpoint_needs_no_config(trained, capsys):
+    results = []
+    for config in (['--config', trained['config']], []):
+        status, out, err = run_main(capsys, 'eval.py', *config, '--pretrained', trained['best'], '--dataset_path',
+                                    trained['data'] / 'val', '--device_target', 'CPU', '--backend', 'mindspore')
+        assert status == 0, err
+        results.append(parse_results(out))
+    assert results[0]['Top1-Acc'] == results[1]['Top1-Acc'] and results[0]['Top5-Acc'] == results[1]['Top5-Acc']
+    assert abs(results[0]['Loss'] - results[1]['Loss']) < 1e-6  # batches of 4 (the config) and of 32
 
 
 @pytest.mark.parametrize('val_classes, train_classes, fragments', [

@@ -1,12 +1,13 @@
 """src/config.py: defaults < YAML < command line, strict keys, one-line errors."""
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from src.config import OPTIONS, make_config, parse_config, read_yaml
+from src.config import OPTIONS, SCRIPT_OPTIONS, make_config, parse_config, read_yaml
 from src.tools.base.cli import UserError
-from tests.helpers import run_process
+from tests.helpers import assert_one_line_error, run_main, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'src' / 'configs'
@@ -111,6 +112,7 @@ def test_command_line_error_is_one_line(tmp_path):
 def _resolved(config):
     values = vars(config).copy()
     values.pop('config', None)
+    values.pop('given', None)  # which keys the YAML set, not a value
     return values
 
 
@@ -135,7 +137,7 @@ def test_a_yaml_with_one_key_gets_the_reference_values_for_the_rest(tmp_path):
             config.prefetch, config.auto_augment, config.device_num) == (1e-4, 0.0, 7e-8, 1000, 20, 15, None, 8)
 
 
-def test_help_lists_every_key_with_its_default():
+def test_train_help_lists_every_training_key_with_its_default():
     status, out, err = run_process('train.py', '--help')
     assert status == 0, err
     text = ' '.join(out.split())
@@ -143,4 +145,49 @@ def test_help_lists_every_key_with_its_default():
     assert 'Weight decay of conv and dense kernels (not BN, not biases). (default: 0.0001)' in text
     assert "(default: epochs-120_bs-32x8_lr-0.1-0.0)" in text and "(default: '')" in text
     for option in OPTIONS:
-        assert f'--{option.name}' in text, option.name
+        assert (f'--{option.name} ' in text) == option.yaml or option.name == 'config', option.name
+
+
+def help_flags(out):
+    """The flags a --help text lists as options (not the usage lines)."""
+    return set(re.findall(r'^  (--[a-z_]+)', out, re.MULTILINE)) - {'--help'}
+
+
+@pytest.mark.parametrize('script, has, has_not', [
+    ('train.py', ['--epochs', '--mix_up', '--continues', '--pretrained'],
+     ['--pred_output', '--export_path', '--backend']),
+    ('eval.py', ['--dataset_path', '--report_dir', '--backend', '--image_check', '--arch'],
+     ['--epochs', '--pred_output', '--export_path', '--quantize', '--seed']),
+    ('infer.py', ['--pred_output', '--with_index', '--precision'], ['--epochs', '--report_dir', '--quantize']),
+    ('export.py', ['--export_path', '--file_format', '--quantize', '--calibration_path'],
+     ['--epochs', '--pred_output', '--backend', '--batch_size']),
+    ('vis_img_preprocessing.py', ['--aug_type', '--re_prob', '--data_url'], ['--epochs', '--pretrained', '--backend']),
+])
+def test_each_script_help_lists_the_options_it_reads_and_no_others(capsys, script, has, has_not):
+    status, out, _ = run_main(capsys, script, '--help')
+    assert status == 0
+    listed = help_flags(out)
+    assert listed == {f'--{name}' for name in SCRIPT_OPTIONS[script]}
+    assert set(has) <= listed and not set(has_not) & listed, listed
+    if script in ('eval.py', 'infer.py', 'export.py'):
+        assert "Architecture name. (default: the model file's; RepVGG-B0 for a file that records none)" in ' '.join(
+            out.split())
+
+
+def test_a_flag_of_another_script_is_accepted_with_one_note(capsys):
+    config = parse_config(['--dataset_path', 'val', '--epochs', '3', '--seed', '1', '--wd', '0.1'], 'eval.py')
+    out = capsys.readouterr().out
+    assert out == ('=> note: eval.py does not read --epochs, --seed, --weight_decay (options of other scripts); '
+                   'ignored\n')
+    assert config.epochs == 3 and config.given == {'dataset_path', 'epochs', 'seed', 'weight_decay'}
+    parse_config(['--config', str(CONFIGS / 'RepVGG-A0_digits.yaml'), '--dataset_path', 'val'], 'eval.py')
+    assert capsys.readouterr().out == ''  # a training YAML's keys get no note
+
+
+@pytest.mark.parametrize('script', ['eval.py', 'infer.py'])
+def test_the_references_onnx_path_flag_says_to_pass_the_file_as_pretrained(capsys, script):
+    for argv, value in ((['--onnx_path', 'model.onnx'], 'model.onnx'), (['--onnx_path'], 'MODEL.onnx')):
+        status, _, err = run_main(capsys, script, '--dataset_path', 'val', *argv)
+        assert_one_line_error(status, err, f'error: --onnx_path is gone: {script} takes an .onnx file as --pretrained: '
+                                           f'pass --pretrained {value} (eval_onnx.py and infer_onnx.py take it as '
+                                           f'-c/--onnx_path)')

@@ -104,7 +104,17 @@ def write_source(state, path, layout, wrapper='raw'):
 
 
 def read_ckpt(path):
-    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()}
+    """The tensors of a checkpoint (its model card, a set of strings, is left out)."""
+    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()
+            if not isinstance(param, str)}
+
+
+def recorded_card(path):
+    return {name: value for name, value in ms.load_checkpoint(str(path)).items() if isinstance(value, str)}
+
+
+IMAGENET_ENTRIES = {'image_size': '224', 'interpolation': 'bilinear', 'mean': '[0.485, 0.456, 0.406]',
+                    'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}
 
 
 def network_shapes(deploy, num_classes=CLASSES):
@@ -144,6 +154,9 @@ def test_convert_matches_pytorch(a0, tmp_path, layout, suffix, form, wrapper):
                 assert relative_difference(written[name], expected) < 1e-6, name
             assert report.conversion.relative_error < 1e-5
             assert any('train vs deploy logits relative error' in line for line in report.lines())
+        # what the file says it is: arch, classes, form and the ImageNet preprocessing of the official weights
+        assert recorded_card(out) == {'arch': ARCH, 'num_classes': str(CLASSES), 'quantization_friendly': 'false',
+                                      'form': 'deploy' if out_deploy else 'train', **IMAGENET_ENTRIES}
         # the written file alone, in a fresh network, gives PyTorch's logits
         net = create_model(ARCH, num_classes=CLASSES, deploy=out_deploy)
         load_weights(net, out)
@@ -214,6 +227,9 @@ def test_mindspore_training_checkpoint_to_deploy(tmp_path):
         assert written.keys() == expected.keys()
         for name, value in expected.items():
             np.testing.assert_allclose(written[name], value, rtol=0, atol=1e-6, err_msg=name)
+        # a checkpoint that records no preprocessing gets none made up (readers take the config's)
+        assert recorded_card(out) == {'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy',
+                                      'quantization_friendly': 'false'}
 
 
 def test_converted_file_works_as_pretrained(a0, tmp_path):
@@ -455,6 +471,8 @@ def test_script_converts_pth_without_torch(a0, tmp_path):
     load_weights(net, out)
     net.set_train(False)
     assert relative_difference(net(ms.Tensor(a0['images'])).asnumpy(), a0['logits']) < 1e-5
+    assert recorded_card(out) == {'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy',
+                                  'quantization_friendly': 'false', **IMAGENET_ENTRIES}
 
 
 def test_script_refuses_a_malicious_pickle_in_one_line(tmp_path):

@@ -23,7 +23,8 @@ from PIL import Image
 from src.dataset import preprocess_image
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
-from src.tools.checkpoints.format import class_names_entry, save_checkpoint
+from src.tools.checkpoints.format import save_checkpoint
+from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment import backends
 from src.tools.deployment.backends import ENGINE_NAMES, onnx_device
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
@@ -519,7 +520,8 @@ def broken(work, exported):
     net.linear.weight.set_data(Tensor(np.full(net.linear.weight.shape, np.nan, np.float32)))
     ckpt = paths['root'] / 'nan_head.ckpt'
     names = sorted(path.name for path in paths['val'].iterdir())
-    save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], ckpt, class_names_entry(names))
+    save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], ckpt,
+                    ModelCard(class_names=tuple(names)).entries())
     model = onnx.load(str(exported['onnx']))
     gemm = next(node for node in model.graph.node if node.op_type == 'Gemm')
     weight = next(tensor for tensor in model.graph.initializer if tensor.name == gemm.input[1])

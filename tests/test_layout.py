@@ -23,7 +23,7 @@ ALLOWED = {
     'src.image_check': {'src.tools.base'},
     'src.dataset': {'src.tools.base', 'src.augment', 'src.image_check'},
     'src.tools.demo_data': {'src.tools.base'},
-    'src.tools.checkpoints': {'src.tools.base'},
+    'src.tools.checkpoints': {'src.tools.base', 'src.variants', 'src.config', 'src.dataset'},  # model_card.py
     'src.tools.conversion': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg'},
     'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.image_check',
                              'src.config'},

@@ -9,8 +9,9 @@ import pytest
 from mindspore import Tensor
 from PIL import Image
 
-from src.dataset import eval_batches, preprocess_image
+from src.dataset import Preprocessing, eval_batches, preprocess_image
 from src.repvgg import create_model, switch_net_to_deploy
+from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_onnx
 from tests.helpers import assert_one_line_error, randomize_bn, run_main, run_process
@@ -57,7 +58,8 @@ def model(tmp_path_factory):
     net.set_train(False)
     logits = net(Tensor(np.stack([preprocess_image(path, SIZE) for path in paths]))).asnumpy()
     net.linear.bias.set_data(Tensor(net.linear.bias.asnumpy() - logits.mean(axis=0)))
-    onnx, _, _ = export_network(switch_net_to_deploy(net), SIZE, 'ONNX', root / 'a0', CLASSES)
+    onnx, _, _ = export_network(switch_net_to_deploy(net), SIZE, 'ONNX', root / 'a0',
+                                ModelCard(class_names=CLASSES))
     config = root / 'a0.yaml'
     config.write_text(f'arch: {ARCH}\nnum_classes: {NUM_CLASSES}\nimage_size: {SIZE}\nbatch_size: {BATCH}\n'
                       f'device_target: CPU\n')
@@ -67,7 +69,7 @@ def model(tmp_path_factory):
 def test_threaded_batches_equal_the_per_image_transform(model):
     paths = model['paths']
     for workers in (1, 3):
-        batches = list(eval_batches(paths, SIZE, BATCH, workers=workers))
+        batches = list(eval_batches(paths, Preprocessing(SIZE), BATCH, workers=workers))
         assert [len(chunk) for chunk, _ in batches] == [4, 4, 4, 1]
         assert [path for chunk, _ in batches for path in chunk] == paths  # in order
         images = np.concatenate([images for _, images in batches])

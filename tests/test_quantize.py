@@ -18,6 +18,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from src.config import make_config
+from src.dataset import Preprocessing
 from src.tools.base.cli import UserError
 from src.tools.base.numerics import relative_difference
 from src.tools.deployment.evaluation import parse_results
@@ -67,13 +69,15 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def exported(run):
-    """export.py of the run's last checkpoint: fp32 ONNX, and INT8 ONNX calibrated on 32 of the 33 images
-    of the calibration folder; {name: path}, plus the INT8 printout."""
+    """export.py of the run's last checkpoint: fp32 ONNX (with the run's settings), and INT8 ONNX calibrated
+    on 32 of the 33 images of the calibration folder (without a config: the checkpoint says what it is);
+    {name: path}, plus the INT8 printout."""
     files = {}
-    int8 = ('--quantize', 'int8', '--calibration_path', run['calibration'], '--calibration_images', 32)
-    for name, flags in (('fp32', ()), ('int8', int8)):
-        out = main_output('export.py', *run['config'], '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
-                          '--export_path', run['root'] / name, *flags)
+    int8 = ('--device_target', 'CPU', '--quantize', 'int8', '--calibration_path', run['calibration'],
+            '--calibration_images', 32)
+    for name, flags in (('fp32', run['config']), ('int8', int8)):
+        out = main_output('export.py', *flags, '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
+                          '--export_path', run['root'] / name)
         assert out.rstrip().endswith('=> export success'), out
         files[name] = run['root'] / f'{name}.onnx'
         files[f'{name}_out'] = out
@@ -82,7 +86,7 @@ def exported(run):
 
 def val_images(run):
     paths = sorted((run['data'] / 'val').glob('*/*.png'))
-    return load_images(paths, SIZE), np.array([int(p.parent.name[len('class'):]) for p in paths])
+    return load_images(paths, Preprocessing(SIZE)), np.array([int(p.parent.name[len('class'):]) for p in paths])
 
 
 # ----------------------------------------------------------------------------- QARepVGG end to end
@@ -121,6 +125,10 @@ def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported)
     assert dims == [['batch', 3, SIZE, SIZE], ['batch', CLASSES]]
     assert exported['int8'].stat().st_size < 0.35 * exported['fp32'].stat().st_size
     assert load_onnx(exported['int8']).class_names == ['class0', 'class1', 'class2']  # as the fp32 export
+    card = {'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy', 'quantization_friendly': 'true',
+            'class_names': '["class0", "class1", "class2"]', 'image_size': str(SIZE), 'interpolation': 'bilinear',
+            'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}
+    assert card.items() <= {prop.key: prop.value for prop in model.metadata_props}.items()  # the checkpoint's card
 
 
 def test_int8_logits_follow_the_fp32_network(run, exported):
@@ -175,11 +183,11 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
 
 # ----------------------------------------------------------------------------- refusals
 def test_an_int8_model_below_the_agreement_threshold_is_refused_and_nothing_is_written(run, tmp_path):
-    net, _, names = load_deploy_network(run['checkpoint'], ARCH, CLASSES)
+    net, _, card = load_deploy_network(run['checkpoint'], make_config())
     files = calibration_files(run['calibration'], MIN_CALIBRATION_IMAGES)
     with pytest.raises(UserError, match=r'predicts the fp32 top-1 class on only [\d.]+% of the 32 calibration images '
                                         r'\(at least 101% required\); nothing was written'):
-        export_int8(net, SIZE, tmp_path / 'refused', files, names, threshold=1.01)
+        export_int8(net, card, tmp_path / 'refused', files, threshold=1.01)
     assert not list(tmp_path.iterdir())
 
 
@@ -206,7 +214,7 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
     for argv, fragments in cases:
         status, out, err = run_main(capsys, 'export.py', *base, *argv)
         assert_one_line_error(status, err, *fragments)
-        assert '=>' not in out  # refused before the checkpoint was read
+        assert ' weights from ' not in out  # refused before the checkpoint was read
     assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'imageless']
 
 

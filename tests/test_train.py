@@ -146,6 +146,7 @@ def interrupted_run(data, runs, positions, **settings):
     from src.ema.train_one_step_with_ema import TrainOneStepWithEMA  # pylint: disable=import-outside-toplevel
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
     from src.tools.checkpoints.format import save_checkpoint, train_state  # pylint: disable=import-outside-toplevel
+    from src.tools.checkpoints.model_card import ModelCard  # pylint: disable=import-outside-toplevel
     from src.tools.training.amp import loss_scale_cell  # pylint: disable=import-outside-toplevel
     from src.tools.training.criterion import CrossEntropy, NetWithLoss  # pylint: disable=import-outside-toplevel
     from src.tools.training.optimizer import get_optimizer  # pylint: disable=import-outside-toplevel
@@ -157,7 +158,7 @@ def interrupted_run(data, runs, positions, **settings):
     cell = TrainOneStepWithEMA(NetWithLoss(net, CrossEntropy()), get_optimizer(args, net, lr_schedule(args, STEPS)),
                                loss_scale_cell('O0', 1.0, True), None)
     for epoch, step in positions:
-        entries, append = train_state(cell, epoch, step, STEPS, ARCH, 3)
+        entries, append = train_state(cell, epoch, step, STEPS, ModelCard(ARCH, 3))
         save_checkpoint(entries, folder / f'{ARCH}_0-{epoch}_{step}.ckpt', append)
     return folder
 
@@ -209,14 +210,15 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
     that its two branches add up to inf in eval mode (training uses batch statistics, so the steps
     are fine and the weights stay finite)."""
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
-    from src.tools.checkpoints.format import class_names_entry, save_checkpoint  # pylint: disable=import-outside-toplevel
+    from src.tools.checkpoints.format import save_checkpoint  # pylint: disable=import-outside-toplevel
+    from src.tools.checkpoints.model_card import ModelCard  # pylint: disable=import-outside-toplevel
     net = create_model(ARCH, num_classes=3)
     for name, param in net.parameters_and_names():
         if name.startswith('stage4') and name.endswith('moving_mean'):
             param.set_data(ms.Tensor(np.full(param.shape, -3e38, np.float32)))
     start = tmp_path / 'huge_bn_means.ckpt'
     save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], start,
-                    class_names_entry(['class0', 'class1', 'class2']))
+                    ModelCard(class_names=('class0', 'class1', 'class2')).entries())
     runs = tmp_path / 'runs'
     status, out, err = train_process(train_args(data, runs, epochs=1, batch_size=8, save_every=1, pretrained=start),
                                      tmp_path)  # 3 steps: the means decay by 0.9 a step and stay huge

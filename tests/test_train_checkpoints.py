@@ -21,6 +21,7 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
+from src.tools.checkpoints.model_card import ModelCard
 from src.tools.training.resume import (check_continues, first_readable, restore_state, resume_candidates,
                                           schedule_changes, start_position, start_run, starting_point)
 from src.tools.checkpoints.saver import CheckpointSaver
@@ -131,7 +132,7 @@ def test_train_state_round_trips_weights_optimizer_ema_and_loss_scale(tmp_path):
     for param in list(optimizer.moments) + list(ema.shadow):
         param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
     cell.scale_sense.set_data(Tensor(128.0, ms.float32))
-    entries, append = train_state(cell, 2, 7, 10, ARCH, 10)
+    entries, append = train_state(cell, 2, 7, 10, ModelCard(ARCH, 10))
     path = save_checkpoint(entries, tmp_path / 'state.ckpt', append)
     saved = ms.load_checkpoint(str(path))
     assert 'learning_rate' not in saved and saved['arch'] == ARCH
@@ -155,7 +156,7 @@ def start_args(tmp_path, **overrides):
 
 def saved_state(tmp_path, num_classes, epoch_num=3, step_num=4, arch=ARCH, name='pre.ckpt'):
     _, _, _, cell = train_cell(num_classes=num_classes, seed=3)
-    entries, append = train_state(cell, epoch_num, step_num, 10, arch, num_classes)
+    entries, append = train_state(cell, epoch_num, step_num, 10, ModelCard(arch, num_classes))
     return save_checkpoint(entries, tmp_path / name, append), cell
 
 

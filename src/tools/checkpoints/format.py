@@ -10,11 +10,11 @@ docs/training.md shows it from a user's side):
   ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
   ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
 - the position (``POSITION_KEYS``): ``epoch_num`` (1-based epoch of the last step taken),
-  ``step_num`` (steps of that epoch taken), ``steps_per_epoch``; and ``arch`` (str) and
-  ``num_classes``;
-- ``class_names``: the training classes in label order (the sorted class folder names), as a JSON
-  list in a string. Exports and predictions carry them on; files without them (older checkpoints,
-  converted ImageNet weights) still work, with class indices;
+  ``step_num`` (steps of that epoch taken), ``steps_per_epoch``;
+- the model card (model_card.py): ``arch``, ``num_classes``, ``form``, ``class_names`` (the
+  training classes in label order, the sorted class folder names), ``image_size``,
+  ``interpolation``, ``mean``, ``std``, ``crop_pct``. Exports carry it on; files without it (older
+  checkpoints) still work from the config's values, and without class names with class indices;
 - an epoch's end (the periodic checkpoint written first when an epoch ends) also holds
   ``epoch_metrics``: that epoch's metrics.csv row as a JSON object in a string, from which a
   resumed run writes again what a kill right after the checkpoint lost (the row, the curves, the
@@ -26,19 +26,19 @@ weights is silently ignored. Files are written under a hidden temporary name and
 place (src/tools/base/files.py), so a process killed at any moment leaves only complete files;
 they carry MindSpore's CRC, so that a file damaged later fails to read instead of loading garbage.
 
-MindSpore is imported by the functions that write and read checkpoints: the class names of an ONNX
-file (``parse_class_names``) are read without loading it.
+MindSpore is imported by the functions that write and read checkpoints: the model card of an ONNX
+file (model_card.py) is read without loading it.
 """
 import json
 from pathlib import Path
 
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import atomic_path, give_usual_permissions
+from src.tools.checkpoints.model_card import ModelCard
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
 EMA_PREFIX = 'ema.'
 POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
-CLASS_NAMES_KEY = 'class_names'
 EPOCH_METRICS_KEY = 'epoch_metrics'
 # Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
 NOT_SAVED = ('learning_rate',)
@@ -67,25 +67,14 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     return result
 
 
-def class_names_text(names):
-    """The class names as stored in checkpoints and model files (a JSON list), or None when unknown."""
-    return json.dumps(list(names), ensure_ascii=False) if names else None
-
-
-def class_names_entry(names):
-    """{CLASS_NAMES_KEY: JSON list} for an append_dict, or {} when the names are unknown."""
-    return {CLASS_NAMES_KEY: class_names_text(names)} if names else {}
-
-
-def train_state(train_cell, epoch_num, step_num, steps_per_epoch, arch, num_classes, class_names=None,
-                epoch_metrics=None):
+def train_state(train_cell, epoch_num, step_num, steps_per_epoch, card, epoch_metrics=None):
     """(entries, append_dict) for ``save_checkpoint``: every parameter of the train cell (network,
-    optimizer, loss scale, EMA) except the per-step learning rates, plus the position, the class
-    names and, at an epoch's end, the epoch's metrics row."""
+    optimizer, loss scale, EMA) except the per-step learning rates, plus the position, the model
+    ``card`` (a ModelCard) and, at an epoch's end, the epoch's metrics row."""
     entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
                if param.name not in NOT_SAVED]
     append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
-              'arch': arch, 'num_classes': int(num_classes), **class_names_entry(class_names)}
+              **card.entries()}
     if epoch_metrics is not None:
         append[EPOCH_METRICS_KEY] = json.dumps(epoch_metrics)
     return entries, append
@@ -116,23 +105,10 @@ def integer(value):
     return int(value.asnumpy()) if hasattr(value, 'asnumpy') else int(value)
 
 
-def parse_class_names(text, source, remedy='re-save it with this project'):
-    """The class names stored as a JSON list in a string (a checkpoint entry, a model file's
-    metadata), or None when ``text`` is None; a UserError naming ``source`` when it is not one."""
-    if text is None:
-        return None
-    try:
-        names = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise UserError(f'{source}: its {CLASS_NAMES_KEY} entry is not a list of names; {remedy}')
-    return names
-
-
 def recorded_class_names(checkpoint, source='checkpoint'):
     """The class names a checkpoint records (a list of str), or None when it records none."""
-    return parse_class_names(checkpoint.get(CLASS_NAMES_KEY), source)
+    names = ModelCard.read(checkpoint, source, 're-save it with this project').class_names
+    return list(names) if names is not None else None
 
 
 def recorded_epoch_metrics(checkpoint):
@@ -147,8 +123,8 @@ def recorded_epoch_metrics(checkpoint):
 
 def check_recorded_arch(checkpoint, arch, source):
     """UserError when the checkpoint records that it was trained as another arch than ``arch``."""
-    saved = checkpoint.get('arch')
-    if isinstance(saved, str) and saved != arch:
+    saved = ModelCard.read(checkpoint, source, 're-save it with this project').arch
+    if saved is not None and saved != arch:
         raise UserError(f'{source} was trained as {saved}, the config asks for {arch}: '
                         f'set arch: {saved}, or use a checkpoint of {arch}')
 

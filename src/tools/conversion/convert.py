@@ -19,7 +19,7 @@ it loads strictly, compares train-time and deploy logits when it re-parameterize
 the written file into a fresh network.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mindspore as ms
@@ -30,8 +30,8 @@ from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, cr
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import check_writable_file, regular_target, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
-from src.tools.checkpoints.format import (EMA_PREFIX, class_names_entry, load_weights, read_checkpoint,
-                                          recorded_class_names, save_checkpoint)
+from src.tools.checkpoints.format import EMA_PREFIX, load_weights, read_checkpoint, save_checkpoint
+from src.tools.checkpoints.model_card import ENTRY_NAMES, IMAGENET_CARD, ModelCard
 from src.tools.conversion.torch_pickle import is_safetensors, read_pth, read_safetensors
 
 NETWORK_ROOTS = ('stage0', 'stage1', 'stage2', 'stage3', 'stage4', 'linear')
@@ -134,7 +134,7 @@ class Source:
     tensors: dict           # network name -> float32 array
     read_count: int         # entries read from the file (before dropping counters etc.)
     notes: list = field(default_factory=list)
-    class_names: list = None  # recorded by a checkpoint of this project; PyTorch/timm files have none
+    card: ModelCard = IMAGENET_CARD  # what a checkpoint of this project records; PyTorch/timm: ImageNet's
 
 
 def unwrap_state_dict(obj, source):
@@ -213,17 +213,16 @@ def _read_mindspore(path, ema):
         where = f' under {prefix}' if prefix else ''
         raise UserError(f'{source} holds no network tensors{where} (stage0-4, linear)')
     notes = [f'used the {prefix}* copy' if ema else 'used the network weights']
-    left_out = len(checkpoint) - len(tensors)
+    left_out = len(checkpoint) - len(tensors) - len(set(checkpoint) & set(ENTRY_NAMES))
     if left_out:
         has_ema = not ema and any(n.startswith(EMA_PREFIX) for n in checkpoint)
         notes.append(f'left out {left_out} training-state entries (optimizer, counters'
                      f'{", EMA copy: add --ema to convert it instead" if has_ema else ""})')
     form = detect_form(tensors, source)
-    class_names = recorded_class_names(checkpoint, source)
-    if class_names:
-        notes.append(f'carried its {len(class_names)} class names')
-    return Source(path, 'ckpt', 'mindspore', form, _as_float32(tensors, source), len(checkpoint), notes,
-                  class_names)
+    card = ModelCard.read(checkpoint, source, 're-save it with this project')
+    if card.class_names:
+        notes.append(f'carried its {len(card.class_names)} class names')
+    return Source(path, 'ckpt', 'mindspore', form, _as_float32(tensors, source), len(checkpoint), notes, card)
 
 
 # ----------------------------------------------------------------------------- arch
@@ -419,14 +418,18 @@ def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=N
         remove_partial_files(folder)  # of writers that were killed (a conversion, an export)
     src = read_source(input_path, ema=ema)
     label = f'input {src.path}'
-    arch = resolve_arch(src.tensors, arch, label)
+    if arch and src.card.arch and arch != src.card.arch:
+        raise UserError(f'{label} was trained as {src.card.arch}, --arch asks for {arch}: drop --arch (the file '
+                        f'records it), or convert a file of {arch}')
+    arch = resolve_arch(src.tensors, arch or src.card.arch, label)
     num_classes = resolve_num_classes(src.tensors, num_classes, label)
 
     def build(deploy):
         return create_model(arch, num_classes=num_classes, deploy=deploy)
 
     conversion = convert_tensors(src.tensors, build, src.form, deploy, source=label)
-    diff = save_checkpoint(conversion.params, output_path, class_names_entry(src.class_names),
+    card = replace(src.card, arch=arch, num_classes=num_classes, deploy=conversion.deploy)
+    diff = save_checkpoint(conversion.params, output_path, card.entries(),
                            verify=lambda written: verify_written(written, build, conversion, src.tensors,
                                                                  src.form, output_path))
     return Report(src, arch, num_classes, output_path, conversion, diff, deploy)

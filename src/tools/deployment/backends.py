@@ -17,6 +17,7 @@ from pathlib import Path
 
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
+from src.tools.checkpoints.model_card import given, settle
 from src.tools.deployment.model_files import (load_deploy_network, load_mindir, load_onnx, network_predictor,
                                               onnxruntime_cuda_works)
 from src.tools.deployment.openvino_engine import check_precision, cpu_features, import_openvino, load_openvino
@@ -77,10 +78,17 @@ def load_onnx_file(path, engine, device_target, batch_size, image_size, precisio
     return load_onnx(path, device_target, batch_size, image_size)
 
 
+def settled(predictor, config, path):
+    """``predictor`` of an ONNX or MINDIR file, its card settled with ``config`` (model_card.settle)."""
+    predictor.card = settle(predictor.card, config, path, predictor.image_size, predictor.num_classes)
+    return predictor
+
+
 def load_predictor(config, default_precision='fp32'):
     """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights.
     ``default_precision`` is the script's when ``--precision`` is not given. MindSpore's device is set
-    once the choice of engine is known to hold."""
+    once the choice of engine is known to hold. The model's card (what it is, how its images are
+    preprocessed) comes from the file, settled with the config."""
     path = config.pretrained
     if path is None:
         raise UserError('pass --pretrained with a .ckpt, .mindir or .onnx file: without trained weights '
@@ -98,19 +106,19 @@ def load_predictor(config, default_precision='fp32'):
         if config.ema:
             raise UserError(f'--ema selects the EMA weights of a .ckpt file; {path} has only one set of weights')
         if suffix == '.mindir':
-            return load_mindir(path, config.batch_size, config.image_size)
-        return load_onnx_file(path, engine, config.device_target, config.batch_size, config.image_size, precision,
-                              config.threads)
-    net, description, class_names = load_deploy_network(path, config.arch, config.num_classes, ema=config.ema)
+            return settled(load_mindir(path, config.batch_size, given(config, 'image_size')), config, path)
+        return settled(load_onnx_file(path, engine, config.device_target, config.batch_size,
+                                      given(config, 'image_size'), precision, config.threads), config, path)
+    net, description, card = load_deploy_network(path, config)
     if engine == 'mindspore':
-        return network_predictor(net, config.image_size, config.num_classes, config.batch_size, description,
-                                 class_names)
+        return network_predictor(net, card, config.batch_size, description)
     from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel
     with tempfile.TemporaryDirectory() as folder:  # the ONNX file lives while the engine loads it
-        onnx_path, difference, _ = export_network(net, config.image_size, 'ONNX', Path(folder) / 'model',
-                                                  class_names, model=path)
-        predictor = load_onnx_file(onnx_path, engine, config.device_target, config.batch_size, config.image_size,
+        onnx_path, difference, _ = export_network(net, card.image_size, 'ONNX', Path(folder) / 'model', card,
+                                                  model=path)
+        predictor = load_onnx_file(onnx_path, engine, config.device_target, config.batch_size, card.image_size,
                                    precision, config.threads)
+    predictor.card = card
     predictor.description = f'{description}, run by {ENGINE_NAMES[engine]} (export checked: {difference:.1e} relative)'
     return predictor
 
@@ -149,11 +157,13 @@ def onnx_device(device_target, backend):
     return 'CPU'
 
 
-def load_onnx_engine(args):
-    """The Predictor of eval_onnx.py / infer_onnx.py: ``args.onnx_path`` in the engine the arguments choose."""
+def load_onnx_engine(args, config):
+    """The Predictor of eval_onnx.py / infer_onnx.py: ``args.onnx_path`` in the engine the arguments
+    choose, its card settled with ``config`` (what the script's flags set)."""
     engine = resolve_engine(args.backend, '.onnx', args.device_target, args.precision, args.threads)
-    return load_onnx_file(args.onnx_path, engine, args.device_target, args.batch_size, args.image_size,
-                          args.precision, args.threads)
+    predictor = load_onnx_file(args.onnx_path, engine, args.device_target, args.batch_size, args.image_size,
+                               args.precision, args.threads)
+    return settled(predictor, config, args.onnx_path)
 
 
 def announce(predictor, device_target):

@@ -161,11 +161,12 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, 
     returns the reference's result dict, and writes the per-class report into ``report_dir``.
     ``model`` names the model file in errors.
 
-    ``config`` supplies what the loading reads (interpolation, num_parallel_workers, image_check,
-    ...); image size, batch and class count are the predictor's, so the model always gets the size
-    it was built for. The images are read by ``eval_batches``' threads while the model runs, not by
-    a MindSpore pipeline: the same numbers in less CPU time, and a model in ONNX Runtime or
-    OpenVINO never loads MindSpore (docs/performance.md).
+    ``config`` supplies what the loading reads (num_parallel_workers, image_check, ...); the
+    preprocessing (image size, interpolation, mean, std, crop) is the predictor's settled card, so the
+    model gets its images as it was trained with them; batch and class count are the predictor's.
+    The images are read by ``eval_batches``' threads while the model runs, not by a MindSpore
+    pipeline: the same numbers in less CPU time, and a model in ONNX Runtime or OpenVINO never loads
+    MindSpore (docs/performance.md).
     """
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
@@ -180,9 +181,8 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, 
     paths, labels = labelled_images(folder, config, classes=predictor.class_names)
     label_of = dict(zip(paths, labels))
     batches = ((images, np.array([label_of[path] for path in chunk], np.int32))
-               for chunk, images in eval_batches(paths, predictor.image_size, predictor.batch_size,
-                                                 config.interpolation, config.num_parallel_workers,
-                                                 skip_unreadable=True))
+               for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size,
+                                                 config.num_parallel_workers, skip_unreadable=True))
     result = score(predictor, batches, predictor.num_classes, -(-len(paths) // predictor.batch_size), source=folder,
                    model=model)
     skipped = partial_count_line(result['count'], len(paths), folder)

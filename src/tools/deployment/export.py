@@ -6,6 +6,7 @@ images against the network; only a file that agrees (BACKEND_TOLERANCE) is renam
 import errno
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import mindspore as ms
@@ -18,7 +19,7 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import (check_writable_file, give_usual_permissions, make_folder, partial_name, reason,
                                   regular_target, remove_partial_files, replace_file)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
-from src.tools.checkpoints.format import CLASS_NAMES_KEY, class_names_text
+from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.evaluation import check_finite_logits
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
@@ -63,18 +64,18 @@ def make_onnx_batch_dynamic(model):
     return True
 
 
-def _export_raw(net, image_size, file_format, stem, class_names=None):
+def _export_raw(net, image_size, file_format, stem, card):
     """Write ``stem``+suffix; MINDIR gets a dynamic batch, ONNX batch 1 made dynamic afterwards.
-    The class names go into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
+    The model card goes into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
     shape = (3, image_size, image_size)
     path = stem.with_suffix(FORMAT_SUFFIXES[file_format])
-    names = class_names_text(class_names)
+    entries = card.entries()
     if file_format == 'MINDIR':
-        def add_class_names(model):
-            if names:
-                set_mindir_user_info(model, CLASS_NAMES_KEY, names)
+        def add_card(model):
+            for key, value in entries.items():
+                set_mindir_user_info(model, key, value)
         ms.export(net, Tensor(shape=[None, *shape], dtype=ms.float32), file_name=str(stem), file_format='MINDIR',
-                  custom_func=add_class_names)
+                  custom_func=add_card)
         give_usual_permissions(path)  # MindSpore leaves the file readable by its owner only
     else:
         # mindspore.onnx.export's dynamic_axes marks the input only (the output keeps batch 1),
@@ -86,8 +87,7 @@ def _export_raw(net, image_size, file_format, stem, class_names=None):
         model = onnx.load(str(path))
         if make_onnx_batch_dynamic(model):
             onnx.checker.check_model(model)
-        if names:
-            onnx.helper.set_model_props(model, {CLASS_NAMES_KEY: names})
+        onnx.helper.set_model_props(model, entries)
         onnx.save(model, str(path))
     return path
 
@@ -120,13 +120,15 @@ def check_export_target(export_path, file_format):
     return target
 
 
-def export_network(net, image_size, file_format, export_path, class_names=None, model='the network'):
+def export_network(net, image_size, file_format, export_path, card=None, model='the network'):
     """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
 
     Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
     The file is written in a hidden folder beside the target and renamed into place once checked.
-    ``model`` (the checkpoint) is named when the network's own outputs are not finite.
+    ``card`` (a ModelCard) goes into its metadata, in deploy form at ``image_size``. ``model`` (the
+    checkpoint) is named when the network's own outputs are not finite.
     """
+    card = replace(card or ModelCard(), image_size=image_size, deploy=True)
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
     try:
@@ -135,13 +137,13 @@ def export_network(net, image_size, file_format, export_path, class_names=None, 
         raise UserError(f'could not write {target}: {reason(error)}') from None
     needed = sum(param.nbytes for param in net.get_parameters())  # the file holds at least the weights
     try:
-        written = _export_raw(net, image_size, file_format, workdir / 'model', class_names)
+        written = _export_raw(net, image_size, file_format, workdir / 'model', card)
         difference, predictor = exported_difference(written, net, image_size, model=model)
         if not difference <= BACKEND_TOLERANCE:
             raise UserError(f'the exported {file_format} file differs from the network by {difference:.3g} '
                             f'(relative); nothing was written. Please report this')
-        if predictor.class_names != (list(class_names) if class_names else None):
-            raise UserError(f'the exported {file_format} file does not carry the class names; nothing was written')
+        if predictor.card != card:
+            raise UserError(f'the exported {file_format} file does not carry the model card; nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)
         replace_file(written, target)
     except (OSError, RuntimeError) as error:

@@ -7,10 +7,10 @@ OpenVINO (openvino_engine.py). All take the float32 (N, 3, S, S) batches of the 
 preprocessing (src/dataset.py), so their results can be compared number for number. Which engine
 runs which file: src/tools/deployment/backends.py.
 
-The class names a model was trained on travel with it: a checkpoint's ``class_names`` entry
-(src/tools/checkpoints/format.py), an ONNX file's metadata and a MINDIR file's user info under
-``CLASS_NAMES_KEY`` (written by export.py). A Predictor has them as ``class_names`` (None for a
-model that records none).
+What a model is travels with it: a checkpoint's model card (src/tools/checkpoints/model_card.py),
+an ONNX file's metadata and a MINDIR file's user info (written by export.py): arch, classes, class
+names, and the preprocessing its images need. A Predictor has it as ``card``, settled with the
+config (backends.py) before it runs; ``class_names`` is None for a model that records none.
 
 MindSpore, ONNX and ONNX Runtime are imported by the functions that use them, so that a model run
 by OpenVINO starts without loading them (MindSpore alone takes over a second). One order matters:
@@ -18,15 +18,15 @@ onnx imported before MindSpore fixes protobuf's C++ implementation, with which M
 .proto modules fail to import; ``load_onnx`` imports onnx, so a process that loads an ONNX file
 and then a checkpoint imports MindSpore first (as quantize.py does).
 """
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from src.tools.base.cli import UserError
-from src.tools.checkpoints.format import (CLASS_NAMES_KEY, EMA_PREFIX, check_recorded_arch, is_deploy_form,
-                                          load_weights, parse_class_names, read_checkpoint,
-                                          recorded_class_names)
+from src.tools.checkpoints.format import EMA_PREFIX, is_deploy_form, load_weights, read_checkpoint
+from src.tools.checkpoints.model_card import ModelCard, settle
 
 
 class Predictor:
@@ -38,17 +38,18 @@ class Predictor:
     GRAPH_MODE network would otherwise compile a second graph for the new shape.
     ``description`` says which model this is, ``engine`` what runs it (name, version, precision and
     settings, for the run's printout), ``precision`` the arithmetic of its convolutions: fp32, bf16
-    or int8.
+    or int8. ``card``: the ModelCard the file records (settled before a run: backends.py).
     """
 
     def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
-                 description='', class_names=None, engine='', precision='fp32'):
+                 description='', card=None, engine='', precision='fp32'):
         if batch_size < 1:
             raise UserError(f'batch_size must be at least 1, got {batch_size}')
-        if class_names is not None and len(class_names) != num_classes:
-            raise UserError(f'the model records {len(class_names)} class names for its {num_classes} outputs; '
+        card = card or ModelCard()
+        if card.class_names is not None and len(card.class_names) != num_classes:
+            raise UserError(f'the model records {len(card.class_names)} class names for its {num_classes} outputs; '
                             f'export it again from its checkpoint')
-        self.class_names = list(class_names) if class_names is not None else None
+        self.card = card
         self.run = run
         self.image_size = image_size
         self.num_classes = num_classes
@@ -59,6 +60,10 @@ class Predictor:
         self.engine = engine
         self.precision = precision
         self._seen_full = False
+
+    @property
+    def class_names(self):
+        return list(self.card.class_names) if self.card.class_names is not None else None
 
     def __call__(self, images):
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -83,7 +88,7 @@ def check_image_size(path, file_size, requested, flag='--image_size'):
     """A UserError when a model file's input size differs from the one asked for."""
     if requested is not None and requested != file_size:
         raise UserError(f'{path} takes {file_size}x{file_size} images, but image_size is {requested}: '
-                        f'set {flag} {file_size}')
+                        f'set {flag} {file_size}, or leave it out (the file says it)')
 
 
 def check_model_file(path, kind):
@@ -104,26 +109,30 @@ def batch_and_size(dims, path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def load_deploy_network(path, arch, num_classes, ema=False):
+def load_deploy_network(path, config):
     """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
 
-    The form (train or deploy) is read from the checkpoint's names; ``ema`` takes the EMA copy
-    (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, class names
-    or None).
+    Arch, classes and preprocessing come from the checkpoint's card, settled with ``config``
+    (model_card.settle); the form (train or deploy) from its names; ``config.ema`` takes the EMA
+    copy (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, card).
     """
     from src.repvgg import count_params, create_model, switch_net_to_deploy  # pylint: disable=import-outside-toplevel
     checkpoint = read_checkpoint(path)
+    ema = config.ema
     prefix = EMA_PREFIX if ema else ''
     if ema and not any(name.startswith(prefix) for name in checkpoint):
         raise UserError(f'checkpoint {path} has no EMA weights (no ema.* entries): drop --ema, or use '
                         f'a checkpoint of a run with with_ema: 1')
-    check_recorded_arch(checkpoint, arch, f'checkpoint {path}')  # training checkpoints record their arch
+    source = f'checkpoint {path}'
     deploy = is_deploy_form(checkpoint, prefix)
+    card = replace(settle(ModelCard.read(checkpoint, source, 're-save it with this project'), config, source),
+                   deploy=deploy)
+    arch = card.arch
     try:
-        net = create_model(arch, num_classes=num_classes, deploy=deploy)
+        net = create_model(arch, num_classes=card.num_classes, deploy=deploy)
     except ValueError as error:
         raise UserError(str(error)) from None
-    load_weights(net, checkpoint, prefix=prefix, source=f'checkpoint {path}')
+    load_weights(net, checkpoint, prefix=prefix, source=source)
     net.set_train(False)
     params_before = count_params(net)
     switch_net_to_deploy(net)
@@ -133,7 +142,7 @@ def load_deploy_network(path, arch, num_classes, ema=False):
     else:
         form = (f'train form, {params_before:,} parameters, re-parameterized to deploy form, '
                 f'{count_params(net):,} parameters')
-    return net, f'{arch} {weights} from {path} ({form})', recorded_class_names(checkpoint, f'checkpoint {path}')
+    return net, f'{arch} {weights} from {path} ({form})', card
 
 
 def mindspore_engine():
@@ -142,11 +151,11 @@ def mindspore_engine():
     return f'MindSpore {ms.__version__}, fp32'
 
 
-def network_predictor(net, image_size, num_classes, batch_size, description='', class_names=None):
-    """A Predictor running a MindSpore network (already in eval mode)."""
+def network_predictor(net, card, batch_size, description=''):
+    """A Predictor running a MindSpore network (already in eval mode) described by a settled ``card``."""
     from mindspore import Tensor  # pylint: disable=import-outside-toplevel
-    return Predictor(lambda images: net(Tensor(images)).asnumpy(), image_size, num_classes, batch_size,
-                     pad_to_seen=True, description=description, class_names=class_names, engine=mindspore_engine())
+    return Predictor(lambda images: net(Tensor(images)).asnumpy(), card.image_size, card.num_classes, batch_size,
+                     pad_to_seen=True, description=description, card=card, engine=mindspore_engine())
 
 
 # ----------------------------------------------------------------------------- MINDIR
@@ -169,7 +178,7 @@ def set_mindir_user_info(model, key, value):
 
 
 def read_mindir_signature(path):
-    """(input dims, output dims, class names or None) recorded in a MINDIR file (-1 marks a dynamic
+    """(input dims, output dims, model card) recorded in a MINDIR file (-1 marks a dynamic
     dimension).
 
     Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
@@ -186,8 +195,8 @@ def read_mindir_signature(path):
             or not graph.input[0].tensor or not graph.output[0].tensor):
         raise UserError(f'{path} is not a MINDIR model with one input and one output '
                         f'(corrupt, or not written by export.py)')
-    names = parse_class_names(mindir_user_info(model).get(CLASS_NAMES_KEY), path, 'export it again')
-    return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims), names
+    card = ModelCard.read(mindir_user_info(model), path)
+    return list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims), card
 
 
 def load_mindir(path, batch_size, image_size=None):
@@ -195,7 +204,7 @@ def load_mindir(path, batch_size, image_size=None):
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
     path = check_model_file(path, 'MINDIR file')
-    input_dims, output_dims, names = read_mindir_signature(path)
+    input_dims, output_dims, card = read_mindir_signature(path)
     static_batch, size = batch_and_size(input_dims, path)
     check_image_size(path, size, image_size)
     try:
@@ -204,7 +213,7 @@ def load_mindir(path, batch_size, image_size=None):
         raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
     batch = 'batch' if static_batch is None else str(static_batch)
     return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
-                     static_batch=static_batch, class_names=names, engine=mindspore_engine(),
+                     static_batch=static_batch, card=card, engine=mindspore_engine(),
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
@@ -245,11 +254,13 @@ QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 
                            'MatMulInteger'})
 
 
-def onnx_precision(path):
-    """'int8' for a quantized ONNX file (export.py --quantize int8 writes QDQ pairs), else 'fp32'."""
+def inspect_onnx(path):
+    """(precision, model card) of an ONNX file that its engine has read: 'int8' for a quantized file
+    (export.py --quantize int8 writes QDQ pairs), else 'fp32'; the card from its metadata_props."""
     import onnx  # pylint: disable=import-outside-toplevel
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return 'int8' if any(node.op_type in QUANTIZED_OPS for node in graph.node) else 'fp32'
+    model = onnx.load(str(path), load_external_data=False)
+    precision = 'int8' if any(node.op_type in QUANTIZED_OPS for node in model.graph.node) else 'fp32'
+    return precision, ModelCard.read({prop.key: prop.value for prop in model.metadata_props}, path)
 
 
 def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
@@ -280,11 +291,9 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
         raise UserError(f'{path}: the number of classes of its output {outputs[0].shape} is not fixed')
     name = inputs[0].name
     batch = 'batch' if static_batch is None else str(static_batch)
-    names = parse_class_names(session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY), path,
-                              'export it again')
-    precision = onnx_precision(path)
+    precision, card = inspect_onnx(path)
     return Predictor(lambda images: session.run(None, {name: images})[0], size, num_classes, batch_size,
-                     static_batch=static_batch, class_names=names, precision=precision,
+                     static_batch=static_batch, card=card, precision=precision,
                      engine=f'ONNX Runtime {ort.__version__} ({session.get_providers()[0]}), {precision}',
                      description=(f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes, '
                                   f'{session.get_providers()[0]})'))

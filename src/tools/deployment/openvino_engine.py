@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
-from src.tools.checkpoints.format import CLASS_NAMES_KEY, parse_class_names
+from src.tools.checkpoints.model_card import ENTRY_NAMES, ModelCard
 from src.tools.deployment.model_files import Predictor, batch_and_size, check_image_size, check_model_file
 
 OPENVINO_REQUIREMENT = 'openvino==2026.4.1'  # as pinned in requirements.txt (tests/test_openvino_engine.py)
@@ -152,10 +152,12 @@ def _dims(partial_shape):
     return [dim.get_length() if dim.is_static else None for dim in partial_shape]
 
 
-def _class_names(model, path):
-    key = ['framework', CLASS_NAMES_KEY]  # where the ONNX front end puts the file's metadata_props
-    text = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
-    return parse_class_names(text, path, 'export it again')
+def _card(model, path):
+    """The model card in the file's metadata_props, as OpenVINO's ONNX front end read them (reading
+    them with onnx instead would import it, and parse the file, a second time)."""
+    entries = {key: model.get_rt_info(['framework', key]).astype(str) for key in ENTRY_NAMES
+               if model.has_rt_info(['framework', key])}
+    return ModelCard.read(entries, path)
 
 
 def runtime_precision(compiled):
@@ -232,7 +234,7 @@ def load_openvino(path, batch_size=32, image_size=None, precision='fp32', thread
         words = 'fp32 (no native bf16 on this CPU)'
     batch = 'batch' if static_batch is None else str(static_batch)
     predictor = Predictor(run, size, num_classes, batch_size, static_batch=static_batch,
-                          class_names=_class_names(model, path), engine=prefix + words + suffix, precision=ran,
+                          card=_card(model, path), engine=prefix + words + suffix, precision=ran,
                           description=f'ONNX {path} (input {batch}x3x{size}x{size}, {num_classes} classes'
                                       f'{", INT8" if int8 else ""})')
     if isinstance(run, Bf16Check):

@@ -44,13 +44,14 @@ def list_inputs(path):
     raise UserError(f'{path} does not exist; pass an image or a folder of images')
 
 
-def predict_classes(predictor, paths, interpolation='bilinear', workers=None, model='the model'):
-    """{str(path): class index} for ``paths``, preprocessed as in evaluation, in batches; ``workers``
-    threads (default: one per CPU) decode and resize the next batches while the model runs on this
-    one (src/dataset.eval_batches). A non-finite logit is an error naming ``model``, never a class."""
+def predict_classes(predictor, paths, workers=None, model='the model'):
+    """{str(path): class index} for ``paths``, preprocessed as in evaluation (the predictor's card),
+    in batches; ``workers`` threads (default: one per CPU) decode and resize the next batches while
+    the model runs on this one (src/dataset.eval_batches). A non-finite logit is an error naming
+    ``model``, never a class."""
     predictions = {}
     with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
-        for chunk, images in eval_batches(paths, predictor.image_size, predictor.batch_size, interpolation, workers):
+        for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size, workers):
             logits = predictor(images)
             check_finite_logits(logits, model, f'the batch from {chunk[0]}')
             for path, label in zip(chunk, logits.argmax(axis=1)):
@@ -72,8 +73,7 @@ def write_json(data, path):
     write_text_atomic(path, json.dumps(data, indent=2) + '\n')
 
 
-def run_inference(predictor, inputs, output, interpolation='bilinear', with_index=False, workers=None,
-                  model='the model'):
+def run_inference(predictor, inputs, output, with_index=False, workers=None, model='the model'):
     """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
     ``output``: {path: class name}, {path: index} for a model without names, or with
     ``with_index`` {path: {'class': name, 'index': index}}. Every image is checked as training
@@ -92,7 +92,7 @@ def run_inference(predictor, inputs, output, interpolation='bilinear', with_inde
         print('=> note: the model records no class names (an older checkpoint, or converted weights): '
               'predictions are class indices')
     print(BANNERS[kind])
-    indices = predict_classes(predictor, paths, interpolation, workers, model)
+    indices = predict_classes(predictor, paths, workers, model)
     predictions = {}
     for path, index in indices.items():
         label = names[index] if names is not None else index

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # MindSpore before onnx: importing it selects protobuf's Python implementation, which MindSpore's own
@@ -27,7 +27,7 @@ import onnx
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from src.dataset import preprocess_image, scan_split
+from src.dataset import scan_split
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import atomic_path, make_folder, partial_name
 from src.tools.deployment.export import check_export_target, export_network
@@ -124,9 +124,9 @@ def calibration_folder(file_format, calibration_path, data_url):
     return calibration_path if calibration_path is not None else (Path(data_url) / 'train' if data_url else None)
 
 
-def load_images(paths, image_size, interpolation='bilinear'):
-    """The eval transform of every file, stacked: float32 (N, 3, S, S)."""
-    return np.stack([preprocess_image(path, image_size, interpolation) for path in paths])
+def load_images(paths, preprocessing):
+    """The eval transform (a src.dataset.Preprocessing) of every file, stacked: float32 (N, 3, S, S)."""
+    return np.stack([preprocessing.image(path) for path in paths])
 
 
 class ImageBatches(CalibrationDataReader):
@@ -170,7 +170,7 @@ def _batch_dim(model):
 
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
     """Write the INT8 QDQ model of the fp32 ONNX file at ``fp32_path`` to ``int8_path``, calibrated on
-    ``images``. The fp32 model's metadata (e.g. class names) is copied onto the INT8 model.
+    ``images``. The fp32 model's metadata (its model card) is copied onto the INT8 model.
     ``activation_type`` ('uint8' or 'int8') and ``reduce_range`` are for the type study of
     benchmarks/speed.py."""
     fp32 = onnx.load(str(fp32_path))
@@ -210,26 +210,25 @@ class Int8Export:
     description: str         # of the INT8 file, as ONNX Runtime loaded it
 
 
-def export_int8(net, image_size, export_path, files, class_names=None, interpolation='bilinear',
-                threshold=AGREEMENT_THRESHOLD, model='the network'):
+def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, model='the network'):
     """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
-    ``export_path`` (suffix .onnx added), calibrated on the image ``files``, carrying ``class_names`` as
-    the fp32 export does; refused (UserError, nothing written) when its top-1 agreement with the fp32
-    network on those images is below ``threshold``. ``model`` is named when the network's outputs are
-    not finite."""
+    ``export_path`` (suffix .onnx added), calibrated on the image ``files`` preprocessed as its settled
+    ``card`` says, carrying the card as the fp32 export does; refused (UserError, nothing written) when
+    its top-1 agreement with the fp32 network on those images is below ``threshold``. ``model`` is named
+    when the network's outputs are not finite."""
     target = check_export_target(export_path, 'ONNX')
-    images = load_images(files, image_size, interpolation)
+    image_size = card.image_size
+    images = load_images(files, card.preprocessing)
     make_folder(target.parent)
     workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_name(target, '-int8-').name))
     try:
-        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', class_names,
-                                                     model=model)
+        fp32_path, difference, batch = export_network(net, image_size, 'ONNX', workdir / 'fp32', card, model=model)
         fp32_logits = load_onnx(fp32_path, batch_size=CALIBRATION_BATCH, image_size=image_size)(images)
         with atomic_path(target) as temporary:
             quantize_onnx(fp32_path, temporary, images, workdir)
             int8 = load_onnx(temporary, batch_size=CALIBRATION_BATCH, image_size=image_size)
-            if int8.class_names != (list(class_names) if class_names else None):
-                raise UserError('the INT8 file does not carry the class names; nothing was written')
+            if int8.card != replace(card, deploy=True):
+                raise UserError('the INT8 file does not carry the model card; nothing was written')
             agreement = top1_agreement(fp32_logits, int8(images))
             if agreement < threshold:
                 raise UserError(f'the INT8 model predicts the fp32 top-1 class on only {agreement:.1%} of the '

@@ -54,9 +54,9 @@ class Trainer:
     """Runs epochs ``start_epoch``..``epochs - 1`` of one run; see the module docstring."""
 
     def __init__(self, *, args, train_cell, net, ema, saver, metrics_log, ranks,
-                 steps_per_epoch, lr_values, classes=None, sample_log=None, watchdog=None):
+                 steps_per_epoch, lr_values, card, sample_log=None, watchdog=None):
         self.args = args
-        self.classes = classes
+        self.card = card  # the ModelCard every checkpoint records
         self.train_cell = train_cell
         self.net = net
         self.ema = ema
@@ -73,8 +73,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch_num, step_num, epoch_metrics=None):
-        return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.args.arch,
-                           self.args.num_classes, self.classes, epoch_metrics)
+        return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.card, epoch_metrics)
 
     def _writing(self):
         """A lost rank stops this one only after the checkpoint being written is complete."""
