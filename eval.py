@@ -21,7 +21,8 @@ def main(argv=None):
                         {'config': config.config, 'pretrained': config.pretrained, 'validation folder': folder})
     predictor = load_predictor(config, default_precision='fp32')
     announce(predictor, config.device_target)
-    print(format_results(evaluate_folder(predictor, folder, config, report_dir=config.report_dir,
+    print(format_results(evaluate_folder(predictor, folder, config.num_parallel_workers, config.image_check,
+                                         config.image_check_cache, report_dir=config.report_dir,
                                          model=config.pretrained)))
     print('=> eval success')
 

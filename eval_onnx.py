@@ -3,6 +3,7 @@
 python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target auto|CPU|GPU] [--prefetch N]
                     [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
+import argparse
 from pathlib import Path
 
 from src.config import make_config
@@ -11,6 +12,14 @@ from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
                                             onnx_device)
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
+
+
+def _at_least_one(text):
+    """A whole number of at least 1 (argparse type), as the config's batch_size and num_parallel_workers."""
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {text}')
+    return value
 
 
 def parse_args(argv=None):
@@ -22,10 +31,10 @@ def parse_args(argv=None):
     parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
                         help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
                              "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
-    parser.add_argument('--prefetch', type=int, default=16,
+    parser.add_argument('--prefetch', type=_at_least_one, default=16,
                         help='accepted as in the reference; no effect: the images of two batches are read ahead')
-    parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
-    parser.add_argument('-j', '--num_parallel_workers', type=int, default=4,
+    parser.add_argument('-b', '--batch_size', type=_at_least_one, default=32, help='images per batch')
+    parser.add_argument('-j', '--num_parallel_workers', type=_at_least_one, default=4,
                         help='threads reading the images (at most one per CPU)')
     parser.add_argument('--report_dir', type=Path, default=None,
                         help='also write per_class_top1.csv and confusion_matrix.png there')
@@ -39,13 +48,11 @@ def main(argv=None):
     folder = validation_folder(args.dataset_path)
     check_outputs_apart({'--report_dir': args.report_dir}, {'--onnx_path': args.onnx_path, 'validation folder': folder})
     args.device_target = onnx_device(args.device_target, args.backend)
-    size = {'image_size': args.image_size} if args.image_size else {}
-    config = make_config(batch_size=args.batch_size, prefetch=args.prefetch, device_target=args.device_target,
-                         num_parallel_workers=args.num_parallel_workers, **size)
-    predictor = load_onnx_engine(args, config)  # preprocessing: the model's (its metadata)
+    given = {'image_size': args.image_size} if args.image_size else {}
+    predictor = load_onnx_engine(args, make_config(**given))  # preprocessing: the model's (its metadata)
     announce(predictor, args.device_target)
-    print(format_results(evaluate_folder(predictor, folder, config, with_loss=False, report_dir=args.report_dir,
-                                         model=args.onnx_path)))
+    print(format_results(evaluate_folder(predictor, folder, workers=args.num_parallel_workers, with_loss=False,
+                                         report_dir=args.report_dir, model=args.onnx_path)))
     print('=> eval success')
 
 

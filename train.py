@@ -26,7 +26,7 @@ from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
-from src.tools.training.run_folder import save_class_names, save_config
+from src.tools.training.run_folder import log_start_up, save_class_names, save_config
 from src.tools.training.schedulers import lr_schedule
 from src.tools.training.trainer import Trainer, open_sample_log
 from src.tools.training.watchdog import Watchdog
@@ -118,10 +118,11 @@ def train(args, ranks, watchdog, began):
         print(f'=> starting from {start.source}: epoch {start.epoch + 1}, step {start.step} '
               f'(global step {global_step}), lr {lr_values[global_step]:.6g}', flush=True)
 
-    # Run folder contents: the config copy and the class names.
+    # Run folder contents: the config copy, the class names, the details of the data start-up.
     if ranks.is_main:
         save_config(folder, args)
         save_class_names(folder, classes)
+        log_start_up(folder, [train_ds.start_up, val_ds.start_up])
     sample_log = open_sample_log(folder / f'samples_rank{rank}.txt') if args.log_samples else None
     print(f'=> run folder {folder}: {steps_per_epoch} steps per epoch, epochs {start.epoch + 1}-{args.epochs}',
           flush=True)

@@ -8,10 +8,11 @@ Writes ``--files`` tiny JPEGs (24x20, 64 distinct ones, about 1.2 kB each) in ``
 class folders to a temporary folder under /tmp (deleted at the end unless ``--folder`` is given),
 then:
 
-- start-up: for each rank count R, a fresh manifest, then two starts (each a new process building
-  the training pipeline as train.py does) as rank 0 of R: the times train.py prints for the class
-  scan, the image check of rank 0's slice (cached mode: the first start checks every file of the
-  slice and writes the manifest, the second stats them) and the pipeline build;
+- start-up: for each rank count R, a fresh manifest (in a temporary cache folder), then two starts
+  (each a new process building the training pipeline as train.py does) as rank 0 of R: the times
+  train.py keeps in the run folder's startup.log for the class scan, the image check of rank 0's
+  slice (cached mode: the first start checks every file of the slice and writes the manifest, the
+  second stats them) and the pipeline build;
 - resume: the time to the first batch of a pipeline (aug_type weak, batch ``--batch``, one rank)
   started at step 0 and at ``--resume_step`` with ``resume_batches`` (medians of ``--repeats``
   new processes), and once the way train.py resumed before: reading the skipped batches and
@@ -71,9 +72,10 @@ def config(root, batch):
 
 # ----------------------------------------------------------------------------- child processes
 def child_start(root, rank, ranks, batch):
-    """Build the training pipeline as rank ``rank`` of ``ranks``; print train.py's start-up line."""
+    """Build the training pipeline as rank ``rank`` of ``ranks``; print the start-up details that
+    train.py writes to the run folder's startup.log."""
     from src.dataset import get_dataset  # pylint: disable=import-outside-toplevel
-    get_dataset(config(root, batch), training=True, rank=rank, group_size=ranks)
+    print(get_dataset(config(root, batch), training=True, rank=rank, group_size=ranks).start_up)
 
 
 def child_resume(root, batch, step, how):
@@ -93,8 +95,8 @@ def child_resume(root, batch, step, how):
     print(json.dumps({'seconds': seconds}))
 
 
-def run_child(*args):
-    env = dict(os.environ, GLOG_v='3', PYTHONUNBUFFERED='1')
+def run_child(*args, cache=None):
+    env = dict(os.environ, GLOG_v='3', PYTHONUNBUFFERED='1', **({'XDG_CACHE_HOME': str(cache)} if cache else {}))
     done = subprocess.run([sys.executable, __file__, '--child', *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=3600)
     if done.returncode != 0:
@@ -138,12 +140,13 @@ def main():
         print(f'{"ranks":>5}  {"start":<6} {"class scan s":>12} {"image check s":>13} {"checked":>8} '
               f'{"unchanged":>9} {"pipeline build s":>16}')
         for ranks in options.ranks:
-            shutil.rmtree(root / '.image_check', ignore_errors=True)
+            cache = Path(tempfile.mkdtemp(prefix='startup_cache_', dir='/tmp'))  # a fresh manifest
             for start in ('first', 'second'):
-                found = START_LINE.search(run_child('start', root, 0, ranks, options.batch))
+                found = START_LINE.search(run_child('start', root, 0, ranks, options.batch, cache=cache))
                 scan, check, _, unchanged, checked, build = found.groups()
                 print(f'{ranks:>5}  {start:<6} {float(scan):>12.1f} {float(check):>13.1f} {int(checked):>8} '
                       f'{int(unchanged):>9} {float(build):>16.1f}')
+            shutil.rmtree(cache)
 
         steps = files // options.batch
         step = options.resume_step if options.resume_step is not None else int(steps * 0.96)

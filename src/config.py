@@ -192,8 +192,8 @@ OPTIONS = (
     _opt('image_check', to_str, 'cached', 'Check before training that every image decodes: cached (once per '
          'file, remembered in a manifest by size and mtime), full (every file at every start) or off.',
          choices=('cached', 'full', 'off')),
-    _opt('image_check_cache', to_path, None, "Folder for the image-check manifests (default: '.image_check' "
-         'beside the split folders, or ~/.cache/repvgg when the data folder is read-only).'),
+    _opt('image_check_cache', to_path, None, 'Folder for the image-check manifests, one per data folder (default: '
+         '$XDG_CACHE_HOME/repvgg/image_check, or ~/.cache/repvgg/image_check; never the data folder).'),
     # augmentation
     _opt('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
     _opt('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),

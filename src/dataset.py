@@ -23,8 +23,13 @@ eval.py and infer.py build no pipeline: ``eval_batches`` runs the one-image eval
 (``Preprocessing.image``: PIL decode and resize, numpy normalise) in threads, ahead of the model; it
 skips (eval.py) or stops at (infer.py) a file that fails to decode, with a line naming it.
 
+Transforms and data sets take their settings as arguments (``TrainTransform`` and
+``Preprocessing`` are the presets, as in torchvision's references); ``get_dataset`` at the end is the
+one place that reads them from the config.
+
 Bad images: before a pipeline is built, the files are checked cheaply (src/image_check.py: spread
-over the ranks, remembered in a manifest so that a second start only stats them; ``image_check``).
+over the ranks, remembered in a manifest in the user's cache folder, never beside the data, so that
+a second start only stats them; ``image_check``).
 Unreadable files stop the run before it starts with their paths listed. A file that still fails to
 decode later is skipped with MindSpore's warning, which names it (``ErrorSamplesMode.SKIP``).
 
@@ -39,7 +44,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +200,9 @@ class Preprocessing:
         resize = ResizeCenterCrop(eval_resize_size(self.image_size, self.crop_pct), self.image_size, self.interpolation)
         return [Stage([_vision().Decode(), resize] + _normalize_ops(self.mean, self.std))]
 
+    def describe(self):
+        return f'eval transform, {self.image_size}x{self.image_size}, {self.interpolation}'
+
 
 def preprocess_image(path, image_size, interpolation='bilinear'):
     """The eval transform of one image file with ImageNet's mean, std and crop."""
@@ -288,66 +296,60 @@ def _mindspore_interpolation(name):
     return {'bilinear': vision.Inter.BILINEAR, 'bicubic': vision.Inter.BICUBIC}[name]
 
 
-def train_stages(args):
-    """Per-image train transform, raw file bytes -> CHW float32, as pipeline stages."""
-    vision = _vision()
-    size, interpolation = args.image_size, args.interpolation
-    if args.aug_type == 'none':
-        return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation)] + _normalize_ops())]
-    crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
-                                               interpolation=_mindspore_interpolation(interpolation)),
-                 vision.RandomHorizontalFlip(0.5)]
-    if args.aug_type == 'weak':
-        return [Stage(crop_flip + _normalize_ops())]
-    if args.aug_type != 'auto':
-        raise UserError(f"aug_type {args.aug_type!r}: choose none, weak or auto")
-    if not args.auto_augment:
-        raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
-    from src.augment import RandomErasing, policy_from_string  # pylint: disable=import-outside-toplevel
-    policy = policy_from_string(args.auto_augment, interpolation=interpolation)
-    stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
-    if args.re_prob > 0:
-        stages.append(Stage([RandomErasing(args.re_prob, args.re_mode, args.re_count)], processes=True))
-    return stages
+@dataclass(frozen=True)
+class TrainTransform:
+    """The per-image train transform, from its settings alone (torchvision's
+    ClassificationPresetTrain is the model): ``aug_type`` none, weak or auto, the ``auto_augment``
+    policy and random erasing (``re_prob``, ``re_mode``, ``re_count``) of aug_type auto."""
+    image_size: int
+    interpolation: str = 'bilinear'
+    aug_type: str = 'weak'
+    auto_augment: str = None
+    re_prob: float = 0.0
+    re_mode: str = 'pixel'
+    re_count: int = 1
+
+    def stages(self):
+        """Raw file bytes -> CHW float32, as pipeline stages; a UserError for settings that cannot work."""
+        vision = _vision()
+        size, interpolation = self.image_size, self.interpolation
+        if self.re_prob > 0 and self.aug_type != 'auto':
+            _warn(f're_prob {self.re_prob} has no effect with aug_type {self.aug_type}: random erasing is part '
+                  f'of aug_type auto')
+        if self.aug_type == 'none':
+            return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation)] + _normalize_ops())]
+        crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
+                                                   interpolation=_mindspore_interpolation(interpolation)),
+                     vision.RandomHorizontalFlip(0.5)]
+        if self.aug_type == 'weak':
+            return [Stage(crop_flip + _normalize_ops())]
+        if self.aug_type != 'auto':
+            raise UserError(f"aug_type {self.aug_type!r}: choose none, weak or auto")
+        if not self.auto_augment:
+            raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
+        from src.augment import RandomErasing, policy_from_string  # pylint: disable=import-outside-toplevel
+        policy = policy_from_string(self.auto_augment, interpolation=interpolation)
+        stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
+        if self.re_prob > 0:
+            stages.append(Stage([RandomErasing(self.re_prob, self.re_mode, self.re_count)], processes=True))
+        return stages
+
+    def describe(self):
+        text = f'aug_type {self.aug_type}, {self.image_size}x{self.image_size}, {self.interpolation}'
+        if self.aug_type == 'auto':
+            text += f', policy {self.auto_augment}'
+            if self.re_prob > 0:
+                text += f', random erasing p={self.re_prob} {self.re_mode} x{self.re_count}'
+        return text
 
 
 # ----------------------------------------------------------------------------- pipelines
-def mixup_active(args):
-    """Whether the train set yields mixed images with soft (B, num_classes) float32 targets."""
-    return args.mixup_prob > 0 and (args.mix_up > 0 or args.cutmix > 0)
-
-
-def make_mixup(args, rank=0):
-    from src.augment import Mixup  # pylint: disable=import-outside-toplevel
-    return Mixup(args.num_classes, mixup_alpha=args.mix_up, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                 switch_prob=args.switch_prob, mode=args.mixup_mode, label_smoothing=args.label_smoothing,
-                 seed=[args.seed, rank])
-
-
-def _workers(args):
-    """Data workers: MindSpore refuses more than the machine's CPU count."""
-    return max(1, min(int(args.num_parallel_workers), os.cpu_count() or 1))
-
-
-def dataset_cache(args):
-    """A MindSpore cache client for ``cache_session_id`` (None when unset), cached at the file reader."""
-    if args.cache_session_id is None:
+def dataset_cache(session_id, prefetch=1):
+    """A MindSpore cache client for ``session_id`` (None when unset), cached at the file reader."""
+    if session_id is None:
         return None
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    return ds.DatasetCache(session_id=int(args.cache_session_id), size=0, prefetch_size=max(1, args.prefetch))
-
-
-def _check_settings(args, training):
-    if training and args.re_prob > 0 and args.aug_type != 'auto':
-        _warn(f're_prob {args.re_prob} has no effect with aug_type {args.aug_type}: random erasing is part '
-              f'of aug_type auto')
-    if training and not mixup_active(args) and (args.mix_up > 0 or args.cutmix > 0):
-        _warn('mix_up / cutmix are set but mixup_prob is 0: no mixing; set mixup_prob (e.g. 1.0)')
-    if training and args.seed == _MINDSPORE_DEFAULT_SEED:
-        _warn(f'seed {args.seed} is MindSpore\'s "unset" value: Python augmentation workers then share '
-              f'one random stream; choose another seed')
-    if args.batch_size < 1:
-        raise UserError(f'batch_size must be >= 1, got {args.batch_size}')
+    return ds.DatasetCache(session_id=int(session_id), size=0, prefetch_size=max(1, prefetch))
 
 
 def class_indexing(folder, names, classes, num_classes, show=True):
@@ -357,10 +359,10 @@ def class_indexing(folder, names, classes, num_classes, show=True):
     looked up by name, so a folder missing some of the model's classes still scores correctly (a
     note says which are missing), and a class the model does not know is an error naming it.
     Without ``classes`` (a model that records none) labels are the sorted folder positions, of which
-    there may not be more than ``num_classes``.
+    there may not be more than ``num_classes`` (when given).
     """
     if classes is None:
-        if len(names) > num_classes:
+        if num_classes is not None and len(names) > num_classes:
             raise UserError(f'{folder} has {len(names)} class folders but num_classes is {num_classes}; '
                             f'set num_classes: {len(names)}')
         return {name: label for label, name in enumerate(names)}
@@ -380,68 +382,76 @@ def _listed(names, limit=5):
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
-def scan_and_check(folder, args, training=False, rank=0, group_size=1, classes=None, total=None):
-    """What every data set of a split folder starts with: (files 'class/image' in class and name
-    order, {class folder: label}, 'class scan ... s, image check ...' for the start-up line).
-
-    Scans the class folders, gives the labels (``class_indexing``) and checks this rank's slice of
-    the images (``check_split``); see ``create_dataset_imagenet`` for the arguments.
-    """
-    if not 0 <= rank < group_size:
-        raise ValueError(f'rank {rank} outside group of {group_size}')
-    _check_settings(args, training)
+def labelled_files(folder, classes=None, num_classes=None, show=True):
+    """(files 'class/image' in class and name order, {class folder: label}, seconds the scan took)."""
     began = time.perf_counter()
     names, images = scan_split(folder)
     files = [f'{name}/{image}' for name in names for image in images[name]]  # strings: 1.28 M Paths cost seconds
-    scan_seconds = time.perf_counter() - began
-    indexing = class_indexing(folder, names, classes, args.num_classes, show=rank == 0)
-    if not training and len(files) < group_size:
-        raise UserError(f'{folder} has {len(files)} images, fewer than the {group_size} evaluating devices')
-    if training and -(-len(files) // group_size) < args.batch_size:
-        raise UserError(f'{folder} has {len(files)} images: less than one batch of {args.batch_size} per '
-                        f'device ({group_size} devices); lower batch_size')
-    # each rank checks its own slice, so together they check every file once
-    check = check_split(folder, files, args.image_check, rank, group_size, args.image_check_cache, total)
-    return files, indexing, f'class scan {scan_seconds:.1f} s, {check.describe()}'
+    seconds = time.perf_counter() - began
+    return files, class_indexing(folder, names, classes, num_classes, show=show), seconds
 
 
-def labelled_images(dataset_dir, args, classes=None):
+def _start_up_line(kind, folder, files, indexing, seconds, check):
+    """The one short line of what a data set's start-up found and took."""
+    return (f'=> {kind} data {folder}: {len(files)} images, {len(indexing)} classes; start-up {seconds:.1f} s '
+            f'({check.summary()})')
+
+
+def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='cached', image_check_cache=None):
     """(paths, labels) of a split folder for evaluation in one process (eval.py, eval_onnx.py, which
     read the images with ``eval_batches``): the class scan, labels and image check of
-    ``create_dataset_imagenet``, and its start-up line."""
+    ``create_dataset_imagenet`` (see there for the arguments), and its start-up line."""
     folder = Path(dataset_dir)
-    files, indexing, start_up = scan_and_check(folder, args, classes=classes)
-    print(f'=> eval data {folder}: {len(files)} images, {len(indexing)} classes, 1 device(s), batch '
-          f'{args.batch_size}, eval transform; start-up: {start_up}', flush=True)
+    files, indexing, scan_seconds = labelled_files(folder, classes, num_classes)
+    check = check_split(folder, files, image_check, cache_root=image_check_cache)
+    print(_start_up_line('eval', folder, files, indexing, scan_seconds + check.seconds, check), flush=True)
     return [folder / name for name in files], [indexing[name.split('/', 1)[0]] for name in files]
 
 
-def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size=1, classes=None, total=None):
+def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *, classes=None, num_classes=None,
+                            rank=0, group_size=1, total=None, workers=1, prefetch=15, seed=0, cache=None,
+                            image_check='cached', image_check_cache=None, mixup=None):
     """The batched dataset of one split folder (one sub-folder per class); columns image, label.
 
-    image: float32 (B, 3, S, S); label: int32 (B,), or float32 (B, num_classes) soft targets when
-    training with mixup / cutmix (see ``mixup_active``). ``classes``: the model's class names in
-    label order; labels are then given by name (see ``class_indexing``). ``total`` sums numbers over
-    ranks (so that all ranks stop together on unreadable images); rank 0 prints what the start-up
-    did and took.
+    image: float32 (B, 3, S, S) through ``transform`` (TrainTransform, or a Preprocessing for evaluation); label:
+    int32 (B,), or float32 (B, num_classes) soft targets with a ``mixup`` (src/augment Mixup).
+    Training shuffles with ``seed`` (the same on every rank) and shards by (group_size, rank);
+    evaluation gives rank r images r, r + R, ... . ``classes``: the model's class names in label
+    order (see ``class_indexing``). ``total`` sums numbers over ranks, so that all ranks stop
+    together on unreadable images (``image_check``: src/image_check.py). ``workers`` per stage (at
+    most one per CPU), ``prefetch`` batches between stages, ``cache``: a ``dataset_cache``.
+
+    Rank 0 prints one short line of what the start-up found and took; the details are the data
+    set's ``start_up``, which train.py writes to the run folder's startup.log.
     """
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
     import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
 
+    if not 0 <= rank < group_size:
+        raise ValueError(f'rank {rank} outside group of {group_size}')
+    if training and seed == _MINDSPORE_DEFAULT_SEED:
+        _warn(f'seed {seed} is MindSpore\'s "unset" value: Python augmentation workers then share one random '
+              f'stream; choose another seed')
+    stages = transform.stages()  # bad settings stop the run before the files are read
     folder = Path(dataset_dir)
-    files, indexing, start_up = scan_and_check(folder, args, training, rank, group_size, classes, total)
+    files, indexing, scan_seconds = labelled_files(folder, classes, num_classes, show=rank == 0)
+    if not training and len(files) < group_size:
+        raise UserError(f'{folder} has {len(files)} images, fewer than the {group_size} evaluating devices')
+    if training and -(-len(files) // group_size) < batch_size:
+        raise UserError(f'{folder} has {len(files)} images: less than one batch of {batch_size} per '
+                        f'device ({group_size} devices); lower batch_size')
+    # each rank checks its own slice, so together they check every file once
+    check = check_split(folder, files, image_check, rank, group_size, image_check_cache, total)
     began = time.perf_counter()
-    workers = _workers(args)
-    stages = train_stages(args) if training else Preprocessing(args.image_size, args.interpolation).stages()
+    workers = max(1, min(int(workers), os.cpu_count() or 1))  # MindSpore refuses more than the CPU count
     ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
     ds.config.set_fast_recovery(True)  # resume_batches: skipped samples are neither read nor decoded
-    ds.config.set_prefetch_size(max(1, args.prefetch))
-    source = dict(extensions=sorted({os.path.splitext(name)[1] for name in files}),
-                  class_indexing=indexing,
-                  decode=False, num_parallel_workers=workers, cache=dataset_cache(args))
+    ds.config.set_prefetch_size(max(1, prefetch))
+    source = dict(extensions=sorted({os.path.splitext(name)[1] for name in files}), class_indexing=indexing,
+                  decode=False, num_parallel_workers=workers, cache=cache)
     if training:
-        ds.config.set_seed(args.seed)  # same on every rank: the shards come from one shuffle
+        ds.config.set_seed(seed)  # same on every rank: the shards come from one shuffle
         sharded = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
         data = ds.ImageFolderDataset(str(folder), shuffle=True, **sharded, **source)
     elif group_size > 1:  # rank r: images r, r + R, ...; no padding, so no image is scored twice
@@ -454,18 +464,21 @@ def create_dataset_imagenet(dataset_dir, args, training=True, rank=0, group_size
         data = data.map(stage.ops, input_columns='image', num_parallel_workers=workers,
                         python_multiprocessing=stage.processes and workers > 1)
     data = data.map(transforms.TypeCast(ms.int32), input_columns='label')
-    data = data.batch(args.batch_size, drop_remainder=training, num_parallel_workers=workers)
-    if training and mixup_active(args):
+    data = data.batch(batch_size, drop_remainder=training, num_parallel_workers=workers)
+    if mixup is not None:
         # one worker in this process: the mixing draws come in a fixed order from the seeded generator
-        data = data.map(make_mixup(args, rank), input_columns=['image', 'label'],
-                        output_columns=['image', 'label'], num_parallel_workers=1)
+        data = data.map(mixup, input_columns=['image', 'label'], output_columns=['image', 'label'],
+                        num_parallel_workers=1)
     data.get_dataset_size()  # MindSpore lists the folder here (the size is kept for later calls)
+    build_seconds = time.perf_counter() - began
+    kind = 'train' if training else 'eval'
     if rank == 0:
-        transform = f'aug_type {args.aug_type}' if training else 'eval transform'
-        print(f'=> {"train" if training else "eval"} data {folder}: {len(files)} images, {len(indexing)} classes, '
-              f'{group_size} device(s), batch {args.batch_size}, {transform}; start-up: {start_up}, pipeline build '
-              f'{time.perf_counter() - began:.1f} s', flush=True)
+        print(_start_up_line(kind, folder, files, indexing, scan_seconds + check.seconds + build_seconds, check),
+              flush=True)
     data.image_count = len(files)  # the whole folder's, for "scored N of M images"
+    data.start_up = (f'{kind} data {folder.resolve()}: {len(files)} images, {len(indexing)} classes, rank {rank} of '
+                     f'{group_size}, batch {batch_size}, {transform.describe()}; start-up: class scan '
+                     f'{scan_seconds:.1f} s, {check.describe()}, pipeline build {build_seconds:.1f} s')
     return data
 
 
@@ -487,11 +500,40 @@ def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
     return dataset.create_tuple_iterator(num_epochs=epochs)
 
 
-def get_dataset(args, training, rank=0, group_size=1, classes=None, total=None):
-    """``args.data_url``/train (training) or /val as a batched dataset (see create_dataset_imagenet)."""
-    if args.data_url is None:
+# ----------------------------------------------------------------------------- from the config
+# The one place where data settings are read from the config (train.py, vis_img_preprocessing.py,
+# benchmarks, tests); everything above takes them as arguments.
+def train_transform(config):
+    """The TrainTransform of the config's keys of the same names."""
+    return TrainTransform(**{setting.name: getattr(config, setting.name) for setting in fields(TrainTransform)})
+
+
+def make_mixup(config, rank=0):
+    """The config's batch Mixup / CutMix, seeded by (seed, rank); None when it mixes nothing."""
+    from src.augment import Mixup  # pylint: disable=import-outside-toplevel
+    mixup = Mixup(config.num_classes, mixup_alpha=config.mix_up, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                  switch_prob=config.switch_prob, mode=config.mixup_mode, label_smoothing=config.label_smoothing,
+                  seed=[config.seed, rank])
+    return mixup if mixup.active else None
+
+
+def mixup_active(config):
+    """Whether the train set yields mixed images with soft (B, num_classes) float32 targets."""
+    return make_mixup(config) is not None
+
+
+def get_dataset(config, training, rank=0, group_size=1, classes=None, total=None):
+    """``data_url``/train (training) or /val as train.py reads it (see create_dataset_imagenet)."""
+    if config.data_url is None:
         raise UserError('data_url is not set: pass --data_url with a folder holding train/ and val/ '
                         '(python -m src.tools.demo_data DIR writes a small one)')
-    return create_dataset_imagenet(Path(args.data_url) / ('train' if training else 'val'), args,
-                                   training=training, rank=rank, group_size=group_size, classes=classes,
-                                   total=total)
+    mixup = make_mixup(config, rank) if training else None
+    if training and mixup is None and (config.mix_up > 0 or config.cutmix > 0):
+        _warn('mix_up / cutmix are set but mixup_prob is 0: no mixing; set mixup_prob (e.g. 1.0)')
+    transform = train_transform(config) if training else Preprocessing(config.image_size, config.interpolation)
+    return create_dataset_imagenet(
+        Path(config.data_url) / ('train' if training else 'val'), transform, config.batch_size, training,
+        classes=classes, num_classes=config.num_classes, rank=rank, group_size=group_size, total=total,
+        workers=config.num_parallel_workers, prefetch=config.prefetch, seed=config.seed,
+        cache=dataset_cache(config.cache_session_id, config.prefetch), image_check=config.image_check,
+        image_check_cache=config.image_check_cache, mixup=mixup)

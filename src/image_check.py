@@ -17,9 +17,10 @@ r + R, ...) and remembered: ``image_check`` (OPTIONS) chooses
 - ``full``: every file at every start (no manifest read or written);
 - ``off``: no check; a file that fails to decode is then skipped with MindSpore's warning.
 
-The manifest folder is ``<split>/../.image_check/<split name>/`` (beside the split, so that
-ImageFolder readers of the split never see it), ``image_check_cache``/<split name>-<hash>/ when
-that key is set, and ~/.cache/repvgg/image_check/<split name>-<hash>/ when the data folder is read-only.
+The manifest folder is keyed by the split's resolved path: <split name>-<hash>/ in
+``image_check_cache`` when that key is set, else in the user's cache folder,
+$XDG_CACHE_HOME/repvgg/image_check/ (~/.cache/repvgg/image_check/ without it). Nothing is written
+beside the data: a read-only or shared data disk trains as any other.
 """
 import functools
 import hashlib
@@ -146,8 +147,21 @@ class CheckReport:
     checked: int = 0        # opened now
     seconds: float = 0.0
     manifest: Path = None
+    ranks: int = 1
+
+    def summary(self):
+        """What the check did, in a few words (the start-up line)."""
+        if self.mode == 'off':
+            return 'image check off'
+        parts = [f'{self.unchanged} unchanged since checked'] if self.unchanged else []
+        if self.checked or not self.unchanged:
+            parts.insert(0, f'{self.checked} image{"s" * (self.checked != 1)} checked')
+        if self.mode == 'cached' and self.manifest is None:
+            parts.append('not remembered: no writable cache folder')
+        return ', '.join(parts) + (' on this rank' if self.ranks > 1 else '')
 
     def describe(self):
+        """Everything the check did, with its time and manifest folder (the run folder's startup.log)."""
         if self.mode == 'off':
             return 'image check off'
         text = f'image check {self.seconds:.1f} s ({self.mode}: {self.files} files on this rank'
@@ -158,20 +172,26 @@ class CheckReport:
         return text + ')'
 
 
+def user_cache_folder():
+    """The user's cache folder for image-check manifests: $XDG_CACHE_HOME (when an absolute path, as
+    the XDG base directory specification asks) or ~/.cache, then repvgg/image_check."""
+    root = os.environ.get('XDG_CACHE_HOME', '')
+    root = Path(root) if os.path.isabs(root) else Path.home() / '.cache'
+    return root / 'repvgg' / 'image_check'
+
+
 def manifest_folder(split_folder, cache_root=None):
-    """Where the manifest parts of ``split_folder`` live (see the module docstring); created."""
+    """Where the manifest parts of ``split_folder`` live (see the module docstring), created; None
+    when the default cache folder cannot be written (an explicit ``cache_root`` must be writable)."""
     split_folder = Path(split_folder).resolve()
     tag = f'{split_folder.name}-{hashlib.blake2b(str(split_folder).encode(), digest_size=6).hexdigest()}'
-    candidates = [Path(cache_root) / tag] if cache_root is not None else [
-        split_folder.parent / '.image_check' / split_folder.name,
-        Path.home() / '.cache' / 'repvgg' / 'image_check' / tag]
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
+    folder = Path(cache_root if cache_root is not None else user_cache_folder()) / tag
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
         if os.access(folder, os.W_OK):
             return folder
+    except OSError:
+        pass
     if cache_root is not None:
         raise UserError(f'image_check_cache {cache_root} cannot be written; choose a writable folder, or set '
                         f'image_check: full')
@@ -220,7 +240,7 @@ def check_split(split_folder, names, mode='cached', rank=0, group_size=1, cache_
     if mode not in CHECK_MODES:
         raise UserError(f"image_check {mode!r}: choose one of {', '.join(CHECK_MODES)}")
     began = time.perf_counter()
-    report = CheckReport(mode)
+    report = CheckReport(mode, ranks=group_size)
     if mode == 'off':
         return report
     root = str(split_folder)

@@ -1,5 +1,6 @@
 """Shared fixtures: every test runs on the CPU, in GRAPH mode (as the scripts do) unless it asks
-for ``pynative``; ``digits_run`` is a RepVGG-A0 trained once per session on the digits demo set."""
+for ``pynative``, with the user's cache folder in a temporary folder; ``digits_run`` is a RepVGG-A0
+trained once per session on the digits demo set."""
 import subprocess
 
 import mindspore as ms
@@ -11,6 +12,16 @@ from tests.train_helpers import command, environment
 # The quick start's recipe (src/configs/RepVGG-A0_digits.yaml) cut to DIGITS_EPOCHS epochs: the
 # cheapest run whose model is a real classifier (about 95 % top-1 on the 360 validation digits).
 DIGITS_EPOCHS = 4
+
+
+@pytest.fixture(scope='session', autouse=True)
+def user_cache_folder(tmp_path_factory):
+    """$XDG_CACHE_HOME of this session and the processes it starts: the image-check manifests of the
+    tests' data folders go there, not into the user's ~/.cache (session fixtures start after it)."""
+    folder = tmp_path_factory.mktemp('user_cache')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('XDG_CACHE_HOME', str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)

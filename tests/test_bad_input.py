@@ -256,6 +256,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp
         assert_one_line_error(status, err, 'cannot be written', 'is not a folder')
     status, _, err = run_process('convert.py', '--input', trained['best'], '--output', blocker / 'c.ckpt')
     assert_one_line_error(status, err, 'cannot be written')
+    status, _, err = run_main(capsys, 'eval.py', *common(trained), '--dataset_path', trained['data'] / 'val',
+                              '--image_check_cache', blocker / 'cache')
+    assert_one_line_error(status, err, f'image_check_cache {blocker / "cache"} cannot be written', 'image_check: full')
+    assert blocker.read_text() == 'x'
 
 
 def enospc(*_args, **_kwargs):

@@ -12,6 +12,7 @@ from PIL import Image
 from src import dataset as data
 from src import image_check
 from src.tools import demo_data
+from src.augment import Mixup
 from src.tools.base.cli import UserError
 from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
                                  textured_folder)
@@ -250,6 +251,7 @@ def test_corruption_found_only_when_decoding_is_skipped_with_its_path(tmp_path, 
     got = batches(data.get_dataset(data_config(tmp_path), False))
     assert sorted(_ids(got)) == list(range(5))  # the other images all arrive
     assert str(broken) in capfd.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ['val']  # no image dumped, no manifest beside the data
 
 
 # ----------------------------------------------------------------------------- folders and classes
@@ -303,9 +305,28 @@ def test_workers_clamped_and_cache_settings(tmp_path):
     solid_folder(tmp_path / 'val', [2])
     config = data_config(tmp_path, num_parallel_workers=512)
     assert sorted(_ids(batches(data.get_dataset(config, False)))) == [0, 1]
-    assert data.dataset_cache(config) is None
-    cache = data.dataset_cache(data_config(tmp_path, cache_session_id=1234, prefetch=7))
+    assert data.dataset_cache(config.cache_session_id, config.prefetch) is None
+    cache = data.dataset_cache(1234, 7)
     assert type(cache).__name__ == 'DatasetCache' and cache.session_id == 1234 and cache.prefetch_size == 7
+
+
+def test_the_data_sets_take_explicit_settings_and_the_config_only_names_them(tmp_path):
+    """create_dataset_imagenet and the transforms need no config; get_dataset, which reads them
+    from one, gives the same batches (random crops and mixing included) for the same settings."""
+    textured_folder(tmp_path / 'train', [4, 4])
+    config = data_config(tmp_path, batch_size=2, num_classes=2, aug_type='auto', auto_augment='rand-m9-mstd0.5',
+                         re_prob=0.5, interpolation='bicubic', mixup_prob=1.0, cutmix=1.0, seed=3)
+    transform = data.TrainTransform(16, 'bicubic', 'auto', 'rand-m9-mstd0.5', re_prob=0.5)
+    assert data.train_transform(config) == transform
+    mixup = Mixup(2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.0, seed=[3, 0])
+    explicit = data.create_dataset_imagenet(tmp_path / 'train', transform, 2, True, num_classes=2, seed=3,
+                                            prefetch=2, mixup=mixup)
+    mine = batches(explicit)  # read before the next pipeline is built: building one sets MindSpore's seed
+    theirs = batches(data.get_dataset(config, True))
+    assert len(mine) == len(theirs) == 4
+    for ours, its in zip(mine, theirs):
+        assert np.array_equal(ours['image'], its['image']) and np.array_equal(ours['label'], its['label'])
+    assert mine[0]['label'].shape == (2, 2)  # soft targets: the mixing is on
 
 
 # ----------------------------------------------------------------------------- demo data

@@ -8,6 +8,7 @@ costs seconds); a few run as real processes.
 """
 import collections
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -279,6 +280,8 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
                                     paths['val'], '--pretrained', model, *flags)
         assert status == 0, err
         assert engine_of(out) == runs_in, name
+        assert re.search(rf'^=> eval data {re.escape(str(paths["val"]))}: 20 images, 10 classes; start-up \d+\.\d s '
+                         rf'\(20 (images checked|unchanged since checked)\)$', out, re.M), out
         assert (f'run by {ENGINE_NAMES[runs_in]} (export checked' in out) == ('ckpt' in name and runs_in != 'mindspore')
         assert out.rstrip().endswith('=> eval success')
         results[name] = parse_results(out)
@@ -347,6 +350,10 @@ def test_eval_refuses_bad_input(work, exported, capsys):
         assert_one_line_error(status, err, *fragments)
     status, _, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', bad_mindir)
     assert_one_line_error(status, err, '.onnx')
+    for flag in ('-b', '-j', '--prefetch'):
+        status, out, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], flag, '0')
+        assert_one_line_error(status, err, f'{flag}', 'must be at least 1, got 0')
+        assert not out  # refused before the model is read
     if 'CUDAExecutionProvider' not in ort.get_available_providers():  # the CPU build of onnxruntime
         status, _, err = run_main(capsys, 'eval_onnx.py', paths['val'], '-c', exported['onnx'], '-m', 'GPU')
         assert_one_line_error(status, err, 'onnxruntime-gpu')

@@ -1,10 +1,12 @@
 """train.py end to end on a tiny image folder: a run killed mid-epoch resumes at the right epoch,
 step and learning rate; bad inputs end in one line that says what to do."""
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -137,6 +139,66 @@ def test_ema_run_validates_and_saves_the_ema_weights(data, tmp_path):
     np.testing.assert_array_equal(best[name].asnumpy(), last['ema.' + name].asnumpy())
     assert not np.array_equal(last[name].asnumpy(), last['ema.' + name].asnumpy())
     assert any(key.startswith('adam_m.') for key in last)
+
+
+# ----------------------------------------------------------------------------- nothing written into the data
+def tree(folder):
+    """{path: (size, mtime_ns, mode)} of everything under ``folder``, the folder itself included."""
+    return {str(path): (path.lstat().st_size, path.lstat().st_mtime_ns, path.lstat().st_mode)
+            for path in [Path(folder), *Path(folder).rglob('*')]}
+
+
+def test_training_writes_nothing_into_the_data_and_keeps_its_check_in_the_user_cache(tmp_path):
+    """Two starts on one data folder: the image-check manifest goes to $XDG_CACHE_HOME keyed by
+    the data path, the second start reuses it; each start prints one short line per split and keeps
+    the details in its run folder's startup.log; the data folder and the working folder stay as
+    they were."""
+    data = make_image_folder(tmp_path / 'data', size=24)
+    before = tree(data)
+    cache = tmp_path / 'cache'
+    flags = train_args(data, tmp_path / 'runs', epochs=1, image_size=24)
+    for checked in ('24 images checked', '24 unchanged since checked'):
+        done = subprocess.run(command(*flags), capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                              env={**environment(), 'XDG_CACHE_HOME': str(cache)})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        lines = [line for line in done.stdout.splitlines() if ' data ' in line and line.startswith('=> ')]
+        assert len(lines) == 2 and all(len(line) - len(str(data)) < 90 for line in lines), lines
+        assert re.fullmatch(rf'=> train data {re.escape(str(data))}/train: 24 images, 3 classes; start-up \d+\.\d s '
+                            rf'\({checked}\)', lines[0]), lines
+        assert re.fullmatch(rf'=> eval data {re.escape(str(data))}/val: 6 images, 3 classes; start-up \d+\.\d s '
+                            rf'\({checked.replace("24", "6")}\)', lines[1]), lines
+        folder = re.search(r'=> run folder (\S+):', done.stdout).group(1)
+        details = (Path(folder) / 'startup.log').read_text().splitlines()
+        unchanged, fresh = (0, 24) if 'images checked' in checked else (24, 0)
+        assert len(details) == 2 and re.match(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d train data ', details[0]), details
+        assert (f'train data {data.resolve()}/train: 24 images, 3 classes, rank 0 of 1, batch 2, aug_type none, 24x24, '
+                f'bilinear; start-up: class scan ') in details[0]
+        assert (f'(cached: 24 files on this rank, {unchanged} unchanged since checked, {fresh} checked; manifest '
+                f'{cache}/repvgg/image_check/train-') in details[0]
+        assert f'eval data {data.resolve()}/val: 6 images' in details[1]
+    manifests = sorted(cache.glob('repvgg/image_check/*/rank0of1.tsv'))
+    assert [path.parent.name.split('-')[0] for path in manifests] == ['train', 'val']
+    assert len(manifests[0].read_text().splitlines()) == 1 + 24  # the header, then every training image
+    assert tree(data) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['cache', 'data', 'runs']  # no image dumped here
+
+
+READ_ONLY = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && ! touch "$0/probe" 2>/dev/null '
+             '&& exec "$@"')
+
+
+def test_training_on_a_read_only_mount_of_the_data(tmp_path):
+    """As root, chmod does not stop a write: the data is a read-only bind mount in a mount namespace
+    of the run's own (gone with it); skipped where such a mount is not permitted."""
+    data = make_image_folder(tmp_path / 'data', size=24)
+    read_only = ['unshare', '--mount', 'sh', '-c', READ_ONLY, str(data)]
+    if not shutil.which('unshare') or subprocess.run([*read_only, 'true'], capture_output=True).returncode != 0:
+        pytest.skip('a read-only bind mount is not permitted here')
+    before = tree(data)
+    done = subprocess.run([*read_only, *command(*train_args(data, tmp_path / 'runs', epochs=1, image_size=24))],
+                          capture_output=True, text=True, env=environment(), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and 'train success' in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert tree(data) == before
 
 
 # ----------------------------------------------------------------------------- continues: schedule, damaged files

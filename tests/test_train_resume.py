@@ -24,7 +24,8 @@ END_1, END_2 = f'{ARCH}_0-1_{STEPS}.ckpt', f'{ARCH}_0-2_{STEPS}.ckpt'
 # (file name pattern, moment): every write of epoch 1 in the order a run makes them, and one of
 # epoch 2. Before epoch 1's periodic checkpoint is in place there is nothing to resume.
 NOTHING_YET = [('config.yaml', 'written'), ('config.yaml', 'renamed'), ('class_names.json', 'written'),
-               ('class_names.json', 'renamed'), (END_1, 'written')]
+               ('class_names.json', 'renamed'), ('startup.log', 'written'), ('startup.log', 'renamed'),
+               (END_1, 'written')]
 RESUMABLE = [(END_1, 'renamed'), ('metrics.csv', 'written'), ('metrics.csv', 'renamed'), ('curves.png', 'written'),
              ('curves.png', 'renamed'), (BEST_1, 'written'), (BEST_1, 'renamed'), (END_2, 'written')]
 FAST = {('config.yaml', 'renamed'), (END_1, 'written'), ('metrics.csv', 'written')}  # the rest: slow

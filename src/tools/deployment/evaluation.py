@@ -6,7 +6,6 @@ a checkpoint, a MINDIR and an ONNX file, so all of them can be compared exactly.
 the folder's class names matched to the model's (src/dataset.class_indexing); a model that records
 no class names is matched by position, with a note.
 """
-import argparse
 import ast
 import csv
 import io
@@ -156,15 +155,16 @@ def validation_folder(dataset_path, data_url=None):
     return folder
 
 
-def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, model='the model'):
+def evaluate_folder(predictor, folder, workers=None, image_check='cached', image_check_cache=None,
+                    with_loss=True, report_dir=None, model='the model'):
     """Evaluate on ``folder`` (one sub-folder per class) with the eval transform of src/dataset.py;
     returns the reference's result dict, and writes the per-class report into ``report_dir``.
     ``model`` names the model file in errors.
 
-    ``config`` supplies what the loading reads (num_parallel_workers, image_check, ...); the
-    preprocessing (image size, interpolation, mean, std, crop) is the predictor's settled card, so the
-    model gets its images as it was trained with them; batch and class count are the predictor's.
-    The images are read by ``eval_batches``' threads while the model runs, not by a MindSpore
+    The preprocessing (image size, interpolation, mean, std, crop) is the predictor's settled card, so
+    the model gets its images as it was trained with them; batch and class count are the predictor's.
+    The files are checked first (``image_check``, ``image_check_cache``: see src/image_check.py);
+    ``eval_batches``' ``workers`` threads then read them while the model runs, not a MindSpore
     pipeline: the same numbers in less CPU time, and a model in ONNX Runtime or OpenVINO never loads
     MindSpore (docs/performance.md).
     """
@@ -176,13 +176,12 @@ def evaluate_folder(predictor, folder, config, with_loss=True, report_dir=None, 
         check_class_count(folder, predictor.num_classes)
         print(f'=> note: the model records no class names (an older checkpoint, or converted weights): '
               f'the sorted class folders of {folder} are taken as its classes 0-{predictor.num_classes - 1}')
-    config = argparse.Namespace(**{**vars(config), 'batch_size': predictor.batch_size,
-                                   'num_classes': predictor.num_classes})
-    paths, labels = labelled_images(folder, config, classes=predictor.class_names)
+    paths, labels = labelled_images(folder, predictor.class_names, predictor.num_classes, image_check,
+                                    image_check_cache)
     label_of = dict(zip(paths, labels))
     batches = ((images, np.array([label_of[path] for path in chunk], np.int32))
                for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size,
-                                                 config.num_parallel_workers, skip_unreadable=True))
+                                                 workers, skip_unreadable=True))
     result = score(predictor, batches, predictor.num_classes, -(-len(paths) // predictor.batch_size), source=folder,
                    model=model)
     skipped = partial_count_line(result['count'], len(paths), folder)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.dataset import MEAN, STD, read_image_rgb, scan_split, train_stages
+from src.dataset import MEAN, STD, read_image_rgb, scan_split
 from src.image_check import check_images
 from src.tools.base.files import atomic_path
 
@@ -29,15 +29,6 @@ def denormalize(chw):
     return np.clip(image, 0.0, 1.0)
 
 
-def _describe(config):
-    text = f'aug_type {config.aug_type}, {config.image_size}x{config.image_size}, {config.interpolation}'
-    if config.aug_type == 'auto':
-        text += f', policy {config.auto_augment}'
-        if config.re_prob > 0:
-            text += f', random erasing p={config.re_prob} {config.re_mode} x{config.re_count}'
-    return text
-
-
 def augmented_draws(paths, stages, num_draws):
     """``num_draws`` runs of the train transform on each file, through a real pipeline (eager
     random ops would repeat one draw once a seed is set). Returns [[CHW float32] per draw] per path."""
@@ -50,17 +41,18 @@ def augmented_draws(paths, stages, num_draws):
     return [images[i * num_draws:(i + 1) * num_draws] for i in range(len(paths))]
 
 
-def draw_preprocessing(config, output, num_images=4, num_draws=5):
-    """Write the grid for ``config.data_url``/train to ``output`` (PNG); returns its Path."""
+def draw_preprocessing(folder, transform, output, seed=0, num_images=4, num_draws=5):
+    """Write the grid of ``transform`` (a TrainTransform), drawn with ``seed``, on images of the
+    class folders of ``folder`` to ``output`` (PNG); returns its Path."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
 
-    chosen = pick_images(Path(config.data_url) / 'train', num_images)
+    chosen = pick_images(folder, num_images)
     check_images([path for path, _ in chosen], show_progress=False)
-    ds.config.set_seed(config.seed)  # the same draws for the same seed
-    draws = augmented_draws([path for path, _ in chosen], train_stages(config), num_draws)
+    ds.config.set_seed(seed)  # the same draws for the same seed
+    draws = augmented_draws([path for path, _ in chosen], transform.stages(), num_draws)
     figure, axes = plt.subplots(len(chosen), num_draws + 1, squeeze=False,
                                 figsize=(1.9 * (num_draws + 1), 2.1 * len(chosen) + 0.6))
     for row, (path, class_name) in enumerate(chosen):
@@ -74,7 +66,7 @@ def draw_preprocessing(config, output, num_images=4, num_draws=5):
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f'Training preprocessing ({_describe(config)}); draws de-normalised', fontsize=9)
+    figure.suptitle(f'Training preprocessing ({transform.describe()}); draws de-normalised', fontsize=9)
     figure.tight_layout()
     output = Path(output)
     with atomic_path(output) as temporary:

@@ -1,10 +1,11 @@
-"""A training run's folder: its name, its config copy, its metrics file and curves.
+"""A training run's folder: its name, its config copy, its start-up log, its metrics file and curves.
 
 ``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, class_names.json (the
-training classes in label order), the checkpoints (src/tools/checkpoints/), metrics.csv (one row
-per epoch) and curves.png. Rank 0 writes all of them but the periodic checkpoints, which every rank
-writes for itself; each machine of a run may keep its own folder of that name (docs/scale-out.md).
-Which folder a run uses, and what a resumed run keeps of it: src/tools/training/resume.py.
+training classes in label order), startup.log (what each start's data start-up found and took),
+the checkpoints (src/tools/checkpoints/), metrics.csv (one row per epoch) and curves.png. Rank 0
+writes all of them but the periodic checkpoints, which every rank writes for itself; each machine
+of a run may keep its own folder of that name (docs/scale-out.md). Which folder a run uses, and
+what a resumed run keeps of it: src/tools/training/resume.py.
 """
 import csv
 import json
@@ -66,6 +67,16 @@ def save_class_names(folder, classes):
     """class_names.json: the training classes in label order (also inside every checkpoint)."""
     path = Path(folder) / 'class_names.json'
     write_text_atomic(path, json.dumps(list(classes), ensure_ascii=False, indent=1) + '\n')
+    return path
+
+
+def log_start_up(folder, lines):
+    """Add ``lines`` (the data sets' ``start_up`` details), time-stamped, to startup.log; a resumed
+    run adds its own below those of the starts before it."""
+    path = Path(folder) / 'startup.log'
+    before = path.read_text(encoding='utf-8') if path.exists() else ''
+    stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+    write_text_atomic(path, before + ''.join(f'{stamp} {line}\n' for line in lines))
     return path
 
 
