@@ -31,21 +31,17 @@ from src.augment import RandomErasing, policy_from_string  # noqa: E402
 from src.config import make_config  # noqa: E402
 from src.dataset import (CROP_RATIO, CROP_SCALE, eval_resize_size, get_dataset, normalize_chw,  # noqa: E402
                          read_image_rgb, resize_center_crop)
+from src.tools.image_folders import textured_folder
 
 POLICY = 'rand-m9-mstd0.5-inc1'
 RE_PROB = 0.25
 
 
 def write_images(folder, count, classes=4, seed=0):
-    """``count`` photo-like 500x375 JPEGs (smooth colour fields + noise, quality 90)."""
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        target = folder / 'train' / f'class_{index % classes}'
-        target.mkdir(parents=True, exist_ok=True)
-        base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-        base = base.resize((500, 375), Image.BICUBIC)
-        pixels = np.asarray(base, np.float64) + rng.normal(0, 10, (375, 500, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(target / f'{index:05d}.jpg', quality=90)
+    """``count`` photo-like 500x375 JPEGs (smooth colour fields + noise, quality 90) in folder/train,
+    spread over ``classes`` class folders; folder/val is the same folder."""
+    counts = [count // classes + (label < count % classes) for label in range(classes)]
+    textured_folder(folder / 'train', counts, size=(500, 375), seed=seed, suffixes=('.jpg',), noise=10.0, quality=90)
     (folder / 'val').symlink_to(folder / 'train', target_is_directory=True)
 
 

@@ -4,7 +4,7 @@ start, and resuming late in an epoch against starting at step 0.
     python benchmarks/startup.py [--files 200000] [--classes 1000] [--ranks 1 8] [--batch 32]
                                  [--resume_step 6000] [--repeats 3] [--folder DIR]
 
-Writes ``--files`` tiny JPEGs (24x20, 64 distinct ones, about 1.2 kB each) in ``--classes``
+Writes ``--files`` tiny JPEGs (24x20, 64 distinct textured ones, about 1 kB each) in ``--classes``
 class folders to a temporary folder under /tmp (deleted at the end unless ``--folder`` is given),
 then:
 
@@ -22,7 +22,6 @@ The folder's files sit in the page cache (they were just written): a cold start 
 reads more slowly. A benchmark, not a test: the numbers depend on the machine and on what else runs.
 """
 import argparse
-import io
 import json
 import os
 import platform
@@ -36,32 +35,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from src.tools import image_folders
 
 START_LINE = re.compile(r'start-up: class scan ([0-9.]+) s, image check ([0-9.]+) s \(cached: (\d+) files on this '
                         r'rank, (\d+) unchanged since checked, (\d+) checked;.*\), pipeline build ([0-9.]+) s')
 
 
 def write_folder(root, files, classes):
-    """``files`` tiny JPEGs in ``classes`` folders of root/train (ImageNet's names and suffix)."""
+    """``files`` tiny JPEGs in ``classes`` folders of root/train (ImageNet's names and suffix): 64 distinct
+    textured 24x20 pictures, each encoded once and copied."""
     rng = np.random.default_rng(0)
-    variants = []
-    for _ in range(64):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buffer, 'JPEG', quality=90)
-        variants.append(buffer.getvalue())
+    variants = [image_folders.encoded(image_folders.textured(rng, 24, 20), 'JPEG', quality=90) for _ in range(64)]
     per_class = -(-files // classes)
-    written = 0
+    folders = {}
     for label in range(classes):
-        folder = root / 'train' / f'n{label:08d}'
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(min(per_class, files - written)):
-            (folder / f'n{label:08d}_{index:05d}.JPEG').write_bytes(variants[written % 64])
-            written += 1
-    return written
+        name, first = f'n{label:08d}', label * per_class
+        folders[name] = {f'{name}_{index:05d}.JPEG': variants[(first + index) % 64]
+                         for index in range(max(0, min(per_class, files - first)))}
+    image_folders.write_folder(root / 'train', folders)
+    return sum(map(len, folders.values()))
 
 
 def config(root, batch):

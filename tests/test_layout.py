@@ -22,7 +22,8 @@ ALLOWED = {
     'src.config': {'src.variants', 'src.tools.base'},
     'src.image_check': {'src.tools.base'},
     'src.dataset': {'src.tools.base', 'src.augment', 'src.image_check'},
-    'src.tools.demo_data': {'src.tools.base'},
+    'src.tools.image_folders': set(),  # the one writer of image folders: demo data, tests, benchmarks
+    'src.tools.demo_data': {'src.tools.base', 'src.tools.image_folders'},
     'src.tools.checkpoints': {'src.tools.base', 'src.variants', 'src.config', 'src.dataset'},  # model_card.py
     'src.tools.conversion': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg'},
     'src.tools.deployment': {'src.tools.base', 'src.tools.checkpoints', 'src.repvgg', 'src.dataset', 'src.image_check',

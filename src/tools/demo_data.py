@@ -21,6 +21,7 @@ from PIL import Image
 
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.files import make_folder, partial_name, remove_partial_files
+from src.tools.image_folders import write_folder
 
 IMAGE_SIZE = 32
 VAL_FRACTION = 0.2
@@ -59,13 +60,20 @@ def is_complete(out_dir):
         return False
 
 
+def digit_picture(image):
+    """One 8x8 scan as the demo set stores it: upscaled to IMAGE_SIZE (bicubic), RGB."""
+    return Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC).convert('RGB')
+
+
+def digit_folder(images, labels, indices):
+    """{digit: {file name: picture}} of the samples ``indices``, for ``write_folder``."""
+    return {str(digit): {f'{index:04d}.png': digit_picture(images[index])
+                         for index in indices if labels[index] == digit} for digit in range(10)}
+
+
 def _write(target, images, labels, splits):
     for split, indices in splits.items():
-        for index in indices:
-            folder = target / split / str(labels[index])
-            folder.mkdir(parents=True, exist_ok=True)
-            picture = Image.fromarray(images[index]).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
-            picture.convert('RGB').save(folder / f'{index:04d}.png')
+        write_folder(target / split, digit_folder(images, labels, indices))
     manifest = {'source': 'sklearn.datasets.load_digits', 'image_size': IMAGE_SIZE,
                 'val_fraction': VAL_FRACTION, 'split_seed': SPLIT_SEED,
                 'counts': _expected_counts(labels, splits)}
