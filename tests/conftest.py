@@ -1,13 +1,16 @@
 """Shared fixtures: every test runs on the CPU, in GRAPH mode (as the scripts do) unless it asks
-for ``pynative``, with the user's cache folder in a temporary folder; ``digits_run`` is a RepVGG-A0
-trained once per session on the digits demo set."""
+for ``pynative``, with the user's cache folder in a temporary folder. Two trained runs, each trained
+once per session and shared (read-only: a test copies what it changes): ``qa_run``, a tiny
+QARepVGG-A0 on three named classes (seconds), and ``digits_run``, a RepVGG-A0 on the digits demo set
+that is a real classifier (minutes; its tests are marked slow)."""
 import subprocess
 
 import mindspore as ms
 import pytest
 
-from tests.helpers import ROOT
-from tests.train_helpers import command, environment
+from src.tools.image_folders import tinted_folder
+from tests.helpers import ROOT, call_main
+from tests.train_helpers import command, environment, train_args
 
 # The quick start's recipe (src/configs/RepVGG-A0_digits.yaml) cut to DIGITS_EPOCHS epochs: the
 # cheapest run whose model is a real classifier (about 95 % top-1 on the 360 validation digits).
@@ -52,3 +55,31 @@ def digits_run(tmp_path_factory):
     run = next((root / 'runs').iterdir())
     checkpoint = max(run.glob('*_acc=*.ckpt'), key=lambda path: float(path.stem.rsplit('=', 1)[1]))
     return {'data': root / 'demo_data', 'run': run, 'checkpoint': checkpoint, 'config': config}
+
+
+@pytest.fixture(scope='session')
+def qa_run(tmp_path_factory):
+    """QARepVGG-A0 trained by train.py (in this process) on tinted noise in three named classes, 24x24:
+    8 training and 2 validation images a class, batch 2, so 12 steps an epoch; one epoch, then
+    continued (--continues, with a longer schedule allowed) for a second. {'arch', 'classes', 'size',
+    'steps', 'data', 'folder' (the run folder), 'outputs' (the two runs' stdout), 'checkpoint' (the
+    periodic one at the end of epoch 2), 'best'}."""
+    root = tmp_path_factory.mktemp('qa_run')
+    arch, classes, size = 'QARepVGG-A0', ('cat', 'dog', 'fox'), 24
+    data, runs = root / 'data', root / 'runs'
+    tinted_folder(data / 'train', [8] * len(classes), size, names=classes)
+    tinted_folder(data / 'val', [2] * len(classes), size, names=classes, seed=1)
+    outputs = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # whatever MindSpore leaves in the working folder stays here
+        for epochs in (1, 2):
+            flags = train_args(data, runs, arch=arch, num_classes=len(classes), image_size=size, epochs=epochs,
+                               brief='qa')
+            if epochs == 2:
+                flags += ['--continues', next(runs.iterdir()), '--allow_schedule_change', 1]
+            status, out, err = call_main('train.py', *flags)
+            assert status == 0, out[-3000:] + err[-3000:]
+            outputs.append(out)
+    folder = next(runs.iterdir())
+    return dict(arch=arch, classes=classes, size=size, steps=12, data=data, folder=folder, outputs=outputs,
+                checkpoint=folder / f'{arch}_0-2_12.ckpt', best=next(folder.glob(f'{arch}_epoch=*_acc=*.ckpt')))

@@ -1,12 +1,17 @@
 """Shared test utilities (not fixtures): deterministic random BN statistics, running the top-level
-scripts in this process or as processes, and the one-line error every bad input must get."""
+scripts in this process or as processes, the one-line error every bad input must get, and a small
+data config for the data tests. (Image folders: src/tools/image_folders.py.)"""
+import contextlib
 import importlib.util
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from mindspore import Tensor
+
+from src.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +54,18 @@ def run_main(capsys, name, *argv):
     return status, out, err
 
 
+def call_main(name, *argv):
+    """run_main without capsys (for fixtures wider than a test): stdout and stderr kept apart."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            load_script(name).main([str(arg) for arg in argv])
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code
+    return status, out.getvalue(), err.getvalue()
+
+
 def run_process(*argv, cwd=ROOT, timeout=300):
     """(exit status, stdout, stderr) of ``python *argv`` run as a process."""
     result = subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
@@ -79,3 +96,16 @@ def assert_ends_with_error(status, err, *fragments):
         assert fragment in lines[-1], lines[-1]
 
 
+
+
+def data_config(data_url=None, **overrides):
+    """A CPU config for the data tests: tiny images, one worker unless overridden."""
+    values = dict(data_url=data_url, image_size=16, batch_size=4, num_classes=10, num_parallel_workers=1,
+                  prefetch=2, device_target='CPU', seed=1)
+    values.update(overrides)
+    return make_config(**values)
+
+
+def batches(dataset):
+    """All batches of one epoch as numpy dicts."""
+    return list(dataset.create_dict_iterator(output_numpy=True, num_epochs=1))

@@ -14,8 +14,9 @@ from src import image_check
 from src.tools import demo_data
 from src.augment import Mixup
 from src.tools.base.cli import UserError
-from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
-                                 textured_folder)
+from src.tools.image_folders import (ODD_FILES, colour_index, solid_colour, solid_folder, textured, textured_folder,
+                                     write_folder, write_odd_files)
+from tests.helpers import batches, data_config
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -72,15 +73,9 @@ def _direct_pil_eval(path, size, interpolation):
 @pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic'])
 def test_eval_transform_matches_direct_pil(tmp_path, interpolation):
     rng = np.random.default_rng(1)
-    folder = tmp_path / 'val'
     sizes = [(50, 38), (38, 50), (120, 90), (17, 23), (64, 64)]  # landscape, portrait, 5x reduction, upscale
-    paths = []
-    for i, (width, height) in enumerate(sizes):
-        for suffix in ('.jpg', '.png'):
-            path = folder / 'only' / f'{i}{suffix}'
-            path.parent.mkdir(parents=True, exist_ok=True)
-            textured(rng, height, width).save(path)
-            paths.append(path)
+    paths = write_folder(tmp_path / 'val', {'only': {f'{i}{suffix}': textured(rng, *size) for i, size in enumerate(sizes)
+                                                     for suffix in ('.jpg', '.png')}})['only']
     config = data_config(tmp_path, interpolation=interpolation, batch_size=4, image_size=16)
     images = np.concatenate([batch['image'] for batch in batches(data.get_dataset(config, training=False))])
     assert len(images) == len(paths)
@@ -173,24 +168,9 @@ def test_mixup_pipeline_gives_soft_targets(tmp_path):
 
 
 # ----------------------------------------------------------------------------- odd and bad images
-def _odd_images(folder):
-    """Grey, palette (with transparency), CMYK, RGBA, LA and 16-bit files of one picture."""
-    folder.mkdir(parents=True, exist_ok=True)
-    picture = textured(np.random.default_rng(2), 30, 40)
-    picture.convert('L').save(folder / 'grey.png')
-    picture.convert('L').save(folder / 'grey.jpg')
-    picture.convert('P').save(folder / 'palette.png')
-    picture.convert('P').save(folder / 'palette_alpha.png', transparency=0)
-    picture.convert('CMYK').save(folder / 'cmyk.jpg')
-    picture.convert('RGBA').save(folder / 'rgba.png')
-    picture.convert('LA').save(folder / 'la.png')
-    Image.fromarray((np.asarray(picture.convert('L')).astype(np.uint16) * 257)).save(folder / 'grey16.png')
-    picture.save(folder / 'png_named.jpg', format='PNG')
-    return picture
-
-
 def test_odd_images_become_rgb_and_agree_with_the_pipeline(tmp_path):
-    picture = _odd_images(tmp_path / 'val' / 'odd')
+    picture = textured(np.random.default_rng(2), 40, 30)
+    write_odd_files(tmp_path / 'val' / 'odd', [picture])
     grey = np.asarray(picture.convert('L'))
     for name in ('grey.png', 'grey16.png'):
         img = data.read_image_rgb(tmp_path / 'val' / 'odd' / name)
@@ -199,15 +179,15 @@ def test_odd_images_become_rgb_and_agree_with_the_pipeline(tmp_path):
                           np.asarray(picture))  # alpha dropped
     files = data.list_images(tmp_path / 'val' / 'odd')
     images = np.concatenate([b['image'] for b in batches(data.get_dataset(data_config(tmp_path), False))])
-    assert len(images) == len(files) == 9
-    for path, image in zip(files, images):
+    assert len(images) == len(files) == len(ODD_FILES)
+    for path, image in zip(files, images, strict=True):
         assert np.abs(data.preprocess_image(path, 16) - image).max() < 1e-5, path.name
 
 
 def _bad_files(folder):
     folder.mkdir(parents=True, exist_ok=True)
     good = folder / 'good.jpg'
-    textured(np.random.default_rng(3), 30, 40).save(good)
+    textured(np.random.default_rng(3), 40, 30).save(good)
     content = good.read_bytes()
     (folder / 'empty.jpg').write_bytes(b'')
     (folder / 'text.png').write_bytes(b'hello, not a picture' * 20)

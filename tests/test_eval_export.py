@@ -31,6 +31,7 @@ from src.tools.deployment.backends import ENGINE_NAMES, onnx_device
 from src.tools.deployment.evaluation import ClassificationMetrics, parse_results, reference_results, score
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx, onnxruntime_cuda_works
+from src.tools.image_folders import tinted_folder
 from src.tools.base.numerics import relative_difference
 from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
 
@@ -55,18 +56,6 @@ def deploy_twin(train_net):
     return switch_net_to_deploy(net)
 
 
-def write_images(folder, rng):
-    """10 class folders of 2 images each (one JPEG), non-square so that resize and crop matter."""
-    for label in range(NUM_CLASSES):
-        class_dir = folder / f'class_{label:02d}'
-        class_dir.mkdir(parents=True)
-        for index in range(2):
-            base = rng.uniform(0, 255, size=3)
-            pixels = np.clip(base + rng.normal(0, 60, size=(40, 48, 3)), 0, 255).astype(np.uint8)
-            suffix = '.jpg' if (label, index) == (3, 1) else '.png'
-            Image.fromarray(pixels).save(class_dir / f'img_{index}{suffix}')
-
-
 def center_logits(net, files):
     """Shift the classifier bias so that the mean logits over ``files`` are zero.
 
@@ -85,12 +74,13 @@ def work(tmp_path_factory):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device('CPU')
     root = tmp_path_factory.mktemp('eval_export')
-    rng = np.random.default_rng(0)
     net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=1)
     ema_net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=2)
     paths = dict(root=root, train=root / 'train_form.ckpt', deploy=root / 'deploy_form.ckpt',
                  ema=root / 'with_ema.ckpt', val=root / 'val', config=root / 'a0.yaml')
-    write_images(paths['val'], rng)
+    # 10 class folders of 2 images (a PNG, a JPEG), non-square so that resize and crop matter
+    tinted_folder(paths['val'], [2] * NUM_CLASSES, (48, 40), names=[f'class_{label:02d}' for label in range(NUM_CLASSES)],
+                  suffixes=('.png', '.jpg'))
     center_logits(net, sorted(paths['val'].glob('*/*')))
     ms.save_checkpoint(net, str(paths['train']))
     deploy = deploy_twin(net)

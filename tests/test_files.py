@@ -21,8 +21,8 @@ from src.repvgg import create_model
 from src.tools.base.cli import UserError
 from src.tools.base.files import atomic_path
 from src.tools.deployment.export import export_network
+from src.tools.image_folders import solid_folder
 from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
-from tests.image_folders import solid_folder
 
 ARCH, CLASSES, SIZE = 'RepVGG-A0', 3, 32
 

@@ -12,7 +12,8 @@ from PIL import Image
 from src import dataset as data
 from src.image_check import check_split, manifest_folder, read_manifest, user_cache_folder
 from src.tools.base.cli import UserError
-from tests.image_folders import batches, data_config, solid_folder
+from src.tools.image_folders import solid_folder
+from tests.helpers import batches, data_config
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 from mindspore import Tensor
-from PIL import Image
 
 from src.dataset import Preprocessing
 from src.repvgg import create_model, switch_net_to_deploy
@@ -25,6 +24,7 @@ from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.evaluation import parse_results, reference_results, score
 from src.tools.deployment.export import FORMAT_SUFFIXES
 from src.tools.deployment.model_files import mindir_user_info
+from src.tools.image_folders import tinted_folder
 from tests.helpers import ROOT, assert_one_line_error, load_script, randomize_bn, run_main
 
 ARCH, CLASSES, SIZE = 'RepVGG-A0', ('ant', 'bee', 'cow'), 24
@@ -50,12 +50,7 @@ def model(tmp_path_factory):
     ms.set_device('CPU')  # before the first kernel runs (the autouse fixture comes after module fixtures)
     ms.set_context(mode=ms.GRAPH_MODE)
     root = tmp_path_factory.mktemp('model_card')
-    rng = np.random.default_rng(4)
-    for name in CLASSES:
-        (root / 'val' / name).mkdir(parents=True)
-        for index in range(3):
-            pixels = np.clip(rng.uniform(0, 255, 3) + rng.normal(0, 70, (40, 52, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / 'val' / name / f'{index}.png')
+    tinted_folder(root / 'val', [3] * len(CLASSES), (52, 40), names=CLASSES, seed=4)
     files = sorted((root / 'val').glob('*/*.png'))
     labels = np.array([CLASSES.index(path.parent.name) for path in files])
     net = randomize_bn(create_model(ARCH, num_classes=len(CLASSES)), seed=3)

@@ -20,6 +20,7 @@ from PIL import Image
 from src.tools.deployment import openvino_engine
 from src.tools.deployment.evaluation import parse_results
 from src.tools.deployment.openvino_engine import OPENVINO_REQUIREMENT, cpu_features, default_threads
+from src.tools.image_folders import tinted_folder
 from tests.helpers import ROOT, assert_one_line_error, load_script, run_main
 
 SIZE = 8
@@ -90,17 +91,6 @@ def close_logits_model(path):
     return save_model(path, nodes, weights, 2)
 
 
-def write_images(folder, classes=2, per_class=3, seed=0):
-    """``folder/class_<c>/<i>.png``: small noisy pictures."""
-    rng = np.random.default_rng(seed)
-    for label in range(classes):
-        (folder / f'class_{label}').mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f'class_{label}' / f'{index}.png')
-    return folder
-
-
 def engine_line(out):
     return next(line for line in out.splitlines() if line.startswith('=> OpenVINO '))
 
@@ -121,7 +111,8 @@ def fixture_digits_files(digits_run, tmp_path_factory):
 
 @pytest.fixture(name='tiny')
 def fixture_tiny(tmp_path):
-    return {'model': conv_model(tmp_path / 'tiny.onnx'), 'val': write_images(tmp_path / 'val'),
+    tinted_folder(tmp_path / 'val', [3, 3], 12)
+    return {'model': conv_model(tmp_path / 'tiny.onnx'), 'val': tmp_path / 'val',
             'out': tmp_path / 'predictions.json', 'root': tmp_path}
 
 

@@ -14,8 +14,8 @@ from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_onnx
+from src.tools.image_folders import textured, write_odd_files
 from tests.helpers import assert_one_line_error, randomize_bn, run_main, run_process
-from tests.image_folders import textured
 
 ARCH, NUM_CLASSES, SIZE, BATCH = 'RepVGG-A0', 10, 32, 4
 CLASSES = [f'kind_{index}' for index in range(NUM_CLASSES)]
@@ -23,27 +23,13 @@ CLASSES = [f'kind_{index}' for index in range(NUM_CLASSES)]
 
 def write_odd_folder(folder):
     """Photo-like images of odd sizes (upscaled, 5x reduced, portrait, landscape, square) in every
-    mode and format the readers meet: RGB, grey, palette, RGBA, LA, 16-bit grey PNG; RGB, grey and
-    CMYK JPEG. 13 files: three full batches of 4 and a short one."""
-    folder.mkdir(parents=True)
+    mode and format the readers meet (src/tools/image_folders.ODD_FILES): 13 files, three full
+    batches of 4 and a short one."""
     rng = np.random.default_rng(5)
     sizes = [(17, 23), (120, 90), (40, 48), (64, 64), (90, 33), (33, 90), (50, 38)]
-    pictures = [textured(rng, height, width) for width, height in sizes]
-    pictures[0].save(folder / 'a_upscaled.png')
-    pictures[1].save(folder / 'b_reduced.jpg', quality=90)
-    pictures[2].convert('L').save(folder / 'c_grey.png')
-    pictures[3].convert('RGBA').save(folder / 'd_rgba.png')
-    Image.fromarray(np.asarray(pictures[4].convert('L')).astype(np.uint16) * 257).save(folder / 'e_grey16.png')
-    pictures[5].convert('L').save(folder / 'f_grey.jpg')
-    pictures[6].convert('CMYK').save(folder / 'g_cmyk.jpg')
-    pictures[0].convert('P').save(folder / 'h_palette.png', transparency=0)
-    pictures[1].convert('LA').save(folder / 'i_la.png')
-    pictures[2].save(folder / 'j_rgb.JPG')
-    pictures[3].save(folder / 'k_rgb.jpeg')
-    pictures[4].save(folder / 'l_rgb.png')
-    pictures[5].save(folder / 'm_rgb.png')
-    assert Image.open(folder / 'e_grey16.png').mode == 'I;16'
-    return sorted(folder.iterdir())
+    paths = write_odd_files(folder, [textured(rng, *size) for size in sizes])
+    assert len(paths) == 13 and Image.open(folder / 'grey16.png').mode == 'I;16'
+    return paths
 
 
 @pytest.fixture(scope='module')
@@ -132,7 +118,7 @@ def test_eval_skips_an_image_that_fails_to_decode_and_names_it(model, capsys):
     """eval.py reads with the same threads; a file that passes the cheap check but whose compressed
     data is damaged is skipped with a warning naming it, and the count says so."""
     folder = val_folder(model, 'damaged')
-    damaged = folder / CLASSES[0] / 'c_grey.png'
+    damaged = folder / CLASSES[0] / 'grey.png'
     content = bytearray(damaged.read_bytes())
     content[60:70] = bytes(10)  # inside the compressed pixels: header and end marker intact
     damaged.write_bytes(bytes(content))

@@ -2,13 +2,11 @@
 is kept, that runs wherever an ONNX file runs; and QARepVGG through the same commands (train, resume,
 convert, export, quantize).
 
-One module-scoped QARepVGG-A0 run on a tiny folder (3 classes, 24x24) feeds every test: train.py for
-one epoch, resumed with --continues for a second, then export.py. Scripts run in this process where
-they can (each MindSpore process start costs seconds).
+The session's QARepVGG-A0 run on a tiny folder (``qa_run`` in conftest.py: cat, dog and fox, 24x24;
+train.py for one epoch, resumed with --continues for a second) feeds every test, through export.py.
+Scripts run in this process where they can (each MindSpore process start costs seconds).
 """
 import collections
-import contextlib
-import io
 import json
 import subprocess
 
@@ -27,44 +25,25 @@ from src.tools.deployment.model_files import load_deploy_network, load_onnx
 from src.tools.deployment.openvino_engine import load_openvino
 from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, MIN_CALIBRATION_IMAGES, ImageBatches, calibration_files,
                                            export_int8, load_images, pick_evenly, quantize_onnx)
-from tests.helpers import assert_one_line_error, load_script, run_main
-from tests.train_helpers import REPO, command, environment, make_image_folder, train_args
+from src.tools.image_folders import tinted_folder
+from tests.helpers import assert_one_line_error, call_main, run_main
+from tests.train_helpers import REPO, environment
 
-ARCH, CLASSES, SIZE, STEPS = 'QARepVGG-A0', 3, 24, 12  # 3 classes x 8 train images / batch 2
-
-
-def main_output(script, *argv):
-    """stdout of script's main(argv), run in this process (for module-scoped fixtures)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        load_script(script).main([str(arg) for arg in argv])
-    return out.getvalue()
+ARCH, CLASSES, SIZE = 'QARepVGG-A0', 3, 24
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    """A QARepVGG-A0 run: one epoch, then resumed (--continues) for a second; its data, folder, outputs,
-    and a calibration folder of the same classes (3 x 11 images: the 24 training images are too few)."""
-    root = tmp_path_factory.mktemp('qa')
-    data = make_image_folder(root / 'data', classes=CLASSES, size=SIZE)
-    calibration = make_image_folder(root / 'more', classes=CLASSES, train_per_class=11, val_per_class=1, size=SIZE,
-                                    seed=1) / 'train'
-    runs = root / 'runs'
-    outputs = []
-    for epochs in (1, 2):
-        flags = train_args(data, runs, arch=ARCH, num_classes=CLASSES, image_size=SIZE, epochs=epochs, brief='qa')
-        if epochs == 2:  # a longer schedule than the run's own: allowed when asked for
-            flags += ['--continues', str(next(runs.glob(f'*_{ARCH}_qa'))), '--allow_schedule_change', '1']
-        result = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=root,
-                                timeout=300, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        outputs.append(result.stdout)
-    folder = next(runs.glob(f'*_{ARCH}_qa'))
+def run(qa_run, tmp_path_factory):
+    """The session's QARepVGG-A0 run (conftest.py: one epoch, continued for a second), a folder for this
+    module's outputs, the eval settings, and a calibration folder of the same classes (3 x 11 images:
+    the 24 training images are too few)."""
+    root = tmp_path_factory.mktemp('quantize')
+    calibration = root / 'more'
+    tinted_folder(calibration, [11] * CLASSES, SIZE, names=qa_run['classes'], seed=2)
     config = ['--config', REPO / 'src/configs/RepVGG.yaml', '--arch', ARCH, '--num_classes', CLASSES,
-              '--image_size', SIZE, '--device_target', 'CPU', '--data_url', data, '--num_parallel_workers', 1,
+              '--image_size', SIZE, '--device_target', 'CPU', '--data_url', qa_run['data'], '--num_parallel_workers', 1,
               '--batch_size', 4]
-    return dict(root=root, data=data, folder=folder, outputs=outputs, config=config, calibration=calibration,
-                checkpoint=folder / f'{ARCH}_0-2_{STEPS}.ckpt')
+    return dict(qa_run, root=root, config=config, calibration=calibration)
 
 
 @pytest.fixture(scope='module')
@@ -76,9 +55,9 @@ def exported(run):
     int8 = ('--device_target', 'CPU', '--quantize', 'int8', '--calibration_path', run['calibration'],
             '--calibration_images', 32)
     for name, flags in (('fp32', run['config']), ('int8', int8)):
-        out = main_output('export.py', *flags, '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
-                          '--export_path', run['root'] / name)
-        assert out.rstrip().endswith('=> export success'), out
+        status, out, err = call_main('export.py', *flags, '--pretrained', run['checkpoint'], '--file_format', 'ONNX',
+                                     '--export_path', run['root'] / name)
+        assert status == 0 and out.rstrip().endswith('=> export success'), out + err
         files[name] = run['root'] / f'{name}.onnx'
         files[f'{name}_out'] = out
     return files
@@ -86,7 +65,7 @@ def exported(run):
 
 def val_images(run):
     paths = sorted((run['data'] / 'val').glob('*/*.png'))
-    return load_images(paths, Preprocessing(SIZE)), np.array([int(p.parent.name[len('class'):]) for p in paths])
+    return load_images(paths, Preprocessing(SIZE)), np.array([run['classes'].index(p.parent.name) for p in paths])
 
 
 # ----------------------------------------------------------------------------- QARepVGG end to end
@@ -124,9 +103,9 @@ def test_int8_export_prints_its_check_and_keeps_the_batch_dynamic(run, exported)
             for value in (model.graph.input[0], model.graph.output[0])]
     assert dims == [['batch', 3, SIZE, SIZE], ['batch', CLASSES]]
     assert exported['int8'].stat().st_size < 0.35 * exported['fp32'].stat().st_size
-    assert load_onnx(exported['int8']).class_names == ['class0', 'class1', 'class2']  # as the fp32 export
+    assert load_onnx(exported['int8']).class_names == ['cat', 'dog', 'fox']  # as the fp32 export
     card = {'arch': ARCH, 'num_classes': str(CLASSES), 'form': 'deploy', 'quantization_friendly': 'true',
-            'class_names': '["class0", "class1", "class2"]', 'image_size': str(SIZE), 'interpolation': 'bilinear',
+            'class_names': '["cat", "dog", "fox"]', 'image_size': str(SIZE), 'interpolation': 'bilinear',
             'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}
     assert card.items() <= {prop.key: prop.value for prop in model.metadata_props}.items()  # the checkpoint's card
 
@@ -163,9 +142,9 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
         predictor = load(exported['int8'])
         assert results[name]['Top1-Acc'] == pytest.approx(np.mean(predictor(images).argmax(axis=1) == labels))
     predictions = {}
-    for script, argv in (('infer.py', [*run['config'], '--dataset_path', val / 'class0', '--pretrained',
+    for script, argv in (('infer.py', [*run['config'], '--dataset_path', val / 'cat', '--pretrained',
                                        exported['int8'], '--pred_output', tmp_path / 'infer.json']),
-                         ('infer_onnx.py', [val / 'class0', '-c', exported['int8'], '-o', tmp_path / 'onnx.json'])):
+                         ('infer_onnx.py', [val / 'cat', '-c', exported['int8'], '-o', tmp_path / 'onnx.json'])):
         status, out, err = run_main(capsys, script, *argv)
         assert status == 0, err
         assert '===== Load directory =====' in out
@@ -173,7 +152,7 @@ def test_int8_file_runs_in_eval_infer_and_their_onnx_scripts(run, exported, tmp_
         predictions[name] = json.loads((tmp_path / f'{name}.json').read_text())
     assert predictions['infer'] == predictions['onnx'] and len(predictions['onnx']) == 2
     for script, args in (('run_eval_onnx.sh', [exported['int8'], val]),
-                         ('run_infer_onnx.sh', [exported['int8'], val / 'class0', tmp_path / 'script.json'])):
+                         ('run_infer_onnx.sh', [exported['int8'], val / 'cat', tmp_path / 'script.json'])):
         result = subprocess.run(['bash', REPO / 'scripts' / script, *map(str, args)], cwd=tmp_path,
                                 capture_output=True, text=True, env=environment(), timeout=300, check=False)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -219,12 +198,10 @@ def test_bad_requests_are_one_line_before_any_work(run, tmp_path, capsys):
 
 
 def test_fewer_images_than_asked_and_unrelated_classes_are_noted(run, tmp_path, capsys):
-    """33 images of folders named cat, dog and fox for a model of class0-2, 100 asked for: both said,
-    and the INT8 file is written from all 33."""
-    unrelated = make_image_folder(tmp_path / 'pets', classes=CLASSES, train_per_class=11, val_per_class=1, size=SIZE,
-                                  seed=2) / 'train'
-    for index, name in enumerate(('cat', 'dog', 'fox')):
-        (unrelated / f'class{index}').rename(unrelated / name)
+    """33 images of folders named ant, bee and cow for a model of cat, dog and fox, 100 asked for: both
+    said, and the INT8 file is written from all 33."""
+    unrelated = tmp_path / 'insects'
+    tinted_folder(unrelated, [11] * CLASSES, SIZE, names=('ant', 'bee', 'cow'), seed=3)
     status, out, err = run_main(capsys, 'export.py', *run['config'], '--pretrained', run['checkpoint'], '--file_format',
                                 'ONNX', '--quantize', 'int8', '--calibration_path', unrelated, '--calibration_images',
                                 100, '--export_path', tmp_path / 'int8')
@@ -232,7 +209,7 @@ def test_fewer_images_than_asked_and_unrelated_classes_are_noted(run, tmp_path, 
     assert (f'=> note: calibration folder {unrelated} has 33 images, fewer than the 100 asked for '
             f'(calibration_images): using all 33') in out
     assert ('=> note: 3 of the 3 class folders the calibration images come from are not classes of the model '
-            '(cat, dog, fox)') in out
+            '(ant, bee, cow)') in out
     assert f'calibrated on 33 images of {unrelated}' in out and (tmp_path / 'int8.onnx').is_file()
 
 
@@ -266,4 +243,4 @@ def test_int8_file_carries_all_the_fp32_metadata(exported, tmp_path):
     onnx.save(fp32, str(source))
     quantize_onnx(source, tmp_path / 'int8.onnx', np.zeros((2, 3, SIZE, SIZE), np.float32), tmp_path)
     props = {prop.key: prop.value for prop in onnx.load(str(tmp_path / 'int8.onnx')).metadata_props}
-    assert props['training_run'] == 'qa, 2 epochs' and props['class_names'] == '["class0", "class1", "class2"]'
+    assert props['training_run'] == 'qa, 2 epochs' and props['class_names'] == '["cat", "dog", "fox"]'

@@ -3,10 +3,10 @@ trains a step through train.py (on ten classes of the digits demo set, at 24x24)
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from src.config import make_config
-from src.tools.demo_data import digit_images, split_indices
+from src.tools.demo_data import digit_folder, digit_images, split_indices
+from src.tools.image_folders import write_folder
 from tests.helpers import ROOT, run_main
 
 RECIPES = ROOT / 'src' / 'configs' / 'official'
@@ -41,13 +41,8 @@ def digits(tmp_path_factory):
     images, labels = digit_images()
     splits = split_indices(labels)
     for split, count in (('train', 2), ('val', 1)):
-        chosen = splits[split]
-        for digit in range(10):
-            folder = root / split / str(digit)
-            folder.mkdir(parents=True)
-            for index in chosen[labels[chosen] == digit][:count]:
-                Image.fromarray(images[index]).resize((32, 32), Image.BICUBIC).convert('RGB').save(
-                    folder / f'{index:04d}.png')
+        chosen = np.concatenate([splits[split][labels[splits[split]] == digit][:count] for digit in range(10)])
+        write_folder(root / split, digit_folder(images, labels, chosen))
     return root
 
 

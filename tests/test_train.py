@@ -280,7 +280,7 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
             param.set_data(ms.Tensor(np.full(param.shape, -3e38, np.float32)))
     start = tmp_path / 'huge_bn_means.ckpt'
     save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], start,
-                    ModelCard(class_names=('class0', 'class1', 'class2')).entries())
+                    ModelCard(class_names=('class_0', 'class_1', 'class_2')).entries())
     runs = tmp_path / 'runs'
     status, out, err = train_process(train_args(data, runs, epochs=1, batch_size=8, save_every=1, pretrained=start),
                                      tmp_path)  # 3 steps: the means decay by 0.9 a step and stay huge

@@ -4,26 +4,16 @@ import socket
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.image_folders import tinted_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_image_folder(root, classes=3, train_per_class=8, val_per_class=2, size=16, seed=0):
-    """root/train/<c>/*.png and root/val/<c>/*.png; every image distinct (random noise on a class tint)."""
-    rng = np.random.default_rng(seed)
-    for split, count in (('train', train_per_class), ('val', val_per_class)):
-        for label in range(classes):
-            folder = Path(root) / split / f'class{label}'
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                tint = np.zeros(3)
-                tint[label % 3] = 120
-                pixels = np.clip(rng.normal(100, 40, (size, size, 3)) + tint, 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f'{index:03d}.png')
+    """root/train/class_<c>/*.png and root/val/class_<c>/*.png of tinted noise: every image distinct."""
+    tinted_folder(Path(root) / 'train', [train_per_class] * classes, size, seed=seed)
+    tinted_folder(Path(root) / 'val', [val_per_class] * classes, size, seed=seed + 1000)
     return Path(root)
 
 
