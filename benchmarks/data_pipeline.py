@@ -27,10 +27,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.augment import RandomErasing, policy_from_string  # noqa: E402
-from src.config import make_config  # noqa: E402
-from src.dataset import (CROP_RATIO, CROP_SCALE, eval_resize_size, get_dataset, normalize_chw,  # noqa: E402
-                         read_image_rgb, resize_center_crop)
+from src.augment import RandomErasing, policy_from_string
+from src.config import make_config
+from src.dataset import (
+    CROP_RATIO,
+    CROP_SCALE,
+    eval_resize_size,
+    get_dataset,
+    normalize_chw,
+    read_image_rgb,
+    resize_center_crop,
+)
 
 POLICY = 'rand-m9-mstd0.5-inc1'
 RE_PROB = 0.25
@@ -149,7 +156,7 @@ def main():
                         help='Alternating runs of each loader; the table shows medians.')
     args = parser.parse_args()
 
-    import mindspore  # pylint: disable=import-outside-toplevel
+    import mindspore
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_images(folder, args.images)

@@ -48,14 +48,14 @@ COMMANDS = tuple((script, model, backend) for script in ('infer.py', 'eval.py') 
 
 def machine():
     """The CPU, its instruction sets that decide the engines' speed, and the CPUs this process may use."""
-    from src.tools.deployment.openvino_engine import cpu_features, default_threads  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.openvino_engine import cpu_features, default_threads
     return f'{cpu_features()}; {default_threads()} CPUs for this process'
 
 
 # ----------------------------------------------------------------------------- data and model
 def write_photos(folder, count, seed=0):
     """``count`` JPEGs in ``folder``/infer and the same files (hard links) in ``folder``/val/<class>/."""
-    from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+    from sklearn.datasets import load_sample_images
     sources = [Image.fromarray(image) for image in load_sample_images().images]
     rng = np.random.default_rng(seed)
     flat = Path(folder) / 'infer'
@@ -95,7 +95,6 @@ def write_models(folder, photos, components=2, fitted=128):
     ACTIVE_CLASSES centres found by k-means; the other classes never win. bf16 then changes the top-1
     class of about one photo in a thousand (checked with OpenVINO on these photos).
     """
-    # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, ops
 
     from src.dataset import Preprocessing, eval_batches
@@ -136,7 +135,7 @@ def write_models(folder, photos, components=2, fitted=128):
 def random_statistics(net, seed=0):
     """Random BatchNorm statistics and affine parameters (as tests/helpers.randomize_bn gives,
     which benchmarks do not import): activations stay in a sane range over the 22 blocks."""
-    from mindspore import Tensor  # pylint: disable=import-outside-toplevel
+    from mindspore import Tensor
     rng = np.random.default_rng(seed)
     for name, param in net.parameters_and_names():
         leaf = name.rsplit('.', 1)[-1]
@@ -244,7 +243,6 @@ def import_seconds(module, repeats=3):
 
 def breakdown(work, images, count=200):
     """Print where a run's time goes (module docstring), per image over ``count`` photos."""
-    # pylint: disable=import-outside-toplevel
     import mindspore  # noqa: F401  before onnx, which the ONNX Runtime loader imports (model_files.py)
 
     from src.config import make_config

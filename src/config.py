@@ -416,5 +416,5 @@ def _main():
 
 
 if __name__ == '__main__':
-    from src.tools.base.cli import user_entry_point  # pylint: disable=ungrouped-imports
+    from src.tools.base.cli import user_entry_point
     user_entry_point(_main)()

@@ -282,7 +282,7 @@ class Stage:
 
 
 def _vision():
-    import mindspore.dataset.vision as vision  # pylint: disable=import-outside-toplevel
+    from mindspore.dataset import vision
     return vision
 
 
@@ -327,7 +327,7 @@ class TrainTransform:
             raise UserError(f"aug_type {self.aug_type!r}: choose none, weak or auto")
         if not self.auto_augment:
             raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
-        from src.augment import RandomErasing, policy_from_string  # pylint: disable=import-outside-toplevel
+        from src.augment import RandomErasing, policy_from_string
         policy = policy_from_string(self.auto_augment, interpolation=interpolation)
         stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
         if self.re_prob > 0:
@@ -348,7 +348,7 @@ def dataset_cache(session_id, prefetch=1):
     """A MindSpore cache client for ``session_id`` (None when unset), cached at the file reader."""
     if session_id is None:
         return None
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds
     return ds.DatasetCache(session_id=int(session_id), size=0, prefetch_size=max(1, prefetch))
 
 
@@ -424,9 +424,9 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
     Rank 0 prints one short line of what the start-up found and took; the details are the data
     set's ``start_up``, which train.py writes to the run folder's startup.log.
     """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
+    import mindspore.dataset as ds
+    from mindspore.dataset import transforms
 
     if not 0 <= rank < group_size:
         raise ValueError(f'rank {rank} outside group of {group_size}')
@@ -510,7 +510,7 @@ def train_transform(config):
 
 def make_mixup(config, rank=0):
     """The config's batch Mixup / CutMix, seeded by (seed, rank); None when it mixes nothing."""
-    from src.augment import Mixup  # pylint: disable=import-outside-toplevel
+    from src.augment import Mixup
     mixup = Mixup(config.num_classes, mixup_alpha=config.mix_up, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                   switch_prob=config.switch_prob, mode=config.mixup_mode, label_smoothing=config.label_smoothing,
                   seed=[config.seed, rank])

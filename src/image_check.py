@@ -97,7 +97,7 @@ def _turned(img):
 
 def _inspect_all(paths, show_progress, threads, orientation=False):
     """``inspect_image`` of every path, in ``threads`` threads."""
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
     with ThreadPoolExecutor(threads) as pool:
         return list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
                          total=len(paths), desc='check images', unit='img', leave=False,

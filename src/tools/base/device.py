@@ -36,7 +36,7 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
 def _mindspore_quiet():
     """Silence MindSpore's Python logger (its plugin loaders log errors before raising their own)."""
     try:
-        logger = ms.log._get_logger()  # pylint: disable=protected-access  (no public handle on it)
+        logger = ms.log._get_logger()  # no public handle on it
     except AttributeError:
         logger = logging.getLogger('mindspore')
     level = logger.level

@@ -54,7 +54,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     writer renames its own temporary file too, but only as an undocumented detail and after deleting
     an existing file of the same name.) Returns what ``verify`` returned, else the path.
     """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     path = Path(path)
     if path.suffix != '.ckpt':
         raise UserError(f'checkpoint {path} must end with .ckpt')
@@ -92,7 +92,7 @@ def read_checkpoint(path):
     if path.stat().st_size == 0:
         raise UserError(f'checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk? '
                         f'use another checkpoint')
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     try:
         return ms.load_checkpoint(str(path), crc_check=True)  # files written without a CRC load too
     except (ValueError, RuntimeError, TypeError, OSError) as error:
@@ -203,7 +203,7 @@ def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, sour
     else:
         checkpoint, source = read_checkpoint(path_or_dict), f'checkpoint {path_or_dict}'
     entries, dropped = match_checkpoint(net, checkpoint, prefix, drop_head_on_mismatch, source)
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     params = {}
     for name, value in entries.items():
         params[name] = value if isinstance(value, ms.Parameter) else ms.Parameter(value, name=name)

@@ -25,8 +25,16 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
-                        stage_widths, switch_net_to_deploy)
+from src.repvgg import (
+    ARCH_NAMES,
+    ARCH_SPECS,
+    block_names,
+    check_arch_name,
+    create_model,
+    is_quantization_friendly,
+    stage_widths,
+    switch_net_to_deploy,
+)
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import check_writable_file, regular_target, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference

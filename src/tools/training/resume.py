@@ -26,8 +26,15 @@ import yaml
 from src.config import OPTION_BY_NAME
 from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
-from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, integer, load_weights,
-                                          read_checkpoint, recorded_class_names, recorded_epoch_metrics)
+from src.tools.checkpoints.format import (
+    EMA_PREFIX,
+    check_recorded_arch,
+    integer,
+    load_weights,
+    read_checkpoint,
+    recorded_class_names,
+    recorded_epoch_metrics,
+)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.distributed import Ranks
 from src.tools.training.run_folder import MetricsLog, new_run_folder

@@ -107,9 +107,9 @@ class MetricsLog:
 
     def plot(self):
         """Loss, accuracy and learning-rate curves per epoch."""
-        import matplotlib  # pylint: disable=import-outside-toplevel
+        import matplotlib
         matplotlib.use('Agg')
-        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+        import matplotlib.pyplot as plt
         epochs = [row['epoch'] for row in self.rows]
         figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         axes[0].plot(epochs, [row['train_loss'] for row in self.rows], 'o-', label='train loss')
