@@ -24,7 +24,8 @@ def _at_least_one(text):
 def parse_args(argv=None):
     parser = OneLineParser(description='Evaluate an ONNX model (export.py --file_format ONNX) on a folder '
                                        'of class folders, in OpenVINO (CPU) or ONNX Runtime.')
-    parser.add_argument('dataset_path', metavar='DATASET', type=Path, help='validation folder, one sub-folder per class')
+    parser.add_argument('dataset_path', metavar='DATASET', type=Path,
+                        help='validation folder, one sub-folder per class')
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',

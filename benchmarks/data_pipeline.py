@@ -64,7 +64,7 @@ def random_resized_crop_box(width, height):
     for _ in range(10):
         target = area * random.uniform(*CROP_SCALE)
         aspect = math.exp(random.uniform(*log_ratio))
-        crop_w, crop_h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        crop_w, crop_h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < crop_w <= width and 0 < crop_h <= height:
             left, top = random.randint(0, width - crop_w), random.randint(0, height - crop_h)
             return left, top, left + crop_w, top + crop_h

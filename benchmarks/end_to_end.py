@@ -107,7 +107,8 @@ def write_models(folder, photos, components=2, fitted=128):
     set_seed(0)
     net = random_statistics(create_model(ARCH, num_classes=NUM_CLASSES))
     net.set_train(False)
-    sample = [Tensor(images) for _, images in eval_batches(sorted(Path(photos).iterdir())[:fitted], Preprocessing(224), 32)]
+    paths = sorted(Path(photos).iterdir())[:fitted]
+    sample = [Tensor(images) for _, images in eval_batches(paths, Preprocessing(224), 32)]
     last = net.blocks()[-1]  # centre its input to the ReLU per channel: the features then vary more
     inputs = [net.forward_stages(images)[3] for images in sample]
     before_relu = np.concatenate([(last.rbr_dense(x) + last.rbr_1x1(x)).asnumpy() for x in inputs])
@@ -263,7 +264,8 @@ def breakdown(work, images, count=200):
     resize_ms, crops = per_image_ms(lambda image: resize_center_crop(image, eval_resize_size(224), 224), decoded)
     normalize_ms, normalized = per_image_ms(normalize_chw, crops)
     batch = np.stack(normalized[:BATCH])
-    rows = [('decode (PIL, libjpeg-turbo), one thread', decode_ms), ('resize + centre crop (PIL), one thread', resize_ms),
+    rows = [('decode (PIL, libjpeg-turbo), one thread', decode_ms),
+            ('resize + centre crop (PIL), one thread', resize_ms),
             ('normalise (numpy), one thread', normalize_ms)]
     for engine, model, precision in (('onnxruntime', 'onnx', 'fp32'), ('openvino', 'onnx', 'fp32'),
                                      ('openvino', 'onnx', 'bf16'), ('openvino', 'ckpt', 'bf16')):
@@ -277,7 +279,8 @@ def breakdown(work, images, count=200):
             began = time.perf_counter()
             for _ in range(3):
                 predictor(batch)
-            rows.append((f'network: {engine} {precision}, batch {BATCH}', 1000 * (time.perf_counter() - began) / (3 * BATCH)))
+            per_image = 1000 * (time.perf_counter() - began) / (3 * BATCH)
+            rows.append((f'network: {engine} {precision}, batch {BATCH}', per_image))
     for label, milliseconds in rows:
         print(f'{label:<58} {milliseconds:>8.2f} ms/image  {milliseconds * images / 1000:>6.1f} s for {images}')
 

@@ -20,6 +20,7 @@ pairs of RATIOS. The header names the CPU and the instruction sets that decide t
 same seeded input feeds every row. Not a test: it prints figures and asserts nothing.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -274,10 +275,8 @@ def machine():
     from src.tools.deployment.openvino_engine import cpu_features, import_openvino
     versions = [f'openvino {import_openvino().get_version().split("-")[0]}']
     for package in ('onnxruntime', 'mindspore', 'torch', 'timm'):
-        try:
+        with contextlib.suppress(ImportError):
             versions.append(f'{package} {__import__(package).__version__}')
-        except ImportError:
-            pass
     return f'{cpu_features()}; {len(os.sched_getaffinity(0))} CPUs; ' + ', '.join(versions)
 
 
@@ -308,7 +307,8 @@ def table(args):
         for arch in args.archs:
             files = onnx_files(args.rows, arch, args.image_size, folder)
             for batch in args.batches:
-                cases = {row: {'row': row, 'arch': arch, 'batch': batch, 'onnx_path': files.get(ONNX_FILES.get(row), '')}
+                cases = {row: {'row': row, 'arch': arch, 'batch': batch,
+                               'onnx_path': files.get(ONNX_FILES.get(row), '')}
                          for row in args.rows}
                 print_block(arch, batch, measure(cases, args))
     if args.train_batch:
@@ -323,7 +323,8 @@ def study_cases(arch, batch, files):
     fp32 = files['fp32']
     common = {'arch': arch, 'onnx_path': fp32}
     return {
-        f'OpenVINO bf16, batch {batch}, one thread per CPU (the default)': dict(common, row='openvino-bf16', batch=batch),
+        f'OpenVINO bf16, batch {batch}, one thread per CPU (the default)':
+            dict(common, row='openvino-bf16', batch=batch),
         f'OpenVINO bf16, batch {batch}, 1 thread': dict(common, row='openvino-bf16', batch=batch, threads=1),
         'OpenVINO bf16, batch 1': dict(common, row='openvino-bf16', batch=1),
         'OpenVINO bf16, batch 32': dict(common, row='openvino-bf16', batch=32),

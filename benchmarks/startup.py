@@ -98,7 +98,7 @@ def child_resume(root, batch, step, how):
 def run_child(*args, cache=None):
     env = dict(os.environ, GLOG_v='3', PYTHONUNBUFFERED='1', **({'XDG_CACHE_HOME': str(cache)} if cache else {}))
     done = subprocess.run([sys.executable, __file__, '--child', *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=3600)
+                          env=env, cwd=ROOT, timeout=3600, check=False)
     if done.returncode != 0:
         raise SystemExit(f'child {args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}')
     return done.stdout

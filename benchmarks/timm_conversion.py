@@ -70,7 +70,8 @@ def main():
                 save_file({key: value.contiguous() for key, value in source.state_dict().items()}, str(path))
                 targets = ('train', 'deploy') if form == 'train' else ('deploy',)
                 for target in targets:
-                    report = convert_file(path, Path(folder) / f'{name}_{form}_{target}.ckpt', deploy=target == 'deploy')
+                    output = Path(folder) / f'{name}_{form}_{target}.ckpt'
+                    report = convert_file(path, output, deploy=target == 'deploy')
                     logits = report.conversion.net(ms.Tensor(images)).asnumpy()
                     print(f'{name:<14} {report.arch:<13} {form:<11} {target:<13} '
                           f'{relative_difference(logits, expected):>16.1e}', flush=True)

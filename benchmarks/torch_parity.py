@@ -109,7 +109,7 @@ class TorchSide:
     def copy_state(self, other):
         """Take ``other``'s weights, BN statistics and momentum buffers (another TorchSide)."""
         self.model.load_state_dict(other.model.state_dict())
-        for mine, theirs in zip(self.model.parameters(), other.model.parameters()):
+        for mine, theirs in zip(self.model.parameters(), other.model.parameters(), strict=True):
             buffer = other.optimizer.state[theirs].get('momentum_buffer', torch.zeros_like(theirs))
             self.optimizer.state[mine]['momentum_buffer'] = buffer.detach().to(self.dtype, copy=True)
 
@@ -131,7 +131,7 @@ class TorchSide:
             return out * keep
 
         blocks = [m for m in self.model.modules() if isinstance(m, TorchBlock)]
-        for block, keep in zip(blocks, passes):
+        for block, keep in zip(blocks, passes, strict=True):
             block.forward = functools.partial(forward, block, torch.from_numpy(keep))
         return flipped
 

@@ -154,8 +154,8 @@ def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
         size = (int(resize_to * width / height), resize_to)
     if size != img.size:
         img = img.resize(size, _PIL_INTERPOLATION[interpolation])
-    top = int(round((size[1] - crop) / 2.0))
-    left = int(round((size[0] - crop) / 2.0))
+    top = round((size[1] - crop) / 2.0)
+    left = round((size[0] - crop) / 2.0)
     return np.asarray(img.crop((left, top, left + crop, top + crop)))
 
 
@@ -198,7 +198,7 @@ class Preprocessing:
     def stages(self):
         """The same transform as pipeline stages, raw file bytes -> CHW float32."""
         resize = ResizeCenterCrop(eval_resize_size(self.image_size, self.crop_pct), self.image_size, self.interpolation)
-        return [Stage([_vision().Decode(), resize] + _normalize_ops(self.mean, self.std))]
+        return [Stage([_vision().Decode(), resize, *_normalize_ops(self.mean, self.std)])]
 
     def describe(self):
         return f'eval transform, {self.image_size}x{self.image_size}, {self.interpolation}'
@@ -232,7 +232,7 @@ def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable
             return None
 
     def finished(chunk, images):
-        kept = [(path, image.result()) for path, image in zip(chunk, images)]
+        kept = [(path, image.result()) for path, image in zip(chunk, images, strict=True)]
         kept = [(path, image) for path, image in kept if image is not None]
         if kept:
             yield [path for path, _ in kept], np.stack([image for _, image in kept])
@@ -317,7 +317,7 @@ class TrainTransform:
             _warn(f're_prob {self.re_prob} has no effect with aug_type {self.aug_type}: random erasing is part '
                   f'of aug_type auto')
         if self.aug_type == 'none':
-            return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation)] + _normalize_ops())]
+            return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation), *_normalize_ops()])]
         crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
                                                    interpolation=_mindspore_interpolation(interpolation)),
                      vision.RandomHorizontalFlip(0.5)]

@@ -108,7 +108,7 @@ def find_problems(paths, show_progress=True, threads=8):
     """[(path, problem)] of the unreadable images among ``paths``."""
     paths = list(paths)
     results = _inspect_all(paths, show_progress, threads)
-    return [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
+    return [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
 
 
 def refuse_unreadable(bad, count=None):
@@ -131,10 +131,10 @@ def check_images(paths, show_progress=True, threads=8):
     return those whose EXIF orientation turns or mirrors them (no pipeline here applies it)."""
     paths = list(paths)
     results = _inspect_all(paths, show_progress, threads, orientation=True)
-    bad = [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
+    bad = [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
     if bad:
         refuse_unreadable(bad)
-    return [path for path, (_, turned) in zip(paths, results) if turned]
+    return [path for path, (_, turned) in zip(paths, results, strict=True) if turned]
 
 
 # ----------------------------------------------------------------------------- a split, remembered

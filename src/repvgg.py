@@ -32,8 +32,8 @@ def is_quantization_friendly(arch):
 # ----------------------------------------------------------------------------- layout rules
 def stage_widths(width_multiplier):
     """Channels of stages 0-4: min(64, int(64a)), then int(64a), int(128a), int(256a), int(512b)."""
-    return (min(64, int(64 * width_multiplier[0])),) + tuple(
-        int(base * mult) for base, mult in zip(_STAGE_BASE_WIDTHS, width_multiplier))
+    return (min(64, int(64 * width_multiplier[0])),
+            *(int(base * mult) for base, mult in zip(_STAGE_BASE_WIDTHS, width_multiplier, strict=True)))
 
 
 def block_names(depths):
@@ -232,7 +232,7 @@ class RepVGG(nn.Cell):
                                   quantization_friendly=quantization_friendly)
         layer_index = 1
         stages = []
-        for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:]):
+        for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:], strict=True):
             blocks = []
             for j in range(stage_blocks):
                 blocks.append(RepVGGBlock(in_ch if j == 0 else out_ch, out_ch, stride=2 if j == 0 else 1,

@@ -37,7 +37,7 @@ class EMA(nn.Cell):
 
     def reset(self):
         """Restart the average at the current weights (after loading weights that had no EMA)."""
-        for shadow, weight in zip(self.shadow, self.weights):
+        for shadow, weight in zip(self.shadow, self.weights, strict=True):
             shadow.set_data(Tensor(weight.asnumpy().copy()))
 
     @contextlib.contextmanager
@@ -48,10 +48,10 @@ class EMA(nn.Cell):
         writes into it.
         """
         live = [weight.asnumpy().copy() for weight in self.weights]
-        for shadow, weight in zip(self.shadow, self.weights):
+        for shadow, weight in zip(self.shadow, self.weights, strict=True):
             weight.set_data(Tensor(shadow.asnumpy().copy()))
         try:
             yield
         finally:
-            for value, weight in zip(live, self.weights):
+            for value, weight in zip(live, self.weights, strict=True):
                 weight.set_data(Tensor(value))

@@ -26,10 +26,8 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
         return
     ms.set_device('CPU')
     if cpu_threads:
-        try:
+        with contextlib.suppress(RuntimeError):  # MindSpore accepts it once per process; the first setting stays
             ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
-        except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
-            pass
 
 
 @contextlib.contextmanager

@@ -139,12 +139,9 @@ def _network_entries(net, checkpoint, prefix):
     roots = {name.split('.', 1)[0] for name, _ in net.parameters_and_names()}
     entries = {}
     for name, value in checkpoint.items():
-        if prefix:
-            if not name.startswith(prefix):
-                continue
-            name = name[len(prefix):]
-        if name.split('.', 1)[0] in roots:
-            entries[name] = value
+        key = name[len(prefix):]
+        if name.startswith(prefix) and key.split('.', 1)[0] in roots:
+            entries[key] = value
     return entries
 
 

@@ -259,9 +259,9 @@ def signature_of(tensors):
     kernels = [kernel(block) for block in block_names(depths)]
     if any(k is None or k.ndim != 4 for k in kernels):
         return None
-    widths = (kernels[0].shape[0],) + tuple(kernel(f'stage{s}.0').shape[0] for s in range(1, 5))
+    widths = (kernels[0].shape[0], *(kernel(f'stage{s}.0').shape[0] for s in range(1, 5)))
     in_channels = [3] + [k.shape[0] for k in kernels[:-1]]
-    groups = max(c // k.shape[1] for c, k in zip(in_channels, kernels) if k.shape[1])
+    groups = max(c // k.shape[1] for c, k in zip(in_channels, kernels, strict=True) if k.shape[1])
     use_se = any('.se.' in n for n in tensors)
     if any('.rbr_reparam.' in n for n in tensors):
         quantization_friendly = None

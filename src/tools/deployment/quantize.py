@@ -63,13 +63,13 @@ def pick_evenly(files_by_class, count):
     evenly spaced within each class; every file when ``count`` is at least their number."""
     quotas = [0] * len(files_by_class)
     remaining = count
-    while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class)):
+    while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class, strict=True)):
         for index, files in enumerate(files_by_class):
             if remaining > 0 and quotas[index] < len(files):
                 quotas[index] += 1
                 remaining -= 1
     picked = []
-    for quota, files in zip(quotas, files_by_class):
+    for quota, files in zip(quotas, files_by_class, strict=True):
         picked += [files[(2 * i + 1) * len(files) // (2 * quota)] for i in range(quota)]
     return picked
 
