@@ -204,11 +204,6 @@ class Preprocessing:
         return f'eval transform, {self.image_size}x{self.image_size}, {self.interpolation}'
 
 
-def preprocess_image(path, image_size, interpolation='bilinear'):
-    """The eval transform of one image file with ImageNet's mean, std and crop."""
-    return Preprocessing(image_size, interpolation).image(path)
-
-
 def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable=False):
     """(paths, float32 (B, 3, S, S)) batches of ``paths`` through ``preprocessing`` (a Preprocessing),
     in order.

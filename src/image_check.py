@@ -1,6 +1,6 @@
 """Checking, before a pipeline is built, that every image of a split can be decoded; once per file.
 
-A file is checked cheaply (``image_problem``: the header, and for JPEG / PNG the end-of-image
+A file is checked cheaply (``inspect_image``: the header, and for JPEG / PNG the end-of-image
 marker; only files without one are decoded in full). Unreadable files stop the run before it
 starts, with their paths listed. The images given to inference also have their EXIF orientation
 read from the same header (``check_images``): no pipeline here applies it (docs/data.md), so
@@ -56,15 +56,11 @@ def _ends_cleanly(path, image_format):
     return b'\xff\xd9' in tail  # JPEG EOI; some writers append bytes after it
 
 
-def image_problem(path):
-    """Why ``path`` cannot be decoded, or None. Reads the header (and the tail of JPEG / PNG files);
-    only a file without an end marker, or of another format, is decoded in full."""
-    return inspect_image(path)[0]
-
-
 def inspect_image(path, orientation=False):
-    """(``image_problem``, whether its EXIF orientation turns or mirrors it), the orientation read
-    from the header that the check opens anyway, and only when asked (``orientation``)."""
+    """(why ``path`` cannot be decoded or None, whether its EXIF orientation turns or mirrors it).
+    Reads the header (and the tail of JPEG / PNG files); only a file without an end marker, or of
+    another format, is decoded in full. The orientation is read from that header, and only when
+    asked (``orientation``)."""
     try:
         if os.path.getsize(path) == 0:
             return 'empty file', False
@@ -127,7 +123,7 @@ def refuse_unreadable(bad, count=None):
 
 
 def check_images(paths, show_progress=True, threads=8):
-    """Raise a UserError listing every unreadable image among ``paths`` (see ``image_problem``);
+    """Raise a UserError listing every unreadable image among ``paths`` (see ``inspect_image``);
     return those whose EXIF orientation turns or mirrors them (no pipeline here applies it)."""
     paths = list(paths)
     results = _inspect_all(paths, show_progress, threads, orientation=True)

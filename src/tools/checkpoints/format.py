@@ -9,7 +9,7 @@ docs/training.md shows it from a user's side):
 - optimizer and loss-scale state under MindSpore's own names, none of which is a network root:
   ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
   ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
-- the position (``POSITION_KEYS``): ``epoch_num`` (1-based epoch of the last step taken),
+- the position: ``epoch_num`` (1-based epoch of the last step taken),
   ``step_num`` (steps of that epoch taken), ``steps_per_epoch``;
 - the model card (model_card.py): ``arch``, ``num_classes``, ``form``, ``class_names`` (the
   training classes in label order, the sorted class folder names), ``image_size``,
@@ -38,7 +38,6 @@ from src.tools.checkpoints.model_card import ModelCard
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
 EMA_PREFIX = 'ema.'
-POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
 EPOCH_METRICS_KEY = 'epoch_metrics'
 # Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
 NOT_SAVED = ('learning_rate',)

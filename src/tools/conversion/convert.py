@@ -279,11 +279,6 @@ def matching_archs(tensors):
             and signature[4] in (None, arch_signature(arch)[4])]
 
 
-def detect_arch(tensors):
-    """The arch whose shapes the tensors have (RepVGG before QARepVGG for a deploy form), or None."""
-    return next(iter(matching_archs(tensors)), None)
-
-
 def resolve_arch(tensors, arch, source):
     """The arch to build: ``arch`` if the shapes agree, else a UserError naming the right one."""
     matching = matching_archs(tensors)
