@@ -6,14 +6,14 @@ starts, with their paths listed. The images given to inference also have their E
 read from the same header (``check_images``): no pipeline here applies it (docs/data.md), so
 inference names the images it would turn.
 
-At ImageNet size the check is what a start costs (0.08 ms a file measured: 1.28 million files are
-about 100 s of one core, at every start). So it is spread over the ranks (rank r checks files r,
-r + R, ...) and remembered: ``image_check`` (OPTIONS) chooses
+At ImageNet size the check is what a start costs (over a minute of one core at every start;
+docs/scale-out.md). So it is spread over the ranks (rank r checks files r, r + R, ...) and
+remembered: ``image_check`` (OPTIONS) chooses
 
 - ``cached`` (default): a file is checked once; each rank then writes the files of its slice that
   passed, with their size and modification time, to a manifest part ``rank<r>of<R>.tsv``. A later
   start reads every part, stats its slice and checks only files that are new or whose size or
-  time changed (a stat costs about 0.015 ms);
+  time changed (a stat costs a fraction of a check);
 - ``full``: every file at every start (no manifest read or written);
 - ``off``: no check; a file that fails to decode is then skipped with MindSpore's warning.
 

@@ -34,13 +34,10 @@ from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
 
 QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
-# Activation type, measured with `python benchmarks/speed.py --int8_types --min_iters 40` (RepVGG-A0,
-# 224x224, 2 threads, AVX-512 VNNI, ONNX Runtime 1.31; the models take turns in one process), images/s at
-# batch 1 / 8: uint8 418.3 / 586.1, int8 437.5 / 589.7, uint8 + reduce_range 437.8 / 588.0, int8 +
-# reduce_range 439.0 / 589.8 (fp32 152.1 / 178.2): all four within 5 %, the machine's noise. Kept: uint8
-# activations (ReLU outputs are >= 0, so the zero point is 0 and all 256 levels cover them) and no
-# reduce_range, which would quantize the weights to 7 bits; it exists for CPUs without VNNI, whose u8s8
-# instruction can overflow. Weights: int8, symmetric, per output channel.
+# Activation type: uint8 and int8, with or without reduce_range, run equally fast (docs/performance.md,
+# "INT8: activation types"). Kept: uint8 activations (ReLU outputs are >= 0, so the zero point is 0 and all
+# 256 levels cover them) and no reduce_range, which would quantize the weights to 7 bits; it exists for
+# CPUs without VNNI, whose u8s8 instruction can overflow. Weights: int8, symmetric, per output channel.
 ACTIVATION_TYPES = {'uint8': QuantType.QUInt8, 'int8': QuantType.QInt8}
 ACTIVATION_TYPE = 'uint8'
 REDUCE_RANGE = False
