@@ -1,7 +1,7 @@
 """convert.py, src/tools/conversion/: official PyTorch and timm weights.
 
 The PyTorch side is a small re-implementation of the official RepVGG (module names are what
-the converter relies on), written from the SPEC; its checkpoints are written with the real
+the converter relies on), benchmarks/torch_repvgg.py; its checkpoints are written with the real
 ``torch.save`` and ``safetensors``, and the converted MindSpore networks must reproduce its
 logits. torch is a test-only dependency (requirements-test.txt).
 """
@@ -57,7 +57,7 @@ def torch_logits(model, images):
 
 
 def timm_name(name):
-    """timm's name of an official-layout tensor (SPEC section 2), written in the forward direction."""
+    """timm's name of an official-layout tensor (timm's byobnet names), written in the forward direction."""
     name = re.sub(r'^stage0\.', 'stem.', name)
     name = re.sub(r'^stage([1-4])\.(\d+)\.', lambda m: f'stages.{int(m[1]) - 1}.{m[2]}.', name)
     for official, timm in (('rbr_dense.', 'conv_kxk.'), ('rbr_1x1.', 'conv_1x1.'), ('rbr_identity.', 'identity.'),

@@ -15,8 +15,9 @@ from src.tools.checkpoints.format import load_weights
 from src.tools.base.numerics import relative_difference
 from tests.helpers import randomize_bn
 
-# SPEC section 1: trainable parameters at 1000 classes, (train form, deploy form).
-SPEC_COUNTS = {
+# Trainable parameters at 1000 classes (train form, deploy form) of the variants as the RepVGG paper
+# (arXiv 2101.03697) defines them and the official implementation (DingXiaoH/RepVGG) builds them.
+PAPER_COUNTS = {
     'RepVGG-A0': (9_108_968, 8_309_384), 'RepVGG-A1': (14_092_264, 12_789_864),
     'RepVGG-A2': (28_210_600, 25_499_944), 'RepVGG-B0': (15_817_960, 14_339_048),
     'RepVGG-B1': (57_415_016, 51_829_480), 'RepVGG-B1g2': (45_782_376, 41_360_104),
@@ -30,7 +31,8 @@ REPVGG_NAMES = tuple(arch for arch in ARCH_NAMES if arch not in QA_ARCH_NAMES)
 
 
 def count_from_rules(depths, widths, groups, use_se, num_classes=1000, quantization_friendly=False):
-    """Parameter counts derived from the SPEC's rules alone, independently of src/repvgg.py.
+    """Parameter counts derived from the paper's rules alone (blocks, widths, groups; the official
+    block's branches), independently of src/repvgg.py.
 
     QARepVGG block (arXiv 2212.01593): 3x3 conv + BN, bias-free 1x1 conv, identity without BN,
     one BN after the sum; its deploy form is RepVGG's single 3x3 conv with bias.
@@ -58,14 +60,14 @@ def count_from_rules(depths, widths, groups, use_se, num_classes=1000, quantizat
     return train + head, deploy + head
 
 
-def test_rules_reproduce_spec_counts():
-    for arch, counts in SPEC_COUNTS.items():
+def test_rules_reproduce_the_paper_counts():
+    for arch, counts in PAPER_COUNTS.items():
         assert count_from_rules(*ARCH_SPECS[arch]) == counts, arch
 
 
 @pytest.mark.parametrize('arch', REPVGG_NAMES)
 def test_parameter_counts(arch):
-    expected = SPEC_COUNTS.get(arch) or count_from_rules(*ARCH_SPECS[arch])  # B2g2: from the rules
+    expected = PAPER_COUNTS.get(arch) or count_from_rules(*ARCH_SPECS[arch])  # B2g2: from the rules
     assert count_params(create_model(arch)) == expected[0]
     assert count_params(create_model(arch, deploy=True)) == expected[1]
 

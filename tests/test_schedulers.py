@@ -1,4 +1,5 @@
-"""src/tools/training/schedulers.py: every schedule against its formula (SPEC section 4) at several steps."""
+"""src/tools/training/schedulers.py: every schedule against its formula (the MindSpore model zoo RepVGG's, written
+out in the module's docstring) at several steps."""
 import math
 
 import numpy as np
