@@ -9,11 +9,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mindspore import Tensor
 
 from src.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def slow_except(values, *fast):
+    """``values`` for parametrize (a tuple: the values of several names), each marked slow but those in
+    ``fast``: the representative cases that the inner loop (-m "not slow") runs."""
+    return [value if value in fast else pytest.param(*value if isinstance(value, tuple) else (value,),
+                                                     marks=pytest.mark.slow) for value in values]
 
 
 def randomize_bn(net, seed=0):

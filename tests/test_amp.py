@@ -32,6 +32,7 @@ def test_levels_cast_convs_and_keep_batchnorm_float32(level, conv, relu):
     assert [p.name for p in net.get_parameters()] == [p.name for p in create_model('RepVGG-A0', 10).get_parameters()]
 
 
+@pytest.mark.slow
 def test_o2_training_step_runs_with_float32_loss():
     net = cast_amp(create_model('RepVGG-A0', num_classes=4), 'O2')
     optimizer = get_optimizer(make_config(), net, np.full(3, 0.01, np.float32))

@@ -118,6 +118,7 @@ def test_class_folders_that_do_not_match_stop_training_before_anything_is_writte
     assert not runs.exists() or not any(runs.iterdir())
 
 
+@pytest.mark.slow
 def test_eval_matches_class_folders_by_name(trained, tmp_path, capsys):
     full = trained['data'] / 'val'
     status, out, err = run_main(capsys, 'eval.py', *common(trained), '--dataset_path', full,
@@ -143,6 +144,7 @@ def test_eval_matches_class_folders_by_name(trained, tmp_path, capsys):
     assert_one_line_error(status, err, "not trained on: 'vixen'")
 
 
+@pytest.mark.slow
 def test_class_names_travel_into_exports_and_predictions(trained, tmp_path, capsys):
     root = tmp_path
     for fmt in ('ONNX', 'MINDIR'):
@@ -169,6 +171,7 @@ def test_class_names_travel_into_exports_and_predictions(trained, tmp_path, caps
     assert {path: value['class'] for path, value in indexed.items()} == outputs['onnx']
 
 
+@pytest.mark.slow
 def test_a_model_without_class_names_keeps_working_with_indices_and_says_so(trained, tmp_path, capsys):
     status, out, err = run_main(capsys, 'infer.py', '--config', trained['config'], '--pretrained', trained['unnamed'],
                                 '--dataset_path', trained['data'] / 'val' / 'cat', '--pred_output', tmp_path / 'p.json')
@@ -201,6 +204,7 @@ def test_ranges_are_checked_before_any_work(trained, tmp_path, capsys, flag, val
     assert not out and not runs.exists()  # refused while reading the options: no line of a started run
 
 
+@pytest.mark.slow
 def test_a_validation_set_that_cannot_be_scored_stops_the_run_without_a_best_checkpoint(trained, tmp_path, capsys):
     data = tmp_path / 'data'
     shutil.copytree(trained['data'], data)
@@ -211,6 +215,7 @@ def test_a_validation_set_that_cannot_be_scored_stops_the_run_without_a_best_che
     assert not list(runs.glob(f'*/{ARCH}_epoch=*.ckpt'))
 
 
+@pytest.mark.slow
 def test_every_step_overflowing_is_an_error_not_a_loss_of_zero(trained, tmp_path, capsys):
     status, out, err, runs = train(capsys, tmp_path, trained['data'], amp_level='O2', is_dynamic_loss_scale=0,
                                    loss_scale=1e30)
@@ -219,6 +224,7 @@ def test_every_step_overflowing_is_an_error_not_a_loss_of_zero(trained, tmp_path
     assert not list(runs.glob(f'*/{ARCH}_epoch=*.ckpt'))
 
 
+@pytest.mark.slow
 def test_eval_says_how_many_images_it_scored(trained, tmp_path, capsys):
     val = tmp_path / 'val'
     shutil.copytree(trained['data'] / 'val', val)
@@ -255,6 +261,7 @@ def enospc(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(onnx, 'save', enospc)
     status, _, err = run_main(capsys, 'export.py', *common(trained), '--file_format', 'ONNX',
@@ -275,6 +282,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_export_or_conversion_are_removed_by_the_next_run(trained, tmp_path, capsys):
     dead = 2 ** 22 + 12345  # above the default pid_max: no process has it
     stale = [tmp_path / f'.model.onnx.{dead}.partial-k3j2', tmp_path / f'.out.ckpt.{dead}.partial.ckpt']
@@ -293,6 +301,7 @@ def test_leftovers_of_a_killed_export_or_conversion_are_removed_by_the_next_run(
 
 # ----------------------------------------------------------------------------- 4. GPU without a GPU
 @pytest.mark.skipif(ms.hal.is_available('GPU'), reason='this machine has a GPU for MindSpore')
+@pytest.mark.slow
 def test_a_gpu_target_without_a_gpu_is_one_line(trained, tmp_path):
     expected = ('run with --device_target CPU', 'optional DEVICE_TARGET argument')
     status, _, err = run_process('eval.py', '--config', trained['config'], '--pretrained', trained['best'],
@@ -348,6 +357,7 @@ def test_an_empty_checkpoint_and_a_gif_named_png_are_one_line(trained, tmp_path,
     assert not (tmp_path / 'p.json').exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_early_in_a_run_stops_it(trained, tmp_path):
     process = subprocess.Popen(command(*flags(trained['data'], tmp_path / 'runs', epochs=3)), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=environment(), cwd=tmp_path)

@@ -137,8 +137,8 @@ def test_a_yaml_with_one_key_gets_the_reference_values_for_the_rest(tmp_path):
             config.prefetch, config.auto_augment, config.device_num) == (1e-4, 0.0, 7e-8, 1000, 20, 15, None, 8)
 
 
-def test_train_help_lists_every_training_key_with_its_default():
-    status, out, err = run_process('train.py', '--help')
+def test_train_help_lists_every_training_key_with_its_default(capsys):
+    status, out, err = run_main(capsys, 'train.py', '--help')
     assert status == 0, err
     text = ' '.join(out.split())
     assert '--weight_decay WEIGHT_DECAY, --wd WEIGHT_DECAY' in text

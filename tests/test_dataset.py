@@ -16,7 +16,7 @@ from src.augment import Mixup
 from src.tools.base.cli import UserError
 from src.tools.image_folders import (ODD_FILES, colour_index, solid_colour, solid_folder, textured, textured_folder,
                                      write_folder, write_odd_files)
-from tests.helpers import batches, data_config
+from tests.helpers import batches, data_config, run_main
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -141,6 +141,7 @@ def test_a_resumed_epoch_reads_only_the_images_it_had_not_reached(tmp_path, monk
             assert (whole_decoded, resumed_decoded) == (18, 8)  # the 10 skipped images were not decoded
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_different_seed_different(tmp_path):
     textured_folder(tmp_path / 'train', [4, 4])
 
@@ -336,6 +337,7 @@ def test_demo_data_build_is_complete_stratified_and_idempotent(tmp_path):
         demo_data.build_demo_data(out)
 
 
+@pytest.mark.slow
 def test_demo_data_command_line(tmp_path):
     result = subprocess.run([sys.executable, '-m', 'src.tools.demo_data', str(tmp_path / 'd')], cwd=ROOT,
                             capture_output=True, text=True, check=False)
@@ -346,18 +348,15 @@ def test_demo_data_command_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- preprocessing picture
-def test_vis_img_preprocessing_writes_a_readable_png(tmp_path):
+def test_vis_img_preprocessing_writes_a_readable_png(tmp_path, capsys):
     textured_folder(tmp_path / 'train', [2, 2], size=(60, 45))
     output = tmp_path / 'grid.png'
-    result = subprocess.run([sys.executable, 'vis_img_preprocessing.py', '--data_url', str(tmp_path),
-                             '--image_size', '32', '--aug_type', 'auto',
-                             '--auto_augment', 'rand-m9-mstd0.5-inc1',
-                             '--re_prob', '0.5', '--device_target', 'CPU', '--output', str(output),
-                             '--num_images', '3', '--num_draws', '4'],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
+    status, out, err = run_main(capsys, 'vis_img_preprocessing.py', '--data_url', tmp_path, '--image_size', 32,
+                                '--aug_type', 'auto', '--auto_augment', 'rand-m9-mstd0.5-inc1', '--re_prob', 0.5,
+                                '--device_target', 'CPU', '--output', output, '--num_images', 3, '--num_draws', 4)
+    assert status == 0, err
     with Image.open(output) as img:
         width, height = img.size
         pixels = np.asarray(img.convert('RGB'))
     assert width > 400 and height > 250 and pixels.std() > 20  # a real picture, not blank
-    assert str(output) in result.stdout
+    assert str(output) in out

@@ -2,6 +2,7 @@
 (EMA only after successful steps, overflowing steps skipped, the schedule index still advancing)."""
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Tensor, nn
 
 from src.config import make_config
@@ -77,6 +78,7 @@ def test_successful_step_updates_weights_then_ema():
     assert int(optimizer.global_step.asnumpy()[0]) == 1
 
 
+@pytest.mark.slow
 def test_overflowing_step_is_skipped_but_the_schedule_advances():
     net = small_net()
     cell, optimizer, ema = make_step(net)
@@ -93,6 +95,7 @@ def test_overflowing_step_is_skipped_but_the_schedule_advances():
     assert int(optimizer.global_step.asnumpy()[0]) == 2  # lr index stays aligned with the data
 
 
+@pytest.mark.slow
 def test_o0_uses_a_fixed_unit_loss_scale():
     net = small_net()
     cell, _, _ = make_step(net, amp_level='O0')

@@ -22,7 +22,7 @@ from src.tools.base.cli import UserError
 from src.tools.base.files import atomic_path
 from src.tools.deployment.export import export_network
 from src.tools.image_folders import solid_folder
-from tests.helpers import ROOT, assert_ends_with_error, assert_one_line_error, run_main, run_process
+from tests.helpers import assert_ends_with_error, assert_one_line_error, run_main
 
 ARCH, CLASSES, SIZE = 'RepVGG-A0', 3, 32
 
@@ -117,14 +117,14 @@ def test_an_output_inside_a_folder_that_is_read_is_refused(work, capsys):
     assert listing(data) == before
 
 
-def test_train_url_inside_the_data_is_refused_before_anything_is_written(work, tmp_path):
+def test_train_url_inside_the_data_is_refused_before_anything_is_written(work, tmp_path, capsys):
     data = tmp_path / 'data'
     solid_folder(data / 'train', [2] * CLASSES, size=(SIZE, SIZE))
     solid_folder(data / 'val', [1] * CLASSES, size=(SIZE, SIZE))
     before = listing(data)
     for inside in (data / 'train' / 'runs', data / 'val'):
-        status, _, err = run_process(ROOT / 'train.py', '--config', work['config'], '--data_url', data,
-                                     '--train_url', inside, cwd=tmp_path)
+        status, _, err = run_main(capsys, 'train.py', '--config', work['config'], '--data_url', data,
+                                  '--train_url', inside)
         assert_one_line_error(status, err, f'train_url {inside} ', 'a folder that is read')
     assert listing(data) == before
 
@@ -196,8 +196,8 @@ def test_report_files_and_train_url_are_checked_too(work, tmp_path, capsys):
     assert listing(report) == ['confusion_matrix.png'] and kind_of(report / 'confusion_matrix.png') == ['fifo']
     fifo = tmp_path / 'runs'
     os.mkfifo(fifo)
-    status, _, err = run_process(ROOT / 'train.py', '--config', work['config'], '--data_url', work['data'],
-                                 '--train_url', fifo, cwd=tmp_path)
+    status, _, err = run_main(capsys, 'train.py', '--config', work['config'], '--data_url', work['data'],
+                              '--train_url', fifo)
     assert_one_line_error(status, err, f'train_url {fifo} is a FIFO, not a folder')
     assert kind_of(fifo) == ['fifo']
 

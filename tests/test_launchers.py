@@ -56,6 +56,7 @@ def test_a_run_that_fails_its_start_up_checks_is_reported_by_the_launcher(launch
 
 
 @pytest.mark.skipif(ms.hal.is_available('GPU'), reason='this machine has a GPU for MindSpore')
+@pytest.mark.slow
 def test_a_gpu_run_on_a_machine_without_one_is_reported_by_the_launcher(launch, config, tmp_path):
     data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1)
     status, out, err = launch(config, data, tmp_path, DEVICE_TARGET='GPU')
@@ -63,6 +64,7 @@ def test_a_gpu_run_on_a_machine_without_one_is_reported_by_the_launcher(launch, 
     assert err.startswith('error: MindSpore cannot use a GPU on this machine') and 'run with --device_target CPU' in err
 
 
+@pytest.mark.slow
 def test_a_run_that_started_goes_on_in_the_background(launch, config, tmp_path):
     data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1)
     log = tmp_path / 'standalone_train.log'

@@ -160,6 +160,7 @@ def test_a_config_that_contradicts_the_file_is_one_line_naming_both(model, expor
     assert sorted(path.name for path in tmp_path.iterdir()) == ['five.yaml']  # no export, no JSON
 
 
+@pytest.mark.slow
 def test_image_size_and_interpolation_override_the_file_with_a_note(model, exported, capsys, tmp_path):
     status, out, err = run_main(capsys, 'eval.py', '--pretrained', model['ckpt'], '--dataset_path', model['val'],
                                 '--backend', 'mindspore', '--image_size', 32, *CPU)
@@ -182,6 +183,7 @@ def test_image_size_and_interpolation_override_the_file_with_a_note(model, expor
         str(path): CLASSES[index] for path, index in zip(paths, classes)}
 
 
+@pytest.mark.slow
 def test_a_training_config_still_works_for_eval_export_and_infer(model, capsys, tmp_path):
     """The digits recipe with this model's arch, classes, size and resize: every key parses, nothing is noted."""
     recipe = (ROOT / 'src/configs/RepVGG-A0_digits.yaml').read_text()

@@ -203,6 +203,7 @@ def test_auto_precision_falls_back_to_fp32_when_bf16_changes_a_top1_class(tmp_pa
 
 
 @needs_bf16
+@pytest.mark.slow
 def test_auto_precision_keeps_bf16_for_a_model_it_does_not_change(digits_files, tmp_path, capsys):
     folder = digits_files['data'] / 'val' / '3'
     status, out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', digits_files['fp32'], '-o', tmp_path / 'p.json')
@@ -223,6 +224,7 @@ def eval_top1(capsys, digits_files, model, *flags):
     return parse_results(out)['Top1-Acc'], engine_line(out)
 
 
+@pytest.mark.slow
 def test_int8_in_openvino_is_within_one_point_of_fp32(digits_files, capsys):
     fp32, line = eval_top1(capsys, digits_files, digits_files['fp32'])
     assert ', fp32, ' in line
@@ -234,6 +236,7 @@ def test_int8_in_openvino_is_within_one_point_of_fp32(digits_files, capsys):
 
 
 @needs_bf16
+@pytest.mark.slow
 def test_bf16_in_openvino_is_within_half_a_point_of_fp32(digits_files, capsys):
     fp32, _ = eval_top1(capsys, digits_files, digits_files['fp32'])
     bf16, line = eval_top1(capsys, digits_files, digits_files['fp32'], '--precision', 'bf16')
@@ -296,6 +299,7 @@ def test_bf16_on_a_cpu_without_it_is_refused(tiny, capsys, monkeypatch):
     assert not tiny['out'].exists()
 
 
+@pytest.mark.slow
 def test_bf16_asked_of_another_engine_or_of_an_int8_file_is_one_line(digits_files, capsys, tmp_path):
     val, out = digits_files['data'] / 'val', tmp_path / 'p.json'
     status, _, err = run_main(capsys, 'eval_onnx.py', val, '-c', digits_files['int8'], '--precision', 'bf16')

@@ -47,6 +47,7 @@ def digits(tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED))
+@pytest.mark.slow
 def test_a_recipe_trains_one_step(name, digits, tmp_path, capsys):
     """One epoch of one step (20 images, batch 20) on CPU with A0 (the recipe's arch only sets the size)."""
     status, out, err = run_main(capsys, 'train.py', '--config', RECIPES / name, '--data_url', digits,

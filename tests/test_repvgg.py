@@ -13,7 +13,7 @@ from src.repvgg import (ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGGBlock, coun
 from src.config import make_config
 from src.tools.checkpoints.format import load_weights
 from src.tools.base.numerics import relative_difference
-from tests.helpers import randomize_bn
+from tests.helpers import randomize_bn, slow_except
 
 # Trainable parameters at 1000 classes (train form, deploy form) of the variants as the RepVGG paper
 # (arXiv 2101.03697) defines them and the official implementation (DingXiaoH/RepVGG) builds them.
@@ -65,14 +65,14 @@ def test_rules_reproduce_the_paper_counts():
         assert count_from_rules(*ARCH_SPECS[arch]) == counts, arch
 
 
-@pytest.mark.parametrize('arch', REPVGG_NAMES)
+@pytest.mark.parametrize('arch', slow_except(REPVGG_NAMES, 'RepVGG-A0'))
 def test_parameter_counts(arch):
     expected = PAPER_COUNTS.get(arch) or count_from_rules(*ARCH_SPECS[arch])  # B2g2: from the rules
     assert count_params(create_model(arch)) == expected[0]
     assert count_params(create_model(arch, deploy=True)) == expected[1]
 
 
-@pytest.mark.parametrize('arch', QA_ARCH_NAMES)
+@pytest.mark.parametrize('arch', slow_except(QA_ARCH_NAMES, 'QARepVGG-A0'))
 def test_qarepvgg_parameter_counts(arch):
     """Train form from the QA rules; deploy form exactly the RepVGG deploy form of the same size."""
     repvgg = arch[len('QA'):]
@@ -179,6 +179,7 @@ def test_stride2_block_pads_symmetrically_like_pytorch():
     assert relative_difference(actual, expected) < 1e-6
 
 
+@pytest.mark.slow  # grouped identity kernels, fast: test_identity_kernel_copies_its_input
 @pytest.mark.parametrize('arch', GROUPED)
 def test_grouped_blocks_convert_exactly(arch):
     """Every block of a grouped arch (narrowed to 10 classes) equals its fused 3x3 conv."""
@@ -203,7 +204,7 @@ def _logits(net, inputs, mode):
     return [net(x).asnumpy() for x in inputs]
 
 
-@pytest.mark.parametrize('arch', REPVGG_NAMES)
+@pytest.mark.parametrize('arch', slow_except(REPVGG_NAMES, 'RepVGG-A0'))
 def test_conversion_is_exact_in_both_modes(arch, tmp_path):
     """Train form == converted == deploy=True loaded from the saved conversion (rel. err <= 1e-5)."""
     rng = np.random.default_rng(5)
@@ -226,6 +227,7 @@ def test_conversion_is_exact_in_both_modes(arch, tmp_path):
                 assert relative_difference(got, want) <= 1e-5, (arch, mode)
 
 
+@pytest.mark.slow  # fast: a trained QARepVGG-A0 through convert.py (tests/test_quantize.py)
 @pytest.mark.parametrize('arch', QA_ARCH_NAMES)
 def test_qarepvgg_conversion_is_exact_in_both_modes(arch):
     """Train form == re-parameterized form (rel. err <= 1e-5) in GRAPH and PYNATIVE mode; the deploy
@@ -242,6 +244,7 @@ def test_qarepvgg_conversion_is_exact_in_both_modes(arch):
         assert relative_difference(_logits(net, [x], mode)[0], reference[mode]) <= 1e-5, (arch, mode)
 
 
+@pytest.mark.slow
 def test_deploy_parameter_names_match_conversion():
     converted = switch_net_to_deploy(create_model('RepVGG-D2se', num_classes=10))
     built = create_model('RepVGG-D2se', num_classes=10, deploy=True)
@@ -251,7 +254,7 @@ def test_deploy_parameter_names_match_conversion():
     assert 'stage0.rbr_reparam.weight' in names and 'stage3.23.se.up.bias' in names
 
 
-@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+@pytest.mark.parametrize('mode', slow_except([ms.GRAPH_MODE, ms.PYNATIVE_MODE], ms.PYNATIVE_MODE))
 def test_features_only_backbone_survives_conversion(mode):
     ms.set_context(mode=mode)
     net = randomize_bn(create_model('RepVGG-A0', features_only=True, out_indices=(0, 2, 4)), seed=6)
@@ -279,12 +282,14 @@ def test_registry_names_and_errors():
         create_model('RepVGG-B00')
 
 
+@pytest.mark.slow
 def test_macs_match_the_paper():
     # Paper Table (FLOPs column, deploy form): B0 3.06 G, B1g4 7.31 G, B3 26.21 G at 224x224.
     for arch, gmacs in (('RepVGG-B0', 3.06), ('RepVGG-B1g4', 7.31), ('RepVGG-B3', 26.21)):
         assert round(count_macs(create_model(arch, deploy=True), 224, 224) / 1e9, 2) == gmacs
 
 
+@pytest.mark.slow
 def test_summary_command_prints_counts():
     out = subprocess.run([sys.executable, '-m', 'src.repvgg', '--summary', '--arch', 'RepVGG-A0', 'RepVGG-B0',
                           'QARepVGG-A0'], capture_output=True, text=True, check=True).stdout

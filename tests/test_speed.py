@@ -2,11 +2,14 @@
 benchmark's own output), and its --help needs neither torch nor timm."""
 import re
 
+import pytest
+
 from tests.helpers import run_process
 
 ROWS = ('openvino-fp32', 'onnxruntime-fp32')
 
 
+@pytest.mark.slow
 def test_one_tiny_case_end_to_end():
     status, out, err = run_process('benchmarks/speed.py', '--archs', 'RepVGG-A0', '--batches', '2',
                                    '--image_size', '32', '--repeats', '1', '--min_iters', '1', '--min_seconds', '0',

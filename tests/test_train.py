@@ -30,6 +30,7 @@ def data(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp('data'))
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_path):
     runs = tmp_path / 'runs'
     flags = train_args(data, runs, epochs=3, save_every=3, log_samples=1)
@@ -123,6 +124,7 @@ def test_eval_ema_without_ema_is_one_line(data, tmp_path, capsys, monkeypatch):
     assert line == 'error: eval_ema needs the EMA: set with_ema: 1'
 
 
+@pytest.mark.slow
 def test_ema_run_validates_and_saves_the_ema_weights(data, tmp_path):
     """with_ema + eval_ema, AdamW, label smoothing: the best checkpoint holds the EMA weights.
 
@@ -148,6 +150,7 @@ def tree(folder):
             for path in [Path(folder), *Path(folder).rglob('*')]}
 
 
+@pytest.mark.slow
 def test_training_writes_nothing_into_the_data_and_keeps_its_check_in_the_user_cache(tmp_path):
     """Two starts on one data folder: the image-check manifest goes to $XDG_CACHE_HOME keyed by
     the data path, the second start reuses it; each start prints one short line per split and keeps
@@ -187,6 +190,7 @@ READ_ONLY = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && ! touch
              '&& exec "$@"')
 
 
+@pytest.mark.slow
 def test_training_on_a_read_only_mount_of_the_data(tmp_path):
     """As root, chmod does not stop a write: the data is a read-only bind mount in a mount namespace
     of the run's own (gone with it); skipped where such a mount is not permitted."""
@@ -240,6 +244,7 @@ def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsy
     assert sorted(path.name for path in folder.iterdir()) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
     """The newest periodic checkpoint is truncated (a disk filled up, a copy cut short): the run
     resumes from the one before it, says so, and with allow_schedule_change a new epoch count is
@@ -267,6 +272,7 @@ def train_process(flags, cwd):
     return done.returncode, done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data, tmp_path):
     """Finite weights whose validation logits are not: the last block's BN moving means are so large
     that its two branches add up to inf in eval mode (training uses batch statistics, so the steps
@@ -291,6 +297,7 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
     assert not list(folder.glob(f'{ARCH}_epoch=*.ckpt')) and set(periodic(folder, ARCH)) == {(1, 1), (1, 2)}
 
 
+@pytest.mark.slow
 def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, tmp_path):
     """amp_level O2 on the CPU: the dynamic loss scale, coming down from 2^24, overflows every one of
     the 12 steps of a one-epoch run (it is still 4096 at the end): an error, not 'train success'."""
@@ -302,6 +309,7 @@ def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, t
     assert not list(runs.rglob('*.ckpt'))
 
 
+@pytest.mark.slow
 def test_overflows_while_the_dynamic_loss_scale_comes_down_are_a_note(data, tmp_path):
     """The same run for two epochs: epoch 1 overflows throughout (a note, nothing saved), epoch 2
     trains once the scale has come down, and only its checkpoints exist."""

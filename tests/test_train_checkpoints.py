@@ -366,6 +366,7 @@ def _claim(train_url, start, queue):
     queue.put(new_run_folder(train_url, ARCH, 'race', Ranks()).name)
 
 
+@pytest.mark.slow
 def test_racing_launches_never_share_a_run_folder(tmp_path):
     """Four launches released together into one train_url, five times, on a slow file system:
     twenty different folders (check-then-create gave 10 of 40 in ten rounds here)."""

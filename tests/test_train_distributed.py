@@ -21,6 +21,7 @@ ARCH = 'RepVGG-A0'
 
 
 @pytest.mark.skipif(shutil.which('msrun') is None, reason='msrun (MindSpore) not on PATH')
+@pytest.mark.slow
 def test_two_cpu_workers_end_identical_after_disjoint_shards(tmp_path):
     data = make_image_folder(tmp_path / 'data', classes=2, train_per_class=8, val_per_class=3)
     config = tmp_path / 'tiny.yaml'
@@ -95,6 +96,7 @@ def stop_all(processes):
 
 
 @pytest.mark.skipif(shutil.which('msrun') is None, reason='msrun (MindSpore) not on PATH')
+@pytest.mark.slow
 def test_two_machines_on_one_host_lose_a_rank_and_continue(tmp_path):
     """Two launches of the script (NODE_NUM=2, NODE_RANK 0 and 1) through 127.0.0.1, each 'machine'
     with its own run folder (train_url is relative to where it was started). Rank 1 is killed with

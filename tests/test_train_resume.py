@@ -28,13 +28,11 @@ NOTHING_YET = [('config.yaml', 'written'), ('config.yaml', 'renamed'), ('class_n
                (END_1, 'written')]
 RESUMABLE = [(END_1, 'renamed'), ('metrics.csv', 'written'), ('metrics.csv', 'renamed'), ('curves.png', 'written'),
              ('curves.png', 'renamed'), (BEST_1, 'written'), (BEST_1, 'renamed'), (END_2, 'written')]
-FAST = {('config.yaml', 'renamed'), (END_1, 'written'), ('metrics.csv', 'written')}  # the rest: slow
 
 
 def cases():
     for point in NOTHING_YET + RESUMABLE:
-        marks = () if point in FAST else (pytest.mark.slow,)
-        yield pytest.param(*point, point in RESUMABLE, marks=marks, id=f'{point[0]}:{point[1]}')
+        yield pytest.param(*point, point in RESUMABLE, id=f'{point[0]}:{point[1]}')
 
 
 @pytest.fixture(scope='module')
@@ -52,6 +50,7 @@ def partial_files(folder):
     return sorted(path.name for path in folder.iterdir() if '.partial' in path.name)
 
 
+@pytest.mark.slow  # two train.py processes a case
 @pytest.mark.parametrize('pattern, moment, resumable', cases())
 def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tmp_path, pattern, moment, resumable):
     runs = tmp_path / 'runs'
@@ -87,6 +86,7 @@ def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tm
         'config.yaml', 'config_resumed_1.yaml']
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_stops_with_the_line_and_continues_resumes(data, tmp_path):
     """Ctrl+C right after epoch 1's validation, when MindSpore's own SIGINT handler (installed as it
     built the validation graph) turns it into SIGTERM: that used to end the run with status 143."""

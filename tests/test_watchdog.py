@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.helpers import slow_except
 from tests.train_helpers import REPO, free_port
 
 RANK = f'''
@@ -61,7 +62,7 @@ def finish(process, within):
     return process.returncode, out, err, time.time() - began
 
 
-@pytest.mark.parametrize('killed', [0, 1])
+@pytest.mark.parametrize('killed', slow_except([0, 1], 0))
 def test_a_killed_rank_stops_the_other_at_once_naming_it(killed):
     ranks = pair(['wait', 'wait'])
     ranks[killed].send_signal(signal.SIGKILL)
@@ -72,7 +73,7 @@ def test_a_killed_rank_stops_the_other_at_once_naming_it(killed):
     ranks[killed].wait()
 
 
-@pytest.mark.parametrize('failing', [0, 1])
+@pytest.mark.parametrize('failing', slow_except([0, 1], 0))
 def test_an_error_on_one_rank_is_named_by_the_other(failing):
     ranks = pair(['error' if rank == failing else 'wait' for rank in (0, 1)])
     status, _, err, _ = finish(ranks[1 - failing], within=20)
