@@ -93,6 +93,7 @@ def test_the_training_classes_are_in_every_checkpoint_and_the_run_folder(trained
                         'mean': '[0.485, 0.456, 0.406]', 'std': '[0.229, 0.224, 0.225]', 'crop_pct': '0.875'}, path
 
 
+@pytest.mark.slow
 def test_eval_of_a_training_checkpoint_needs_no_config(trained, capsys):
     results = []
     for config in (['--config', trained['config']], []):
@@ -342,6 +343,7 @@ def test_a_malformed_safetensors_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / 'out.ckpt').exists()
 
 
+@pytest.mark.slow
 def test_an_empty_checkpoint_and_a_gif_named_png_are_one_line(trained, tmp_path, capsys):
     empty = tmp_path / 'empty.ckpt'
     empty.write_bytes(b'')

@@ -132,7 +132,7 @@ CASES = [  # layout, container, source form, wrapper
 ]
 
 
-@pytest.mark.parametrize('layout,suffix,form,wrapper', slow_except(CASES, CASES[0], CASES[4]))
+@pytest.mark.parametrize('layout,suffix,form,wrapper', slow_except(CASES, CASES[0]))
 def test_convert_matches_pytorch(a0, tmp_path, layout, suffix, form, wrapper):
     source = write_source(a0[form], tmp_path / f'src{suffix}', layout, wrapper)
     for deploy in (False, True):

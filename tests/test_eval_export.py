@@ -190,6 +190,7 @@ def test_onnx_batch_stays_fixed_unless_every_op_is_per_sample():
 
 
 # ----------------------------------------------------------------------------- export
+@pytest.mark.slow
 def test_onnx_export_is_the_plain_conv_stack(work, exported):
     model = onnx.load(str(exported['onnx']))
     ops = collections.Counter(node.op_type for node in model.graph.node)
@@ -207,6 +208,7 @@ def test_onnx_export_is_the_plain_conv_stack(work, exported):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+@pytest.mark.slow
 def test_exported_files_match_the_network_for_any_batch(work, exported):
     rng = np.random.default_rng(3)
     images = rng.normal(size=(5, 3, SIZE, SIZE)).astype(np.float32)
@@ -228,6 +230,7 @@ def test_export_ema_weights(work, tmp_path, capsys):
     assert relative_difference(ema_logits, work['net'](Tensor(images)).asnumpy()) > 1e-2
 
 
+@pytest.mark.slow
 def test_air_and_bad_checkpoints_are_refused(work, capsys):
     paths = work['paths']
     base = ['--config', paths['config'], '--export_path', paths['root'] / 'refused']
@@ -302,6 +305,7 @@ def test_ckpt_mindir_onnx_give_the_same_results(work, exported, images, capsys):
     ('train', ['--backend', 'openvino', '--device_target', 'GPU'], '--backend openvino runs on CPU only'),
     ('train', ['--backend', 'onnxruntime', '--threads', '2'], '--threads sets the threads of the openvino'),
 ])
+@pytest.mark.slow
 def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, model, flags, message):
     path = {**work['paths'], **exported}[model]
     status, _, err = run_main(capsys, 'eval.py', '--config', work['paths']['config'], '--dataset_path',
@@ -309,6 +313,7 @@ def test_backend_choices_that_cannot_hold_are_one_line(work, exported, capsys, m
     assert_one_line_error(status, err, message)
 
 
+@pytest.mark.slow
 def test_logits_agree_across_formats(work, exported, images):
     batch, _ = images
     expected = work['net'](Tensor(batch)).asnumpy()
@@ -316,6 +321,7 @@ def test_logits_agree_across_formats(work, exported, images):
         assert relative_difference(predictor(batch), expected) < 1e-4
 
 
+@pytest.mark.slow
 def test_eval_refuses_bad_input(work, exported, capsys):
     paths = work['paths']
     empty = paths['root'] / 'empty_val'
@@ -357,6 +363,7 @@ AUTO_NOTE = "=> note: device auto: ONNX Runtime's CUDA provider does not start o
 
 
 @pytest.mark.skipif(onnxruntime_cuda_works(), reason="ONNX Runtime's CUDA provider starts here: auto is GPU")
+@pytest.mark.slow
 def test_onnx_scripts_default_to_auto_which_is_cpu_with_a_note_without_cuda(work, exported, capsys):
     """The zoo's eval_onnx/infer_onnx defaulted to CPU and its GPU edition ran them on GPU; here the
     default is auto: GPU where ONNX Runtime's CUDA provider starts, else (this machine) CPU, said once."""
@@ -422,6 +429,7 @@ def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, expor
     assert json.loads((paths['root'] / 'single.json').read_text()) == {str(single): int(classes[0])}
 
 
+@pytest.mark.slow
 def test_infer_refuses_bad_input_and_writes_nothing(work, exported, capsys):
     paths = work['paths']
     root = paths['root'] / 'bad_inputs'

@@ -200,6 +200,7 @@ def test_a_training_config_still_works_for_eval_export_and_infer(model, capsys, 
     assert (tmp_path / 'model.mindir').is_file() and len(json.loads((tmp_path / 'p.json').read_text())) == 3
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_without_a_card_works_from_the_config(model, capsys, tmp_path):
     """Only the weights, as a plain mindspore.save_checkpoint writes them: the config says the rest."""
     old = tmp_path / 'old.ckpt'

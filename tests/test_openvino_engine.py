@@ -348,6 +348,7 @@ def guarded(tmp_path, home, *argv):
     return done.returncode, done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_openvino_runs_send_no_telemetry(tiny, tmp_path):
     home = tmp_path / 'home'
     home.mkdir()

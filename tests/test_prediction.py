@@ -15,7 +15,7 @@ from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.export import export_network
 from src.tools.deployment.model_files import load_onnx
 from src.tools.image_folders import textured, write_odd_files
-from tests.helpers import assert_one_line_error, randomize_bn, run_main, run_process
+from tests.helpers import assert_one_line_error, randomize_bn, run_main, run_process, slow_except
 
 ARCH, NUM_CLASSES, SIZE, BATCH = 'RepVGG-A0', 10, 32, 4
 CLASSES = [f'kind_{index}' for index in range(NUM_CLASSES)]
@@ -63,7 +63,7 @@ def test_threaded_batches_equal_the_per_image_transform(model):
         assert np.array_equal(images, np.stack([Preprocessing(SIZE).image(path) for path in paths]))
 
 
-@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+@pytest.mark.parametrize('backend', slow_except(['onnxruntime', 'openvino'], 'onnxruntime'))
 def test_infer_json_equals_one_image_at_a_time(model, capsys, backend):
     """infer.py (batches of 4 read by threads) writes what the model gives for each image alone,
     preprocessed by Preprocessing.image."""
@@ -131,7 +131,7 @@ def test_eval_skips_an_image_that_fails_to_decode_and_names_it(model, capsys):
     assert "'Top1-Acc'" in out and '=> eval success' in out
 
 
-@pytest.mark.parametrize('script', ['infer.py', 'infer_onnx.py', 'eval_onnx.py'])
+@pytest.mark.parametrize('script', slow_except(['infer.py', 'infer_onnx.py', 'eval_onnx.py'], 'infer.py'))
 def test_an_onnx_model_runs_without_loading_mindspore(model, script):
     """Start-up: a script running an ONNX file in OpenVINO never imports MindSpore (it alone takes
     seconds to import); the run as a process, then a look at what it imported."""

@@ -90,8 +90,8 @@ def test_a_qarepvgg_run_continues_with_a_longer_schedule(run, tmp_path, capsys):
     status, out, err = run_main(capsys, 'train.py', *run['flags'], '--continues', folder, '--epochs', 2,
                                 '--allow_schedule_change', 1)
     assert status == 0, err
-    assert f'=> starting from checkpoint {folder / f"{ARCH}_0-1_12.ckpt"}: epoch ' in out and 'train success' in out
-    last = ms.load_checkpoint(str(folder / f'{ARCH}_0-2_12.ckpt'))
+    assert f'=> starting from checkpoint {folder / f"{ARCH}_0-1_6.ckpt"}: epoch ' in out and 'train success' in out
+    last = ms.load_checkpoint(str(folder / f'{ARCH}_0-2_6.ckpt'))
     assert last['arch'] == ARCH and int(last['epoch_num'].asnumpy()) == 2
 
 

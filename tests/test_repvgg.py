@@ -298,6 +298,7 @@ def test_summary_command_prints_counts():
     assert 'QARepVGG-A0          9,103,304      8,309,384        1.513         1.361' in out
 
 
+@pytest.mark.slow
 def test_graph_mode_runs_the_converted_structure():
     """A GRAPH-mode graph compiled before conversion must not be reused after it."""
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -172,6 +172,7 @@ def test_pretrained_with_another_class_count_drops_the_head_and_the_epoch_state(
     np.testing.assert_array_equal(net.linear.weight.asnumpy(), head)  # new head, untouched
 
 
+@pytest.mark.slow
 def test_pretrained_keeps_the_epoch_state_unless_excluded(tmp_path):
     path, _ = saved_state(tmp_path, num_classes=10)
     net = create_model(ARCH, num_classes=10)
@@ -183,6 +184,7 @@ def test_pretrained_keeps_the_epoch_state_unless_excluded(tmp_path):
         starting_point(start_args(tmp_path, pretrained=path, epochs=2), net, 10)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_arch_is_refused_with_the_fix(tmp_path):
     path, _ = saved_state(tmp_path, num_classes=10, arch='RepVGG-B0')  # says it is a B0
     with pytest.raises(UserError, match='trained as RepVGG-B0, the config asks for RepVGG-A0: set arch: RepVGG-B0'):
@@ -222,6 +224,7 @@ def test_run_folder_is_named_by_time_arch_and_brief_and_never_reused(tmp_path):
     assert run_folder_name(0, ARCH, None).endswith(f'_{ARCH}')
 
 
+@pytest.mark.slow
 def test_metrics_file_has_one_row_per_epoch_and_a_plot(tmp_path):
     log = MetricsLog(tmp_path)
     for epoch in (1, 2, 3):

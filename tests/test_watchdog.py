@@ -84,6 +84,7 @@ def test_an_error_on_one_rank_is_named_by_the_other(failing):
     assert status == 1 and 'RuntimeError: out of memory' in err  # its own traceback, as usual
 
 
+@pytest.mark.slow
 def test_a_clean_end_is_quiet_and_a_checkpoint_being_written_is_completed():
     ranks = pair(['finish', 'finish'])
     for process in ranks:
