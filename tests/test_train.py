@@ -4,7 +4,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,16 +12,19 @@ import numpy as np
 import pytest
 
 from src.config import parse_config
-from src.tools.base.cli import user_entry_point
 from src.tools.training.schedulers import lr_schedule
-from tests.helpers import assert_one_line_error
-from tests.train_helpers import REPO, command, environment, make_image_folder, periodic, samples_by_step, train_args
-
-sys.path.insert(0, str(REPO))
-import train  # noqa: E402  pylint: disable=wrong-import-position
+from tests.helpers import assert_ends_with_error, assert_one_line_error, run_main
+from tests.train_helpers import command, environment, make_image_folder, periodic, samples_by_step, train_args
 
 ARCH = 'RepVGG-A0'
 STEPS = 12  # 3 classes x 8 train images / batch 2
+
+
+@pytest.fixture(autouse=True)
+def in_test_folder(tmp_path, monkeypatch):
+    """train.py runs in this process with the test's folder as its working folder: whatever
+    MindSpore leaves there stays out of the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +33,7 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_path):
+def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_path, capsys):
     runs = tmp_path / 'runs'
     flags = train_args(data, runs, epochs=3, save_every=3, log_samples=1)
     log = (tmp_path / 'first.log').open('w')
@@ -57,10 +59,8 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
     for path in saved.values():  # whatever the moment of the kill, every checkpoint loads
         ms.load_checkpoint(str(path))
 
-    second = subprocess.run(command(*flags, '--continues', str(folder)), capture_output=True, text=True,
-                            env=environment(), cwd=tmp_path, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    out = second.stdout
+    status, out, err = train_here(capsys, [*flags, '--continues', folder])
+    assert status == 0, out[-3000:] + err[-3000:]
     epoch_num, step_num = newest
     global_step = (epoch_num - 1) * STEPS + step_num
     lr = lr_schedule(parse_config(flags), STEPS)
@@ -84,56 +84,56 @@ def test_a_run_killed_mid_epoch_continues_at_its_epoch_step_and_lr(data, tmp_pat
     for epoch in (1, 2, 3):
         images = [fingerprint for step in range(1, STEPS + 1) for fingerprint in by_step[(epoch, step)][-2:]]
         assert len(images) == len(set(images)) == 24, epoch
-    resumed = [line for line in second.stdout.splitlines() if line.startswith('epoch: 2 step:')]
+    resumed = [line for line in out.splitlines() if line.startswith('epoch: 2 step:')]
     assert resumed and int(resumed[0].split()[3].rstrip(',')) > step_num  # the done steps were not re-run
 
 
-def run_main(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, 'argv', ['train.py', *argv])
-    with pytest.raises(SystemExit) as stopped:
-        user_entry_point(train.main)()
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith('error:')]
-    assert len(errors) == 1, err
-    return errors[0]
+def train_here(capsys, argv):
+    """(status, stdout, stderr) of train.py run in this process."""
+    return run_main(capsys, 'train.py', *argv)
 
 
-def test_missing_data_folder_is_one_line(tmp_path, capsys, monkeypatch):
-    line = run_main(train_args(tmp_path / 'nowhere', tmp_path / 'runs'), capsys, monkeypatch)
+def refusal(argv, capsys):
+    """The error line that train.py, run in this process, ends with (status 2)."""
+    status, _, err = train_here(capsys, argv)
+    assert_ends_with_error(status, err)
+    return err.strip().splitlines()[-1]
+
+
+def test_missing_data_folder_is_one_line(tmp_path, capsys):
+    line = refusal(train_args(tmp_path / 'nowhere', tmp_path / 'runs'), capsys)
     assert 'nowhere/train does not exist' in line and '--data_url' in line
 
 
-def test_empty_class_folder_is_one_line(data, tmp_path, capsys, monkeypatch):
+def test_empty_class_folder_is_one_line(tmp_path, capsys):
     broken = make_image_folder(tmp_path / 'broken', classes=2)
     (broken / 'train' / 'class9').mkdir()
-    line = run_main(train_args(broken, tmp_path / 'runs'), capsys, monkeypatch)
+    line = refusal(train_args(broken, tmp_path / 'runs'), capsys)
     assert 'class9 has no images' in line and 'add images or remove the folder' in line
 
 
-def test_checkpoint_of_another_arch_is_one_line(data, tmp_path, capsys, monkeypatch):
+def test_checkpoint_of_another_arch_is_one_line(data, tmp_path, capsys):
     from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
     foreign = tmp_path / 'a1.ckpt'
     ms.save_checkpoint(create_model('RepVGG-A1', num_classes=3), str(foreign))
-    line = run_main(train_args(data, tmp_path / 'runs', pretrained=foreign), capsys, monkeypatch)
+    line = refusal(train_args(data, tmp_path / 'runs', pretrained=foreign), capsys)
     assert 'has tensors of other shapes than the network' in line and line.endswith('check arch')
 
 
-def test_eval_ema_without_ema_is_one_line(data, tmp_path, capsys, monkeypatch):
-    line = run_main(train_args(data, tmp_path / 'runs', eval_ema=1), capsys, monkeypatch)
+def test_eval_ema_without_ema_is_one_line(data, tmp_path, capsys):
+    line = refusal(train_args(data, tmp_path / 'runs', eval_ema=1), capsys)
     assert line == 'error: eval_ema needs the EMA: set with_ema: 1'
 
 
 @pytest.mark.slow
-def test_ema_run_validates_and_saves_the_ema_weights(data, tmp_path):
+def test_ema_run_validates_and_saves_the_ema_weights(data, tmp_path, capsys):
     """with_ema + eval_ema, AdamW, label smoothing: the best checkpoint holds the EMA weights.
 
     (fp32: at 16x16 with batch 2 the last BN normalises 2 values and float16 gradients overflow.)"""
     flags = train_args(data, tmp_path / 'runs', epochs=1, with_ema=1, eval_ema=1, ema_decay=0.5,
                        optimizer='adamw', base_lr=0.001, label_smoothing=0.1)
-    done = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=tmp_path,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status, out, err = train_here(capsys, flags)
+    assert status == 0, out[-3000:] + err[-3000:]
     folder = next((tmp_path / 'runs').glob(f'*_{ARCH}_test'))
     best = ms.load_checkpoint(str(next(folder.glob(f'{ARCH}_epoch=1_acc=*.ckpt'))))
     last = ms.load_checkpoint(str(folder / f'{ARCH}_0-1_{STEPS}.ckpt'))
@@ -151,7 +151,7 @@ def tree(folder):
 
 
 @pytest.mark.slow
-def test_training_writes_nothing_into_the_data_and_keeps_its_check_in_the_user_cache(tmp_path):
+def test_training_writes_nothing_into_the_data_and_keeps_its_check_in_the_user_cache(tmp_path, capsys, monkeypatch):
     """Two starts on one data folder: the image-check manifest goes to $XDG_CACHE_HOME keyed by
     the data path, the second start reuses it; each start prints one short line per split and keeps
     the details in its run folder's startup.log; the data folder and the working folder stay as
@@ -160,17 +160,17 @@ def test_training_writes_nothing_into_the_data_and_keeps_its_check_in_the_user_c
     before = tree(data)
     cache = tmp_path / 'cache'
     flags = train_args(data, tmp_path / 'runs', epochs=1, image_size=24)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(cache))
     for checked in ('24 images checked', '24 unchanged since checked'):
-        done = subprocess.run(command(*flags), capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                              env={**environment(), 'XDG_CACHE_HOME': str(cache)})
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        lines = [line for line in done.stdout.splitlines() if ' data ' in line and line.startswith('=> ')]
+        status, out, err = train_here(capsys, flags)
+        assert status == 0, out[-3000:] + err[-3000:]
+        lines = [line for line in out.splitlines() if ' data ' in line and line.startswith('=> ')]
         assert len(lines) == 2 and all(len(line) - len(str(data)) < 90 for line in lines), lines
         assert re.fullmatch(rf'=> train data {re.escape(str(data))}/train: 24 images, 3 classes; start-up \d+\.\d s '
                             rf'\({checked}\)', lines[0]), lines
         assert re.fullmatch(rf'=> eval data {re.escape(str(data))}/val: 6 images, 3 classes; start-up \d+\.\d s '
                             rf'\({checked.replace("24", "6")}\)', lines[1]), lines
-        folder = re.search(r'=> run folder (\S+):', done.stdout).group(1)
+        folder = re.search(r'=> run folder (\S+):', out).group(1)
         details = (Path(folder) / 'startup.log').read_text().splitlines()
         unchanged, fresh = (0, 24) if 'images checked' in checked else (24, 0)
         assert len(details) == 2 and re.match(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d train data ', details[0]), details
@@ -196,11 +196,12 @@ def test_training_on_a_read_only_mount_of_the_data(tmp_path):
     of the run's own (gone with it); skipped where such a mount is not permitted."""
     data = make_image_folder(tmp_path / 'data', size=24)
     read_only = ['unshare', '--mount', 'sh', '-c', READ_ONLY, str(data)]
-    if not shutil.which('unshare') or subprocess.run([*read_only, 'true'], capture_output=True).returncode != 0:
+    probe = subprocess.run([*read_only, 'true'], capture_output=True, check=False) if shutil.which('unshare') else None
+    if probe is None or probe.returncode != 0:
         pytest.skip('a read-only bind mount is not permitted here')
     before = tree(data)
     done = subprocess.run([*read_only, *command(*train_args(data, tmp_path / 'runs', epochs=1, image_size=24))],
-                          capture_output=True, text=True, env=environment(), cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, env=environment(), cwd=tmp_path, timeout=300, check=False)
     assert done.returncode == 0 and 'train success' in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert tree(data) == before
 
@@ -233,11 +234,10 @@ def interrupted_run(data, runs, positions, **settings):
     (dict(epochs=3), 'epochs 2 -> 3'),
     (dict(batch_size=4, base_lr=0.02), 'batch_size 2 -> 4, base_lr 0.001 -> 0.02, steps per epoch 12 -> 6'),
 ])
-def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsys, monkeypatch, change, named):
+def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsys, change, named):
     folder = interrupted_run(data, tmp_path / 'runs', [(1, 6)], epochs=2)
     before = sorted(path.name for path in folder.iterdir())
-    line = run_main(train_args(data, tmp_path / 'runs', **{'epochs': 2, **change}, continues=folder), capsys,
-                    monkeypatch)
+    line = refusal(train_args(data, tmp_path / 'runs', **{'epochs': 2, **change}, continues=folder), capsys)
     assert line == (f'error: continues: the learning-rate schedule of {folder} would change mid-run ({named}); '
                     f'resume with the settings of its config.yaml, or set allow_schedule_change: 1 to go on with '
                     f"the new schedule from the checkpoint's step")
@@ -245,7 +245,7 @@ def test_continues_refuses_a_changed_schedule_and_names_it(data, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
+def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path, capsys):
     """The newest periodic checkpoint is truncated (a disk filled up, a copy cut short): the run
     resumes from the one before it, says so, and with allow_schedule_change a new epoch count is
     accepted with a note."""
@@ -253,10 +253,8 @@ def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
     newest = folder / f'{ARCH}_0-1_6.ckpt'
     newest.write_bytes(newest.read_bytes()[:100_000])
     flags = train_args(data, tmp_path / 'runs', epochs=2, allow_schedule_change=1, continues=folder)
-    done = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=tmp_path,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    status, out, err = train_here(capsys, flags)
+    assert status == 0, out[-3000:] + err[-3000:]
     assert (f'=> note: checkpoint {newest} cannot be read (corrupt or not a checkpoint): Failed to read the '
             f'checkpoint file') in out and 'falling back to the one before it' in out
     assert '=> note: the learning-rate schedule changes from here on (epochs 1 -> 2; allow_schedule_change)' in out
@@ -266,14 +264,8 @@ def test_continues_passes_over_an_unreadable_newest_checkpoint(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- results that would lie
-def train_process(flags, cwd):
-    done = subprocess.run(command(*flags), capture_output=True, text=True, env=environment(), cwd=cwd, timeout=300,
-                          check=False)
-    return done.returncode, done.stdout, done.stderr
-
-
 @pytest.mark.slow
-def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data, tmp_path):
+def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data, tmp_path, capsys):
     """Finite weights whose validation logits are not: the last block's BN moving means are so large
     that its two branches add up to inf in eval mode (training uses batch statistics, so the steps
     are fine and the weights stay finite)."""
@@ -288,8 +280,8 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
     save_checkpoint([{'name': p.name, 'data': p.data} for p in net.get_parameters()], start,
                     ModelCard(class_names=('class_0', 'class_1', 'class_2')).entries())
     runs = tmp_path / 'runs'
-    status, out, err = train_process(train_args(data, runs, epochs=1, batch_size=8, save_every=1, pretrained=start),
-                                     tmp_path)  # 3 steps: the means decay by 0.9 a step and stay huge
+    flags = train_args(data, runs, epochs=1, batch_size=8, save_every=1, pretrained=start)
+    status, out, err = train_here(capsys, flags)  # 3 steps: the means decay by 0.9 a step and stay huge
     assert_one_line_error(status, err, 'epoch 1: the network gives non-finite logits (NaN/inf) for 6 of the 6 images '
                                        'of batch 1 of the validation set')
     assert 'epoch: 1 step: 2' in out and 'Result metrics' not in out and 'train success' not in out
@@ -298,11 +290,11 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
 
 
 @pytest.mark.slow
-def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, tmp_path):
+def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, tmp_path, capsys):
     """amp_level O2 on the CPU: the dynamic loss scale, coming down from 2^24, overflows every one of
     the 12 steps of a one-epoch run (it is still 4096 at the end): an error, not 'train success'."""
     runs = tmp_path / 'runs'
-    status, out, err = train_process(train_args(data, runs, amp_level='O2', epochs=1), tmp_path)
+    status, out, err = train_here(capsys, train_args(data, runs, amp_level='O2', epochs=1))
     assert_one_line_error(status, err, 'epoch 1: no step of this run updated the weights (every gradient overflowed '
                                        'while the dynamic loss scale came down from 2^24, now 4096)', 'amp_level O0')
     assert out.count('Over Flow') == STEPS and 'train success' not in out
@@ -310,11 +302,11 @@ def test_a_run_where_no_step_updates_the_weights_fails_and_saves_nothing(data, t
 
 
 @pytest.mark.slow
-def test_overflows_while_the_dynamic_loss_scale_comes_down_are_a_note(data, tmp_path):
+def test_overflows_while_the_dynamic_loss_scale_comes_down_are_a_note(data, tmp_path, capsys):
     """The same run for two epochs: epoch 1 overflows throughout (a note, nothing saved), epoch 2
     trains once the scale has come down, and only its checkpoints exist."""
     runs = tmp_path / 'runs'
-    status, out, err = train_process(train_args(data, runs, amp_level='O2', epochs=2), tmp_path)
+    status, out, err = train_here(capsys, train_args(data, runs, amp_level='O2', epochs=2))
     assert status == 0, out[-3000:] + err[-3000:]
     assert ('=> note: no step of epoch 1 updated the weights: all 12 overflowed while the dynamic loss scale came '
             'down (now 4096)') in out and 'nothing is saved before a step updates them' in out

@@ -50,9 +50,10 @@ def partial_files(folder):
     return sorted(path.name for path in folder.iterdir() if '.partial' in path.name)
 
 
-@pytest.mark.slow  # two train.py processes a case
+@pytest.mark.slow  # a train.py process killed, then a run in this process, a case
 @pytest.mark.parametrize('pattern, moment, resumable', cases())
-def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tmp_path, pattern, moment, resumable):
+def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tmp_path, capsys, monkeypatch, pattern,
+                                                                        moment, resumable):
     runs = tmp_path / 'runs'
     flags = train_args(data, runs, image_size=24, save_every=100)  # periodic checkpoints only at epoch ends
     status, first_out, err = run(flags, tmp_path, **{KILL_POINT_VARIABLE: f'{pattern}:{moment}'})
@@ -64,7 +65,8 @@ def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tm
     else:
         assert list(folder.glob(pattern)) and not partial_files(folder), left
 
-    status, out, err = run([*flags, '--continues', folder], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_main(capsys, 'train.py', *flags, '--continues', folder)
     assert not partial_files(folder), 'the temporaries of the dead run are removed first'
     if not resumable:
         assert_one_line_error(status, err, f'continues: nothing to resume yet: {folder} holds no periodic checkpoint',
@@ -87,7 +89,7 @@ def test_a_run_killed_at_any_write_resumes_or_says_there_is_nothing_yet(data, tm
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_training_stops_with_the_line_and_continues_resumes(data, tmp_path):
+def test_ctrl_c_during_training_stops_with_the_line_and_continues_resumes(data, tmp_path, capsys, monkeypatch):
     """Ctrl+C right after epoch 1's validation, when MindSpore's own SIGINT handler (installed as it
     built the validation graph) turns it into SIGTERM: that used to end the run with status 143."""
     runs = tmp_path / 'runs'
@@ -117,7 +119,9 @@ def test_ctrl_c_during_training_stops_with_the_line_and_continues_resumes(data, 
     assert not survivors, 'a process of the run outlived it'
     assert not partial_files(folder)
 
-    status, out, err = run([*flags, '--continues', folder, '--epochs', '1', '--allow_schedule_change', '1'], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_main(capsys, 'train.py', *flags, '--continues', folder, '--epochs', 1,
+                                '--allow_schedule_change', 1)
     assert status == 0, out[-3000:] + err[-3000:]
     assert re.search(rf'=> starting from checkpoint \S+{ARCH}_0-1_9\.ckpt: epoch 1, step 9 ', out), out
     assert 'train success' in out and (folder / END_1).is_file()
