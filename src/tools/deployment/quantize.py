@@ -21,7 +21,7 @@ from pathlib import Path
 
 # MindSpore before onnx: importing it selects protobuf's Python implementation, which MindSpore's own
 # .proto modules need; onnx loaded first would fix the C++ one (benchmarks import this module first).
-import mindspore  # noqa: F401
+import mindspore  # noqa: F401  imported for its side effect (above)
 import numpy as np
 import onnx
 from onnx import version_converter
