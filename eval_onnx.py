@@ -9,8 +9,7 @@ from pathlib import Path
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
-                                            onnx_device)
+from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine, onnx_device
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
 
@@ -25,7 +24,8 @@ def _at_least_one(text):
 def parse_args(argv=None):
     parser = OneLineParser(description='Evaluate an ONNX model (export.py --file_format ONNX) on a folder '
                                        'of class folders, in OpenVINO (CPU) or ONNX Runtime.')
-    parser.add_argument('dataset_path', metavar='DATASET', type=Path, help='validation folder, one sub-folder per class')
+    parser.add_argument('dataset_path', metavar='DATASET', type=Path,
+                        help='validation folder, one sub-folder per class')
     parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
     parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',

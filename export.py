@@ -12,8 +12,14 @@ from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.export import check_export_format, check_export_target, export_file_path, export_network
 from src.tools.deployment.model_files import load_deploy_network
-from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, INT8_SCHEME, calibration_files, calibration_folder,
-                                          export_int8, foreign_classes_note)
+from src.tools.deployment.quantize import (
+    AGREEMENT_THRESHOLD,
+    INT8_SCHEME,
+    calibration_files,
+    calibration_folder,
+    export_int8,
+    foreign_classes_note,
+)
 
 
 @user_entry_point

@@ -8,8 +8,7 @@ from pathlib import Path
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import (add_onnx_engine_arguments, announce, load_onnx_engine,
-                                            onnx_device)
+from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine, onnx_device
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 

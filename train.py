@@ -20,12 +20,12 @@ from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import init_device, set_seed
 from src.tools.base.files import check_folder_creatable, check_outputs_apart, check_writable
 from src.tools.checkpoints.model_card import ModelCard
-from src.tools.training.resume import check_continues, restore_state, start_run
 from src.tools.demo_data import build_demo_data, is_complete
 from src.tools.training.amp import cast_amp, loss_scale_cell
 from src.tools.training.criterion import NetWithLoss, get_criterion
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
+from src.tools.training.resume import check_continues, restore_state, start_run
 from src.tools.training.run_folder import log_start_up, save_class_names, save_config
 from src.tools.training.schedulers import lr_schedule
 from src.tools.training.trainer import Trainer, open_sample_log

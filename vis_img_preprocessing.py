@@ -37,8 +37,8 @@ def main(argv=None):
     check_outputs_apart({'--output': extra.output},
                         {'config': config.config, 'training folder': Path(config.data_url) / 'train'})
     check_writable_file(extra.output, '--output', 'preprocessing.png')
-    from src.dataset import train_transform  # pylint: disable=import-outside-toplevel
-    from src.tools.training.preview import draw_preprocessing  # pylint: disable=import-outside-toplevel
+    from src.dataset import train_transform
+    from src.tools.training.preview import draw_preprocessing
     output = draw_preprocessing(Path(config.data_url) / 'train', train_transform(config), extra.output, config.seed,
                                 extra.num_images, extra.num_draws)
     print(f'=> wrote {output}')

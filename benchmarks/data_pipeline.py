@@ -27,10 +27,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.augment import RandomErasing, policy_from_string  # noqa: E402
-from src.config import make_config  # noqa: E402
-from src.dataset import (CROP_RATIO, CROP_SCALE, eval_resize_size, get_dataset, normalize_chw,  # noqa: E402
-                         read_image_rgb, resize_center_crop)
+from src.augment import RandomErasing, policy_from_string
+from src.config import make_config
+from src.dataset import (
+    CROP_RATIO,
+    CROP_SCALE,
+    eval_resize_size,
+    get_dataset,
+    normalize_chw,
+    read_image_rgb,
+    resize_center_crop,
+)
 
 POLICY = 'rand-m9-mstd0.5-inc1'
 RE_PROB = 0.25
@@ -57,7 +64,7 @@ def random_resized_crop_box(width, height):
     for _ in range(10):
         target = area * random.uniform(*CROP_SCALE)
         aspect = math.exp(random.uniform(*log_ratio))
-        crop_w, crop_h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        crop_w, crop_h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < crop_w <= width and 0 < crop_h <= height:
             left, top = random.randint(0, width - crop_w), random.randint(0, height - crop_h)
             return left, top, left + crop_w, top + crop_h
@@ -149,7 +156,7 @@ def main():
                         help='Alternating runs of each loader; the table shows medians.')
     args = parser.parse_args()
 
-    import mindspore  # pylint: disable=import-outside-toplevel
+    import mindspore
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_images(folder, args.images)

@@ -48,14 +48,14 @@ COMMANDS = tuple((script, model, backend) for script in ('infer.py', 'eval.py') 
 
 def machine():
     """The CPU, its instruction sets that decide the engines' speed, and the CPUs this process may use."""
-    from src.tools.deployment.openvino_engine import cpu_features, default_threads  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.openvino_engine import cpu_features, default_threads
     return f'{cpu_features()}; {default_threads()} CPUs for this process'
 
 
 # ----------------------------------------------------------------------------- data and model
 def write_photos(folder, count, seed=0):
     """``count`` JPEGs in ``folder``/infer and the same files (hard links) in ``folder``/val/<class>/."""
-    from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+    from sklearn.datasets import load_sample_images
     sources = [Image.fromarray(image) for image in load_sample_images().images]
     rng = np.random.default_rng(seed)
     flat = Path(folder) / 'infer'
@@ -95,7 +95,6 @@ def write_models(folder, photos, components=2, fitted=128):
     ACTIVE_CLASSES centres found by k-means; the other classes never win. bf16 then changes the top-1
     class of about one photo in a thousand (checked with OpenVINO on these photos).
     """
-    # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, ops
 
     from src.dataset import Preprocessing, eval_batches
@@ -108,7 +107,8 @@ def write_models(folder, photos, components=2, fitted=128):
     set_seed(0)
     net = random_statistics(create_model(ARCH, num_classes=NUM_CLASSES))
     net.set_train(False)
-    sample = [Tensor(images) for _, images in eval_batches(sorted(Path(photos).iterdir())[:fitted], Preprocessing(224), 32)]
+    paths = sorted(Path(photos).iterdir())[:fitted]
+    sample = [Tensor(images) for _, images in eval_batches(paths, Preprocessing(224), 32)]
     last = net.blocks()[-1]  # centre its input to the ReLU per channel: the features then vary more
     inputs = [net.forward_stages(images)[3] for images in sample]
     before_relu = np.concatenate([(last.rbr_dense(x) + last.rbr_1x1(x)).asnumpy() for x in inputs])
@@ -136,7 +136,7 @@ def write_models(folder, photos, components=2, fitted=128):
 def random_statistics(net, seed=0):
     """Random BatchNorm statistics and affine parameters (as tests/helpers.randomize_bn gives,
     which benchmarks do not import): activations stay in a sane range over the 22 blocks."""
-    from mindspore import Tensor  # pylint: disable=import-outside-toplevel
+    from mindspore import Tensor
     rng = np.random.default_rng(seed)
     for name, param in net.parameters_and_names():
         leaf = name.rsplit('.', 1)[-1]
@@ -244,7 +244,6 @@ def import_seconds(module, repeats=3):
 
 def breakdown(work, images, count=200):
     """Print where a run's time goes (module docstring), per image over ``count`` photos."""
-    # pylint: disable=import-outside-toplevel
     import mindspore  # noqa: F401  before onnx, which the ONNX Runtime loader imports (model_files.py)
 
     from src.config import make_config
@@ -265,7 +264,8 @@ def breakdown(work, images, count=200):
     resize_ms, crops = per_image_ms(lambda image: resize_center_crop(image, eval_resize_size(224), 224), decoded)
     normalize_ms, normalized = per_image_ms(normalize_chw, crops)
     batch = np.stack(normalized[:BATCH])
-    rows = [('decode (PIL, libjpeg-turbo), one thread', decode_ms), ('resize + centre crop (PIL), one thread', resize_ms),
+    rows = [('decode (PIL, libjpeg-turbo), one thread', decode_ms),
+            ('resize + centre crop (PIL), one thread', resize_ms),
             ('normalise (numpy), one thread', normalize_ms)]
     for engine, model, precision in (('onnxruntime', 'onnx', 'fp32'), ('openvino', 'onnx', 'fp32'),
                                      ('openvino', 'onnx', 'bf16'), ('openvino', 'ckpt', 'bf16')):
@@ -279,7 +279,8 @@ def breakdown(work, images, count=200):
             began = time.perf_counter()
             for _ in range(3):
                 predictor(batch)
-            rows.append((f'network: {engine} {precision}, batch {BATCH}', 1000 * (time.perf_counter() - began) / (3 * BATCH)))
+            per_image = 1000 * (time.perf_counter() - began) / (3 * BATCH)
+            rows.append((f'network: {engine} {precision}, batch {BATCH}', per_image))
     for label, milliseconds in rows:
         print(f'{label:<58} {milliseconds:>8.2f} ms/image  {milliseconds * images / 1000:>6.1f} s for {images}')
 

@@ -18,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.config import make_config  # noqa: E402
-from src.dataset import class_names  # noqa: E402
-from src.tools.base.cli import user_entry_point  # noqa: E402
-from src.tools.checkpoints.saver import CheckpointSaver  # noqa: E402
-from src.tools.deployment.evaluation import parse_results  # noqa: E402
+from src.config import make_config
+from src.dataset import class_names
+from src.tools.base.cli import user_entry_point
+from src.tools.checkpoints.saver import CheckpointSaver
+from src.tools.deployment.evaluation import parse_results
 
 
 def run(command, log):

@@ -20,6 +20,7 @@ pairs of RATIOS. The header names the CPU and the instruction sets that decide t
 same seeded input feeds every row. Not a test: it prints figures and asserts nothing.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -75,7 +76,6 @@ def timed(step, batch, min_iters, min_seconds):
 
 # ----------------------------------------------------------------------------- one row (child process)
 def mindspore_step(row, arch, batch, size, threads):
-    # pylint: disable=import-outside-toplevel
     from mindspore import Tensor, nn
 
     from src.repvgg import create_model
@@ -96,7 +96,7 @@ def mindspore_step(row, arch, batch, size, threads):
 
 
 def onnxruntime_session(onnx_path, threads, spinning=True):
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(threads, 0)  # 0: ONNX Runtime's default, one per core
     if not spinning:
@@ -112,7 +112,7 @@ def onnxruntime_step(onnx_path, batch, size, threads):
 
 def openvino_step(onnx_path, precision, batch, size, threads):
     """The project's OpenVINO loader, as infer.py runs it; (step, what ran)."""
-    from src.tools.deployment.openvino_engine import load_openvino  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.openvino_engine import load_openvino
     predictor = load_openvino(onnx_path, batch, size, precision, threads)
     x = images(batch, size)
     return lambda: predictor(x), predictor.precision
@@ -121,24 +121,24 @@ def openvino_step(onnx_path, precision, batch, size, threads):
 def torch_model(arch, deploy):
     """(model, label): timm's model when timm imports, else the same layers written in PyTorch."""
     try:
-        import timm  # pylint: disable=import-outside-toplevel
-        from timm.utils.model import reparameterize_model  # pylint: disable=import-outside-toplevel
+        import timm
+        from timm.utils.model import reparameterize_model
         model = timm.create_model(arch.lower().replace('-', '_'), pretrained=False).eval()
         return (reparameterize_model(model) if deploy else model), f'timm {timm.__version__}'
     except ImportError:
         pass
     if deploy:
         return plain_torch_stack(arch), 'plain conv+ReLU stack'
-    from benchmarks.torch_repvgg import TorchRepVGG  # pylint: disable=import-outside-toplevel
-    from src.repvgg import ARCH_SPECS  # pylint: disable=import-outside-toplevel
+    from benchmarks.torch_repvgg import TorchRepVGG
+    from src.repvgg import ARCH_SPECS
     return TorchRepVGG(*ARCH_SPECS[arch], num_classes=1000), 'official-layout PyTorch model'
 
 
 def plain_torch_stack(arch):
     """The deploy-form RepVGG in PyTorch: the layers of timm's reparameterized model."""
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
 
-    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
+    from src.repvgg import create_model
     blocks = create_model(arch, deploy=True).blocks()
     if any(block.use_se for block in blocks):
         raise ValueError('the plain stack has no SE; install timm for D2se')
@@ -152,7 +152,7 @@ def plain_torch_stack(arch):
 
 def torch_step(row, arch, batch, size, threads):
     """(step, label) of a PyTorch row."""
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     if threads:
         torch.set_num_threads(threads)
     x = torch.from_numpy(images(batch, size))
@@ -185,7 +185,7 @@ def crowd(onnx_path, arch, size, threads):
 
 def run_row(args):
     """Measure one row in this process and print its result as one JSON line."""
-    from src.tools.base.cli import UserError  # pylint: disable=import-outside-toplevel
+    from src.tools.base.cli import UserError
     note = ''
     try:
         if args.crowded:
@@ -242,7 +242,6 @@ def measure(cases, args):
 
 def export_onnx(arch, image_size, folder):
     """The deploy-form ONNX of a randomly initialised ``arch`` (speed does not depend on values)."""
-    # pylint: disable=import-outside-toplevel
     from src.repvgg import create_model
     from src.tools.base.device import set_device
     from src.tools.deployment.export import export_network
@@ -256,7 +255,7 @@ def export_onnx(arch, image_size, folder):
 def quantize_int8(onnx_path, image_size, folder, name='int8', **types):
     """The INT8 model of ``onnx_path`` as export.py --quantize int8 writes it, calibrated on 16 random
     images; ``types``: activation_type / reduce_range for the type study."""
-    from src.tools.deployment.quantize import quantize_onnx  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.quantize import quantize_onnx
     path = Path(folder) / f'{Path(onnx_path).stem}-{name}.onnx'
     quantize_onnx(onnx_path, path, images(16, image_size), folder, **types)
     return str(path)
@@ -273,13 +272,11 @@ def onnx_files(rows, arch, image_size, folder):
 
 def machine():
     """The CPU with the instruction sets that decide these numbers, and the versions that ran."""
-    from src.tools.deployment.openvino_engine import cpu_features, import_openvino  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.openvino_engine import cpu_features, import_openvino
     versions = [f'openvino {import_openvino().get_version().split("-")[0]}']
     for package in ('onnxruntime', 'mindspore', 'torch', 'timm'):
-        try:
+        with contextlib.suppress(ImportError):
             versions.append(f'{package} {__import__(package).__version__}')
-        except ImportError:
-            pass
     return f'{cpu_features()}; {len(os.sched_getaffinity(0))} CPUs; ' + ', '.join(versions)
 
 
@@ -310,7 +307,8 @@ def table(args):
         for arch in args.archs:
             files = onnx_files(args.rows, arch, args.image_size, folder)
             for batch in args.batches:
-                cases = {row: {'row': row, 'arch': arch, 'batch': batch, 'onnx_path': files.get(ONNX_FILES.get(row), '')}
+                cases = {row: {'row': row, 'arch': arch, 'batch': batch,
+                               'onnx_path': files.get(ONNX_FILES.get(row), '')}
                          for row in args.rows}
                 print_block(arch, batch, measure(cases, args))
     if args.train_batch:
@@ -325,7 +323,8 @@ def study_cases(arch, batch, files):
     fp32 = files['fp32']
     common = {'arch': arch, 'onnx_path': fp32}
     return {
-        f'OpenVINO bf16, batch {batch}, one thread per CPU (the default)': dict(common, row='openvino-bf16', batch=batch),
+        f'OpenVINO bf16, batch {batch}, one thread per CPU (the default)':
+            dict(common, row='openvino-bf16', batch=batch),
         f'OpenVINO bf16, batch {batch}, 1 thread': dict(common, row='openvino-bf16', batch=batch, threads=1),
         'OpenVINO bf16, batch 1': dict(common, row='openvino-bf16', batch=1),
         'OpenVINO bf16, batch 32': dict(common, row='openvino-bf16', batch=32),

@@ -65,7 +65,7 @@ def write_folder(root, files, classes):
 
 
 def config(root, batch):
-    from src.config import make_config  # pylint: disable=import-outside-toplevel
+    from src.config import make_config
     return make_config(data_url=root, num_classes=1000, image_size=16, batch_size=batch, aug_type='weak',
                        num_parallel_workers=2, prefetch=2, device_target='CPU', seed=1)
 
@@ -74,13 +74,13 @@ def config(root, batch):
 def child_start(root, rank, ranks, batch):
     """Build the training pipeline as rank ``rank`` of ``ranks``; print the start-up details that
     train.py writes to the run folder's startup.log."""
-    from src.dataset import get_dataset  # pylint: disable=import-outside-toplevel
+    from src.dataset import get_dataset
     print(get_dataset(config(root, batch), training=True, rank=rank, group_size=ranks).start_up)
 
 
 def child_resume(root, batch, step, how):
     """Seconds to the first batch at ``step`` of epoch 1 (``how``: init_step or discard)."""
-    from src.dataset import get_dataset, resume_batches  # pylint: disable=import-outside-toplevel
+    from src.dataset import get_dataset, resume_batches
     args = config(root, batch)
     args.image_check = 'off'
     dataset = get_dataset(args, training=True)
@@ -98,7 +98,7 @@ def child_resume(root, batch, step, how):
 def run_child(*args, cache=None):
     env = dict(os.environ, GLOG_v='3', PYTHONUNBUFFERED='1', **({'XDG_CACHE_HOME': str(cache)} if cache else {}))
     done = subprocess.run([sys.executable, __file__, '--child', *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=3600)
+                          env=env, cwd=ROOT, timeout=3600, check=False)
     if done.returncode != 0:
         raise SystemExit(f'child {args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}')
     return done.stdout
@@ -124,7 +124,7 @@ def main():
             child_resume(Path(root), int(rest[0]), int(rest[1]), rest[2])
         return
 
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, MindSpore {ms.__version__}')
     temporary = options.folder is None
     root = Path(tempfile.mkdtemp(prefix='startup_', dir='/tmp')) if temporary else options.folder

@@ -24,8 +24,8 @@ TIMM_MODELS = ('repvgg_a0', 'repvgg_a1', 'repvgg_a2', 'repvgg_b0', 'repvgg_b1', 
 
 
 def randomized_timm_model(name, seed):
-    import timm  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
+    import timm
+    import torch
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     with torch.no_grad():
@@ -42,14 +42,15 @@ def main():
     parser.add_argument('--image_size', type=int, default=64)
     args = parser.parse_args()
 
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-    import timm  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
-    from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
-    from timm.utils.model import reparameterize_model  # pylint: disable=import-outside-toplevel
-    from src.tools.base.device import set_device  # pylint: disable=import-outside-toplevel
-    from src.tools.base.numerics import relative_difference  # pylint: disable=import-outside-toplevel
-    from src.tools.conversion.convert import convert_file  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    from timm.utils.model import reparameterize_model
+
+    from src.tools.base.device import set_device
+    from src.tools.base.numerics import relative_difference
+    from src.tools.conversion.convert import convert_file
 
     set_device('CPU', graph_mode=False)
     print(f'# timm {timm.__version__}, torch {torch.__version__}, mindspore {ms.__version__}; '
@@ -69,7 +70,8 @@ def main():
                 save_file({key: value.contiguous() for key, value in source.state_dict().items()}, str(path))
                 targets = ('train', 'deploy') if form == 'train' else ('deploy',)
                 for target in targets:
-                    report = convert_file(path, Path(folder) / f'{name}_{form}_{target}.ckpt', deploy=target == 'deploy')
+                    output = Path(folder) / f'{name}_{form}_{target}.ckpt'
+                    report = convert_file(path, output, deploy=target == 'deploy')
                     logits = report.conversion.net(ms.Tensor(images)).asnumpy()
                     print(f'{name:<14} {report.arch:<13} {form:<11} {target:<13} '
                           f'{relative_difference(logits, expected):>16.1e}', flush=True)

@@ -42,7 +42,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# pylint: disable=wrong-import-position  (after the path insert, so that the script runs from anywhere)
 import mindspore as ms
 import torch
 import torch.nn.functional as F
@@ -110,7 +109,7 @@ class TorchSide:
     def copy_state(self, other):
         """Take ``other``'s weights, BN statistics and momentum buffers (another TorchSide)."""
         self.model.load_state_dict(other.model.state_dict())
-        for mine, theirs in zip(self.model.parameters(), other.model.parameters()):
+        for mine, theirs in zip(self.model.parameters(), other.model.parameters(), strict=True):
             buffer = other.optimizer.state[theirs].get('momentum_buffer', torch.zeros_like(theirs))
             self.optimizer.state[mine]['momentum_buffer'] = buffer.detach().to(self.dtype, copy=True)
 
@@ -132,7 +131,7 @@ class TorchSide:
             return out * keep
 
         blocks = [m for m in self.model.modules() if isinstance(m, TorchBlock)]
-        for block, keep in zip(blocks, passes):
+        for block, keep in zip(blocks, passes, strict=True):
             block.forward = functools.partial(forward, block, torch.from_numpy(keep))
         return flipped
 
@@ -209,7 +208,10 @@ class ReluInputs(ms.nn.Cell):
 def differences(side, reference):
     """{figure: max relative difference over the tensors of that kind} of ``side`` against ``reference``."""
     tensors, expected = side.tensors(), reference.tensors()
-    is_stat = lambda name: name.endswith(('moving_mean', 'moving_variance'))  # noqa: E731
+
+    def is_stat(name):
+        return name.endswith(('moving_mean', 'moving_variance'))
+
     moments, expected_moments = side.moments(), reference.moments()
     return {'loss': relative_difference(side.loss, reference.loss),
             'weights': max(relative_difference(tensors[n], v) for n, v in expected.items() if not is_stat(n)),
@@ -232,7 +234,10 @@ def bn_variance_convention(seed):
     ms_bn.set_train(True)
     ms_bn(ms.Tensor(x))
     torch_bn.train()(torch.from_numpy(x))
-    kind = lambda var: min(expected, key=lambda k: relative_difference(var, expected[k]))  # noqa: E731
+
+    def kind(var):
+        return min(expected, key=lambda k: relative_difference(var, expected[k]))
+
     return kind(ms_bn.moving_variance.asnumpy()), kind(torch_bn.running_var.numpy())
 
 
@@ -362,7 +367,10 @@ def main():
     per_step = same_state_steps(new_sides(), data, lr_values, args)
     free = free_run(*new_sides(), data, lr_values, check_images)
 
-    worst = lambda label: max(largest.get(label, 0.0) for largest in per_step)  # noqa: E731
+
+    def worst(label):
+        return max(largest.get(label, 0.0) for largest in per_step)
+
     own_relus = max(min(largest['MindSpore vs float64'], largest.get('MindSpore vs float64*', np.inf))
                     for largest in per_step)
     print(f'\nBN conventions: {"the same" if ms_var == torch_var else "DIFFERENT"}')

@@ -66,7 +66,8 @@ class TorchRepVGG(torch.nn.Module):
 
     def __init__(self, depths, multipliers, groups, use_se, num_classes):
         super().__init__()
-        channels = [min(64, int(64 * multipliers[0]))] + [int(b * m) for b, m in zip((64, 128, 256, 512), multipliers)]
+        channels = [min(64, int(64 * multipliers[0])),
+                    *(int(b * m) for b, m in zip((64, 128, 256, 512), multipliers, strict=True))]
         self.stage0 = TorchBlock(3, channels[0], 2, 1, use_se)
         layer = 0
         for stage, depth in enumerate(depths, start=1):

@@ -301,7 +301,7 @@ def _help_with_default(option, script):
 class _Retired(argparse.Action):
     """A retired flag of the reference (RETIRED_FLAGS): a UserError that says what to pass instead."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser, _namespace, values, option_string=None):
         message = RETIRED_FLAGS[self.dest][1].format(script=parser.prog, value=values or 'MODEL.onnx')
         raise UserError(f'{option_string} is gone: {message}')
 
@@ -416,5 +416,5 @@ def _main():
 
 
 if __name__ == '__main__':
-    from src.tools.base.cli import user_entry_point  # pylint: disable=ungrouped-imports
+    from src.tools.base.cli import user_entry_point
     user_entry_point(_main)()

@@ -34,7 +34,7 @@ Unreadable files stop the run before it starts with their paths listed. A file t
 decode later is skipped with MindSpore's warning, which names it (``ErrorSamplesMode.SKIP``).
 
 Start-up at ImageNet size (1.28 million files) is why the folders are listed with ``os.scandir``
-(no stat per file: 0.3 s for 200,000 files, where Path.iterdir + is_dir took 4 s) and why a resumed
+(no stat per file; docs/scale-out.md) and why a resumed
 run starts its pipeline at the step it needs (``resume_batches``) instead of reading the batches
 it had done.
 """
@@ -154,8 +154,8 @@ def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
         size = (int(resize_to * width / height), resize_to)
     if size != img.size:
         img = img.resize(size, _PIL_INTERPOLATION[interpolation])
-    top = int(round((size[1] - crop) / 2.0))
-    left = int(round((size[0] - crop) / 2.0))
+    top = round((size[1] - crop) / 2.0)
+    left = round((size[0] - crop) / 2.0)
     return np.asarray(img.crop((left, top, left + crop, top + crop)))
 
 
@@ -170,8 +170,7 @@ def _normalized(mean, std):
 def normalize_chw(image, mean=MEAN, std=STD):
     """HWC uint8 -> CHW float32 normalised with ``mean`` and ``std`` (on [0, 1]; ImageNet's by default).
     Looked up in a table of the 256 values per channel: the same float32 numbers as computing them
-    per pixel, in less time (measured 0.47 vs 0.76 ms at 224x224 here), which counts when a fast
-    engine waits."""
+    per pixel, in less time (docs/performance.md), which counts when a fast engine waits."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f'normalize_chw takes uint8 images, got {image.dtype}')
@@ -198,15 +197,10 @@ class Preprocessing:
     def stages(self):
         """The same transform as pipeline stages, raw file bytes -> CHW float32."""
         resize = ResizeCenterCrop(eval_resize_size(self.image_size, self.crop_pct), self.image_size, self.interpolation)
-        return [Stage([_vision().Decode(), resize] + _normalize_ops(self.mean, self.std))]
+        return [Stage([_vision().Decode(), resize, *_normalize_ops(self.mean, self.std)])]
 
     def describe(self):
         return f'eval transform, {self.image_size}x{self.image_size}, {self.interpolation}'
-
-
-def preprocess_image(path, image_size, interpolation='bilinear'):
-    """The eval transform of one image file with ImageNet's mean, std and crop."""
-    return Preprocessing(image_size, interpolation).image(path)
 
 
 def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable=False):
@@ -232,7 +226,7 @@ def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable
             return None
 
     def finished(chunk, images):
-        kept = [(path, image.result()) for path, image in zip(chunk, images)]
+        kept = [(path, image.result()) for path, image in zip(chunk, images, strict=True)]
         kept = [(path, image) for path, image in kept if image is not None]
         if kept:
             yield [path for path, _ in kept], np.stack([image for _, image in kept])
@@ -282,7 +276,7 @@ class Stage:
 
 
 def _vision():
-    import mindspore.dataset.vision as vision  # pylint: disable=import-outside-toplevel
+    from mindspore.dataset import vision
     return vision
 
 
@@ -317,7 +311,7 @@ class TrainTransform:
             _warn(f're_prob {self.re_prob} has no effect with aug_type {self.aug_type}: random erasing is part '
                   f'of aug_type auto')
         if self.aug_type == 'none':
-            return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation)] + _normalize_ops())]
+            return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation), *_normalize_ops()])]
         crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
                                                    interpolation=_mindspore_interpolation(interpolation)),
                      vision.RandomHorizontalFlip(0.5)]
@@ -327,7 +321,7 @@ class TrainTransform:
             raise UserError(f"aug_type {self.aug_type!r}: choose none, weak or auto")
         if not self.auto_augment:
             raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
-        from src.augment import RandomErasing, policy_from_string  # pylint: disable=import-outside-toplevel
+        from src.augment import RandomErasing, policy_from_string
         policy = policy_from_string(self.auto_augment, interpolation=interpolation)
         stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
         if self.re_prob > 0:
@@ -348,7 +342,7 @@ def dataset_cache(session_id, prefetch=1):
     """A MindSpore cache client for ``session_id`` (None when unset), cached at the file reader."""
     if session_id is None:
         return None
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds
     return ds.DatasetCache(session_id=int(session_id), size=0, prefetch_size=max(1, prefetch))
 
 
@@ -424,9 +418,9 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
     Rank 0 prints one short line of what the start-up found and took; the details are the data
     set's ``start_up``, which train.py writes to the run folder's startup.log.
     """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset.transforms as transforms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
+    import mindspore.dataset as ds
+    from mindspore.dataset import transforms
 
     if not 0 <= rank < group_size:
         raise ValueError(f'rank {rank} outside group of {group_size}')
@@ -510,7 +504,7 @@ def train_transform(config):
 
 def make_mixup(config, rank=0):
     """The config's batch Mixup / CutMix, seeded by (seed, rank); None when it mixes nothing."""
-    from src.augment import Mixup  # pylint: disable=import-outside-toplevel
+    from src.augment import Mixup
     mixup = Mixup(config.num_classes, mixup_alpha=config.mix_up, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                   switch_prob=config.switch_prob, mode=config.mixup_mode, label_smoothing=config.label_smoothing,
                   seed=[config.seed, rank])

@@ -1,19 +1,19 @@
 """Checking, before a pipeline is built, that every image of a split can be decoded; once per file.
 
-A file is checked cheaply (``image_problem``: the header, and for JPEG / PNG the end-of-image
+A file is checked cheaply (``inspect_image``: the header, and for JPEG / PNG the end-of-image
 marker; only files without one are decoded in full). Unreadable files stop the run before it
 starts, with their paths listed. The images given to inference also have their EXIF orientation
 read from the same header (``check_images``): no pipeline here applies it (docs/data.md), so
 inference names the images it would turn.
 
-At ImageNet size the check is what a start costs (0.08 ms a file measured: 1.28 million files are
-about 100 s of one core, at every start). So it is spread over the ranks (rank r checks files r,
-r + R, ...) and remembered: ``image_check`` (OPTIONS) chooses
+At ImageNet size the check is what a start costs (over a minute of one core at every start;
+docs/scale-out.md). So it is spread over the ranks (rank r checks files r, r + R, ...) and
+remembered: ``image_check`` (OPTIONS) chooses
 
 - ``cached`` (default): a file is checked once; each rank then writes the files of its slice that
   passed, with their size and modification time, to a manifest part ``rank<r>of<R>.tsv``. A later
   start reads every part, stats its slice and checks only files that are new or whose size or
-  time changed (a stat costs about 0.015 ms);
+  time changed (a stat costs a fraction of a check);
 - ``full``: every file at every start (no manifest read or written);
 - ``off``: no check; a file that fails to decode is then skipped with MindSpore's warning.
 
@@ -56,15 +56,11 @@ def _ends_cleanly(path, image_format):
     return b'\xff\xd9' in tail  # JPEG EOI; some writers append bytes after it
 
 
-def image_problem(path):
-    """Why ``path`` cannot be decoded, or None. Reads the header (and the tail of JPEG / PNG files);
-    only a file without an end marker, or of another format, is decoded in full."""
-    return inspect_image(path)[0]
-
-
 def inspect_image(path, orientation=False):
-    """(``image_problem``, whether its EXIF orientation turns or mirrors it), the orientation read
-    from the header that the check opens anyway, and only when asked (``orientation``)."""
+    """(why ``path`` cannot be decoded or None, whether its EXIF orientation turns or mirrors it).
+    Reads the header (and the tail of JPEG / PNG files); only a file without an end marker, or of
+    another format, is decoded in full. The orientation is read from that header, and only when
+    asked (``orientation``)."""
     try:
         if os.path.getsize(path) == 0:
             return 'empty file', False
@@ -97,7 +93,7 @@ def _turned(img):
 
 def _inspect_all(paths, show_progress, threads, orientation=False):
     """``inspect_image`` of every path, in ``threads`` threads."""
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
     with ThreadPoolExecutor(threads) as pool:
         return list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
                          total=len(paths), desc='check images', unit='img', leave=False,
@@ -108,7 +104,7 @@ def find_problems(paths, show_progress=True, threads=8):
     """[(path, problem)] of the unreadable images among ``paths``."""
     paths = list(paths)
     results = _inspect_all(paths, show_progress, threads)
-    return [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
+    return [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
 
 
 def refuse_unreadable(bad, count=None):
@@ -127,14 +123,14 @@ def refuse_unreadable(bad, count=None):
 
 
 def check_images(paths, show_progress=True, threads=8):
-    """Raise a UserError listing every unreadable image among ``paths`` (see ``image_problem``);
+    """Raise a UserError listing every unreadable image among ``paths`` (see ``inspect_image``);
     return those whose EXIF orientation turns or mirrors them (no pipeline here applies it)."""
     paths = list(paths)
     results = _inspect_all(paths, show_progress, threads, orientation=True)
-    bad = [(path, problem) for path, (problem, _) in zip(paths, results) if problem]
+    bad = [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
     if bad:
         refuse_unreadable(bad)
-    return [path for path, (_, turned) in zip(paths, results) if turned]
+    return [path for path, (_, turned) in zip(paths, results, strict=True) if turned]
 
 
 # ----------------------------------------------------------------------------- a split, remembered

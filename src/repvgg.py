@@ -32,8 +32,8 @@ def is_quantization_friendly(arch):
 # ----------------------------------------------------------------------------- layout rules
 def stage_widths(width_multiplier):
     """Channels of stages 0-4: min(64, int(64a)), then int(64a), int(128a), int(256a), int(512b)."""
-    return (min(64, int(64 * width_multiplier[0])),) + tuple(
-        int(base * mult) for base, mult in zip(_STAGE_BASE_WIDTHS, width_multiplier))
+    return (min(64, int(64 * width_multiplier[0])),
+            *(int(base * mult) for base, mult in zip(_STAGE_BASE_WIDTHS, width_multiplier, strict=True)))
 
 
 def block_names(depths):
@@ -232,7 +232,7 @@ class RepVGG(nn.Cell):
                                   quantization_friendly=quantization_friendly)
         layer_index = 1
         stages = []
-        for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:]):
+        for stage_blocks, in_ch, out_ch in zip(num_blocks, widths[:-1], widths[1:], strict=True):
             blocks = []
             for j in range(stage_blocks):
                 blocks.append(RepVGGBlock(in_ch if j == 0 else out_ch, out_ch, stride=2 if j == 0 else 1,
@@ -296,7 +296,7 @@ def create_model(arch, num_classes=1000, deploy=False, **kwargs):
     """Build a registered RepVGG or QARepVGG by name; ``kwargs`` go to ``RepVGG`` (e.g. features_only)."""
     check_arch_name(arch)
     depths, widths, groups, use_se = ARCH_SPECS[arch]
-    groups_map = {layer: groups for layer in _GROUPED_LAYERS} if groups > 1 else None
+    groups_map = dict.fromkeys(_GROUPED_LAYERS, groups) if groups > 1 else None
     return RepVGG(depths, num_classes=num_classes, width_multiplier=widths, override_groups_map=groups_map,
                   deploy=deploy, use_se=use_se, quantization_friendly=is_quantization_friendly(arch), **kwargs)
 
@@ -312,7 +312,7 @@ def _constructor(arch):
 func_dict = {arch: _constructor(arch) for arch in ARCH_NAMES}
 
 
-def get_RepVGG_func_by_name(arch):  # pylint: disable=invalid-name  (reference name)
+def get_RepVGG_func_by_name(arch):  # noqa: N802  the reference's name
     """The constructor of ``arch`` (taking ``num_classes=1000, deploy=False``)."""
     check_arch_name(arch)
     return func_dict[arch]
@@ -361,7 +361,7 @@ def summary(image_size=224, num_classes=1000, archs=ARCH_NAMES):
 
 
 def _main():
-    import argparse  # pylint: disable=import-outside-toplevel
+    import argparse
     parser = argparse.ArgumentParser(description='Parameter counts and GMACs of every RepVGG.')
     parser.add_argument('--summary', action='store_true', help='print the table (the default action)')
     parser.add_argument('--image_size', type=int, default=224)

@@ -26,7 +26,7 @@ from src.repvgg import ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGG, create_mod
 from src.tools.checkpoints.format import load_weights, save_checkpoint
 from src.tools.base.cli import UserError
 from src.tools.training.resume import starting_point
-from src.tools.conversion.convert import (check_input, convert_file, convert_tensors, detect_arch, read_source,
+from src.tools.conversion.convert import (check_input, convert_file, convert_tensors, read_source,
                                resolve_arch, to_mindspore_names)
 from src.tools.conversion.torch_pickle import UnsafeCheckpointError, read_pth, read_safetensors
 from src.tools.base.numerics import relative_difference
@@ -255,7 +255,7 @@ def test_real_timm_names_map_onto_the_network(timm_model, arch):
         state = {name: np.broadcast_to(np.float32(0), tuple(shape)) for name, shape in recorded[form]}
         tensors, dropped = to_mindspore_names(state, 'timm', timm_model)
         assert all(name.endswith('num_batches_tracked') for name in dropped)
-        assert detect_arch(tensors) == arch
+        assert resolve_arch(tensors, None, 'x') == arch
         net = create_model(arch, deploy=form == 'deploy')
         assert {k: v.shape for k, v in tensors.items()} == {p.name: tuple(p.shape) for p in net.get_parameters()}
 
@@ -272,21 +272,21 @@ def test_every_arch_is_recognised_from_its_shapes():
     for arch in (arch for arch in ARCH_NAMES if arch not in QA_ARCH_NAMES):  # QARepVGG: no torch layout
         state = _meta_state(arch)
         tensors, _ = to_mindspore_names(state, 'official', arch)
-        assert detect_arch(tensors) == arch
+        assert resolve_arch(tensors, None, 'x') == arch
         timm_tensors, _ = to_mindspore_names({timm_name(k): v for k, v in state.items()}, 'timm', arch)
-        assert detect_arch(timm_tensors) == arch
+        assert resolve_arch(timm_tensors, None, 'x') == arch
 
 
 def test_qarepvgg_is_recognised_from_its_names_and_shapes():
     """Train form: QARepVGG, never the RepVGG of the same shapes; deploy form: either is accepted."""
     for arch in QA_ARCH_NAMES:
         train = {p.name: np.broadcast_to(np.float32(0), p.shape) for p in create_model(arch).get_parameters()}
-        assert detect_arch(train) == arch
+        assert resolve_arch(train, None, 'x') == arch
         with pytest.raises(UserError, match=f'looks like {arch}, not {arch[2:]}'):
             resolve_arch(train, arch[2:], 'x')
     deploy = {p.name: np.broadcast_to(np.float32(0), p.shape)
               for p in create_model('QARepVGG-B1g4', deploy=True).get_parameters()}
-    assert detect_arch(deploy) == 'RepVGG-B1g4'
+    assert resolve_arch(deploy, None, 'x') == 'RepVGG-B1g4'
     assert resolve_arch(deploy, 'QARepVGG-B1g4', 'x') == 'QARepVGG-B1g4'
 
 

@@ -88,7 +88,7 @@ def test_eval_transform_matches_direct_pil(tmp_path, interpolation):
     for path, image in zip(sorted(paths), images):  # sequential eval: file-name order
         direct = _direct_pil_eval(path, 16, interpolation)
         assert np.abs(image - direct).max() < 1e-5, path  # float rounding only
-        assert np.abs(data.preprocess_image(path, 16, interpolation) - image).max() < 1e-5, path
+        assert np.abs(data.Preprocessing(16, interpolation).image(path) - image).max() < 1e-5, path
 
 
 # ----------------------------------------------------------------------------- sharding and seeds
@@ -202,7 +202,7 @@ def test_odd_images_become_rgb_and_agree_with_the_pipeline(tmp_path):
     images = np.concatenate([b['image'] for b in batches(data.get_dataset(data_config(tmp_path), False))])
     assert len(images) == len(files) == 9
     for path, image in zip(files, images):
-        assert np.abs(data.preprocess_image(path, 16) - image).max() < 1e-5, path.name
+        assert np.abs(data.Preprocessing(16).image(path) - image).max() < 1e-5, path.name
 
 
 def _bad_files(folder):
@@ -231,7 +231,7 @@ def test_unreadable_images_are_refused_before_training_with_their_paths(tmp_path
     for name in bad:
         assert str(tmp_path / 'train' / 'c0' / name) in listed
     assert 'good.jpg' not in listed
-    assert [image_check.image_problem(tmp_path / 'train' / 'c0' / name) is None for name in bad] == [False] * 6
+    assert [image_check.inspect_image(tmp_path / 'train' / 'c0' / name)[0] is None for name in bad] == [False] * 6
     for name in bad:
         if name == 'animation.png':  # GIF data: PIL (inference) reads it, MindSpore's decoder does not
             assert data.read_image_rgb(tmp_path / 'train' / 'c0' / name).mode == 'RGB'
@@ -248,7 +248,7 @@ def test_corruption_found_only_when_decoding_is_skipped_with_its_path(tmp_path, 
     content = bytearray(broken.read_bytes())
     content[60:70] = bytes(10)  # inside the pixel data: header and end marker intact
     broken.write_bytes(bytes(content))
-    assert image_check.image_problem(broken) is None  # the cheap check cannot see it
+    assert image_check.inspect_image(broken)[0] is None  # the cheap check cannot see it
     got = batches(data.get_dataset(data_config(tmp_path), False))
     assert sorted(_ids(got)) == list(range(5))  # the other images all arrive
     assert str(broken) in capfd.readouterr().err

@@ -21,7 +21,7 @@ import pytest
 from mindspore import Tensor
 from PIL import Image
 
-from src.dataset import preprocess_image
+from src.dataset import Preprocessing
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.format import save_checkpoint
@@ -74,7 +74,7 @@ def center_logits(net, files):
     prediction depend on the image, so agreement between formats is tested on varied answers.
     """
     net.set_train(False)
-    logits = net(Tensor(np.stack([preprocess_image(path, SIZE) for path in files]))).asnumpy()
+    logits = net(Tensor(np.stack([Preprocessing(SIZE).image(path) for path in files]))).asnumpy()
     net.linear.bias.set_data(Tensor(net.linear.bias.asnumpy() - logits.mean(axis=0)))
 
 
@@ -123,7 +123,7 @@ def exported(work):
 def images(work):
     """The data set's images, preprocessed by the shared eval transform, and their labels."""
     files = sorted(work['paths']['val'].glob('*/*'))
-    batch = np.stack([preprocess_image(path, SIZE) for path in files])
+    batch = np.stack([Preprocessing(SIZE).image(path) for path in files])
     labels = np.array([int(path.parent.name.split('_')[1]) for path in files])
     return batch, labels
 
@@ -414,7 +414,7 @@ def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, expor
     assert all(prediction == predictions[0] for prediction in predictions), outputs
     files = sorted(folder.iterdir())
     assert list(predictions[0]) == [str(path) for path in files]
-    batch = np.stack([preprocess_image(path, SIZE) for path in files])
+    batch = np.stack([Preprocessing(SIZE).image(path) for path in files])
     classes = work['net'](Tensor(batch)).asnumpy().argmax(axis=1)
     lines = [line for line in onnx_out.splitlines() if '(class:' in line]
     assert lines == [f'{path} (class: {label})' for path, label in zip(files, classes)]

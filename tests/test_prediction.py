@@ -1,6 +1,6 @@
 """src/tools/deployment/prediction.py and src/dataset.eval_batches: infer.py reads the images in
 threads, ahead of the model, in batches, and still predicts exactly what the one-image-at-a-time
-eval transform (``preprocess_image``) gives, whatever the image's size, mode or format."""
+eval transform (``Preprocessing.image``) gives, whatever the image's size, mode or format."""
 import json
 
 import mindspore as ms
@@ -9,7 +9,7 @@ import pytest
 from mindspore import Tensor
 from PIL import Image
 
-from src.dataset import Preprocessing, eval_batches, preprocess_image
+from src.dataset import Preprocessing, eval_batches
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.export import export_network
@@ -56,7 +56,7 @@ def model(tmp_path_factory):
     paths = write_odd_folder(root / 'odd')
     net = randomize_bn(create_model(ARCH, num_classes=NUM_CLASSES), seed=3)
     net.set_train(False)
-    logits = net(Tensor(np.stack([preprocess_image(path, SIZE) for path in paths]))).asnumpy()
+    logits = net(Tensor(np.stack([Preprocessing(SIZE).image(path) for path in paths]))).asnumpy()
     net.linear.bias.set_data(Tensor(net.linear.bias.asnumpy() - logits.mean(axis=0)))
     onnx, _, _ = export_network(switch_net_to_deploy(net), SIZE, 'ONNX', root / 'a0',
                                 ModelCard(class_names=CLASSES))
@@ -74,15 +74,15 @@ def test_threaded_batches_equal_the_per_image_transform(model):
         assert [path for chunk, _ in batches for path in chunk] == paths  # in order
         images = np.concatenate([images for _, images in batches])
         assert images.dtype == np.float32 and images.shape == (len(paths), 3, SIZE, SIZE)
-        assert np.array_equal(images, np.stack([preprocess_image(path, SIZE) for path in paths]))
+        assert np.array_equal(images, np.stack([Preprocessing(SIZE).image(path) for path in paths]))
 
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 def test_infer_json_equals_one_image_at_a_time(model, capsys, backend):
     """infer.py (batches of 4 read by threads) writes what the model gives for each image alone,
-    preprocessed by preprocess_image."""
+    preprocessed by Preprocessing.image."""
     predictor = load_onnx(model['onnx'], batch_size=1)
-    expected = {str(path): CLASSES[int(predictor(preprocess_image(path, SIZE)[None]).argmax())]
+    expected = {str(path): CLASSES[int(predictor(Preprocessing(SIZE).image(path)[None]).argmax())]
                 for path in model['paths']}
     assert len(set(expected.values())) >= 3  # the model tells the images apart
     output = model['root'] / f'predictions-{backend}.json'

@@ -1,7 +1,14 @@
 """Training augmentations the MindSpore vision ops do not provide in the reference's form:
 timm-style AutoAugment / RandAugment / AugMix, random erasing, batch Mixup / CutMix."""
-from src.augment.auto_augment import (AugMix, AugmentOp, AutoAugment, OpParams, RandAugment, parse_policy,
-                                      policy_from_string)
+from src.augment.auto_augment import (
+    AugmentOp,
+    AugMix,
+    AutoAugment,
+    OpParams,
+    RandAugment,
+    parse_policy,
+    policy_from_string,
+)
 from src.augment.mixup import Mixup, cutmix_box, smoothed_one_hot
 from src.augment.random_erasing import RandomErasing
 

@@ -44,8 +44,8 @@ class RandomErasing:
             for _ in range(self.attempts):
                 area = random.uniform(self.min_area, self.max_area) * height * width / count
                 aspect = math.exp(random.uniform(*self.log_aspect))
-                box_h = int(round(math.sqrt(area * aspect)))
-                box_w = int(round(math.sqrt(area / aspect)))
+                box_h = round(math.sqrt(area * aspect))
+                box_w = round(math.sqrt(area / aspect))
                 if 0 < box_h < height and 0 < box_w < width:
                     boxes.append((random.randint(0, height - box_h), random.randint(0, width - box_w),
                                   box_h, box_w))

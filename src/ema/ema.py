@@ -35,11 +35,6 @@ class EMA(nn.Cell):
     def construct(self):
         return self.hyper_map(ops.partial(_ema_update, self.decay), self.shadow, self.weights)
 
-    def reset(self):
-        """Restart the average at the current weights (after loading weights that had no EMA)."""
-        for shadow, weight in zip(self.shadow, self.weights):
-            shadow.set_data(Tensor(weight.asnumpy().copy()))
-
     @contextlib.contextmanager
     def applied(self):
         """Inside the block the network holds the averaged tensors; the live ones come back after.
@@ -48,10 +43,10 @@ class EMA(nn.Cell):
         writes into it.
         """
         live = [weight.asnumpy().copy() for weight in self.weights]
-        for shadow, weight in zip(self.shadow, self.weights):
+        for shadow, weight in zip(self.shadow, self.weights, strict=True):
             weight.set_data(Tensor(shadow.asnumpy().copy()))
         try:
             yield
         finally:
-            for value, weight in zip(live, self.weights):
+            for value, weight in zip(live, self.weights, strict=True):
                 weight.set_data(Tensor(value))

@@ -37,7 +37,7 @@ class TrainOneStepWithEMA(nn.TrainOneStepWithLossScaleCell):
         self.ema = ema
         self.with_ema = ema is not None
 
-    def get_overflow_status(self, status, compute_output):
+    def get_overflow_status(self, _status, compute_output):
         flag = ops.AddN()(self.hyper_map(_not_finite, compute_output))
         if self.is_distributed:
             flag = self.allreduce(flag)

@@ -30,7 +30,7 @@ MANIFEST = 'demo_data.json'
 
 def digit_images():
     """(images uint8 (N, 8, 8) with ink dark on white, labels (N,)) from scikit-learn."""
-    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    from sklearn.datasets import load_digits
     digits = load_digits()
     ink = digits.images / 16.0  # 0 (paper) .. 1 (ink)
     return np.rint(255 * (1.0 - ink)).astype(np.uint8), digits.target.astype(int)
@@ -38,7 +38,7 @@ def digit_images():
 
 def split_indices(labels):
     """{'train': indices, 'val': indices}: stratified, fixed seed."""
-    from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+    from sklearn.model_selection import train_test_split
     indices = np.arange(len(labels))
     train, val = train_test_split(indices, test_size=VAL_FRACTION, stratify=labels, random_state=SPLIT_SEED)
     return {'train': np.sort(train), 'val': np.sort(val)}

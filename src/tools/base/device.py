@@ -26,17 +26,15 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
         return
     ms.set_device('CPU')
     if cpu_threads:
-        try:
+        with contextlib.suppress(RuntimeError):  # MindSpore accepts it once per process; the first setting stays
             ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
-        except RuntimeError:  # MindSpore accepts it once per process; the first setting stays
-            pass
 
 
 @contextlib.contextmanager
 def _mindspore_quiet():
     """Silence MindSpore's Python logger (its plugin loaders log errors before raising their own)."""
     try:
-        logger = ms.log._get_logger()  # pylint: disable=protected-access  (no public handle on it)
+        logger = ms.log._get_logger()  # no public handle on it
     except AttributeError:
         logger = logging.getLogger('mindspore')
     level = logger.level

@@ -9,7 +9,7 @@ docs/training.md shows it from a user's side):
 - optimizer and loss-scale state under MindSpore's own names, none of which is a network root:
   ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
   ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
-- the position (``POSITION_KEYS``): ``epoch_num`` (1-based epoch of the last step taken),
+- the position: ``epoch_num`` (1-based epoch of the last step taken),
   ``step_num`` (steps of that epoch taken), ``steps_per_epoch``;
 - the model card (model_card.py): ``arch``, ``num_classes``, ``form``, ``class_names`` (the
   training classes in label order, the sorted class folder names), ``image_size``,
@@ -38,7 +38,6 @@ from src.tools.checkpoints.model_card import ModelCard
 
 HEAD_NAMES = ('linear.weight', 'linear.bias')
 EMA_PREFIX = 'ema.'
-POSITION_KEYS = ('epoch_num', 'step_num', 'steps_per_epoch')
 EPOCH_METRICS_KEY = 'epoch_metrics'
 # Train-cell parameters that are derived from the config, not state: rebuilt, never saved.
 NOT_SAVED = ('learning_rate',)
@@ -54,7 +53,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     writer renames its own temporary file too, but only as an undocumented detail and after deleting
     an existing file of the same name.) Returns what ``verify`` returned, else the path.
     """
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     path = Path(path)
     if path.suffix != '.ckpt':
         raise UserError(f'checkpoint {path} must end with .ckpt')
@@ -92,7 +91,7 @@ def read_checkpoint(path):
     if path.stat().st_size == 0:
         raise UserError(f'checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk? '
                         f'use another checkpoint')
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     try:
         return ms.load_checkpoint(str(path), crc_check=True)  # files written without a CRC load too
     except (ValueError, RuntimeError, TypeError, OSError) as error:
@@ -139,12 +138,9 @@ def _network_entries(net, checkpoint, prefix):
     roots = {name.split('.', 1)[0] for name, _ in net.parameters_and_names()}
     entries = {}
     for name, value in checkpoint.items():
-        if prefix:
-            if not name.startswith(prefix):
-                continue
-            name = name[len(prefix):]
-        if name.split('.', 1)[0] in roots:
-            entries[name] = value
+        key = name[len(prefix):]
+        if name.startswith(prefix) and key.split('.', 1)[0] in roots:
+            entries[key] = value
     return entries
 
 
@@ -203,7 +199,7 @@ def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, sour
     else:
         checkpoint, source = read_checkpoint(path_or_dict), f'checkpoint {path_or_dict}'
     entries, dropped = match_checkpoint(net, checkpoint, prefix, drop_head_on_mismatch, source)
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     params = {}
     for name, value in entries.items():
         params[name] = value if isinstance(value, ms.Parameter) else ms.Parameter(value, name=name)

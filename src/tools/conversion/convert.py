@@ -25,8 +25,16 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from src.repvgg import (ARCH_NAMES, ARCH_SPECS, block_names, check_arch_name, create_model, is_quantization_friendly,
-                        stage_widths, switch_net_to_deploy)
+from src.repvgg import (
+    ARCH_NAMES,
+    ARCH_SPECS,
+    block_names,
+    check_arch_name,
+    create_model,
+    is_quantization_friendly,
+    stage_widths,
+    switch_net_to_deploy,
+)
 from src.tools.base.cli import UserError, listed
 from src.tools.base.files import check_writable_file, regular_target, remove_partial_files
 from src.tools.base.numerics import RELOAD_TOLERANCE, REPARAM_TOLERANCE, relative_difference
@@ -251,9 +259,9 @@ def signature_of(tensors):
     kernels = [kernel(block) for block in block_names(depths)]
     if any(k is None or k.ndim != 4 for k in kernels):
         return None
-    widths = (kernels[0].shape[0],) + tuple(kernel(f'stage{s}.0').shape[0] for s in range(1, 5))
+    widths = (kernels[0].shape[0], *(kernel(f'stage{s}.0').shape[0] for s in range(1, 5)))
     in_channels = [3] + [k.shape[0] for k in kernels[:-1]]
-    groups = max(c // k.shape[1] for c, k in zip(in_channels, kernels) if k.shape[1])
+    groups = max(c // k.shape[1] for c, k in zip(in_channels, kernels, strict=True) if k.shape[1])
     use_se = any('.se.' in n for n in tensors)
     if any('.rbr_reparam.' in n for n in tensors):
         quantization_friendly = None
@@ -269,11 +277,6 @@ def matching_archs(tensors):
         return []
     return [arch for arch in ARCH_NAMES if arch_signature(arch)[:4] == signature[:4]
             and signature[4] in (None, arch_signature(arch)[4])]
-
-
-def detect_arch(tensors):
-    """The arch whose shapes the tensors have (RepVGG before QARepVGG for a deploy form), or None."""
-    return next(iter(matching_archs(tensors)), None)
 
 
 def resolve_arch(tensors, arch, source):

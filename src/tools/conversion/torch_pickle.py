@@ -71,7 +71,7 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     offset, size, stride = int(offset), tuple(int(n) for n in size), tuple(int(s) for s in stride)
     if 0 in size:
         return np.zeros(size, values.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if offset < 0 or min(stride, default=0) < 0 or last >= len(values):
         raise UserError('corrupt .pth file: a tensor reaches outside its storage')
     view = np.lib.stride_tricks.as_strided(values[offset:], size, [s * values.itemsize for s in stride])
@@ -83,15 +83,16 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+_ALLOWED_GLOBALS = {
+    ('collections', 'OrderedDict'): OrderedDict,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
+}
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles ``data.pkl`` of a torch archive, resolving only tensor-rebuilding globals."""
-
-    _ALLOWED = {
-        ('collections', 'OrderedDict'): OrderedDict,
-        ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-        ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-        ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
-    }
 
     def __init__(self, file, read_record, byteorder):
         super().__init__(file)
@@ -100,8 +101,8 @@ class SafeUnpickler(pickle.Unpickler):
         self._storages = {}
 
     def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
         if module == 'torch' and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise UnsafeCheckpointError(
@@ -188,10 +189,11 @@ def read_safetensors(path):
     follow the format is a one-line UserError with the package's reason."""
     try:
         with safe_open(path, framework='numpy') as file:
-            for name in file.keys():
+            names = file.keys()  # a safetensors file, not a dict: it does not iterate
+            for name in names:
                 dtype = file.get_slice(name).get_dtype()
                 if dtype not in _SAFETENSORS_DTYPES:
                     raise UserError(f'{path}: tensor {name} has unsupported dtype {dtype}')
-            return {name: _numpy_dtype(file.get_tensor(name)) for name in file.keys()}
+            return {name: _numpy_dtype(file.get_tensor(name)) for name in names}
     except SafetensorError as error:
         raise UserError(f"{path} is not a valid safetensors file ({' '.join(str(error).split())})") from None

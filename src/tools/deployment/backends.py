@@ -18,8 +18,13 @@ from pathlib import Path
 from src.config import PRECISIONS
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.model_card import given, settle
-from src.tools.deployment.model_files import (load_deploy_network, load_mindir, load_onnx, network_predictor,
-                                              onnxruntime_cuda_works)
+from src.tools.deployment.model_files import (
+    load_deploy_network,
+    load_mindir,
+    load_onnx,
+    network_predictor,
+    onnxruntime_cuda_works,
+)
 from src.tools.deployment.openvino_engine import check_precision, cpu_features, import_openvino, load_openvino
 
 MODEL_SUFFIXES = ('.ckpt', '.mindir', '.onnx')
@@ -100,7 +105,7 @@ def load_predictor(config, default_precision='fp32'):
     precision = config.precision or default_precision
     engine = resolve_engine(config.backend, suffix, config.device_target, precision, config.threads)
     if suffix != '.onnx':  # MindSpore reads the file; an .onnx in another engine starts without loading it
-        from src.tools.base.device import set_device  # pylint: disable=import-outside-toplevel
+        from src.tools.base.device import set_device
         set_device(config.device_target, config.device_id)
     if suffix != '.ckpt':
         if config.ema:
@@ -112,7 +117,7 @@ def load_predictor(config, default_precision='fp32'):
     net, description, card = load_deploy_network(path, config)
     if engine == 'mindspore':
         return network_predictor(net, card, config.batch_size, description)
-    from src.tools.deployment.export import export_network  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment.export import export_network
     with tempfile.TemporaryDirectory() as folder:  # the ONNX file lives while the engine loads it
         onnx_path, difference, _ = export_network(net, card.image_size, 'ONNX', Path(folder) / 'model', card,
                                                   model=path)

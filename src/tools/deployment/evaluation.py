@@ -178,7 +178,7 @@ def evaluate_folder(predictor, folder, workers=None, image_check='cached', image
               f'the sorted class folders of {folder} are taken as its classes 0-{predictor.num_classes - 1}')
     paths, labels = labelled_images(folder, predictor.class_names, predictor.num_classes, image_check,
                                     image_check_cache)
-    label_of = dict(zip(paths, labels))
+    label_of = dict(zip(paths, labels, strict=True))
     batches = ((images, np.array([label_of[path] for path in chunk], np.int32))
                for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size,
                                                  workers, skip_unreadable=True))
@@ -228,9 +228,9 @@ def write_report(folder, confusion, names):
 
 
 def _plot_confusion(confusion, names, path):
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
     matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
     totals = confusion.sum(axis=1, keepdims=True)
     shares = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
     count = len(names)

@@ -16,8 +16,16 @@ from mindspore import Tensor
 from mindspore.onnx import export as export_onnx
 
 from src.tools.base.cli import UserError
-from src.tools.base.files import (check_writable_file, give_usual_permissions, make_folder, partial_name, reason,
-                                  regular_target, remove_partial_files, replace_file)
+from src.tools.base.files import (
+    check_writable_file,
+    give_usual_permissions,
+    make_folder,
+    partial_name,
+    reason,
+    regular_target,
+    remove_partial_files,
+    replace_file,
+)
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment.evaluation import check_finite_logits

@@ -116,7 +116,7 @@ def load_deploy_network(path, config):
     (model_card.settle); the form (train or deploy) from its names; ``config.ema`` takes the EMA
     copy (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, card).
     """
-    from src.repvgg import count_params, create_model, switch_net_to_deploy  # pylint: disable=import-outside-toplevel
+    from src.repvgg import count_params, create_model, switch_net_to_deploy
     checkpoint = read_checkpoint(path)
     ema = config.ema
     prefix = EMA_PREFIX if ema else ''
@@ -147,13 +147,13 @@ def load_deploy_network(path, config):
 
 def mindspore_engine():
     """The engine words of a Predictor run by MindSpore."""
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
     return f'MindSpore {ms.__version__}, fp32'
 
 
 def network_predictor(net, card, batch_size, description=''):
     """A Predictor running a MindSpore network (already in eval mode) described by a settled ``card``."""
-    from mindspore import Tensor  # pylint: disable=import-outside-toplevel
+    from mindspore import Tensor
     return Predictor(lambda images: net(Tensor(images)).asnumpy(), card.image_size, card.num_classes, batch_size,
                      pad_to_seen=True, description=description, card=card, engine=mindspore_engine())
 
@@ -184,7 +184,7 @@ def read_mindir_signature(path):
     Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
     error (mindspore.load would also print a C++ error log) and tells the input shape.
     """
-    from mindspore.train import mind_ir_pb2  # pylint: disable=import-outside-toplevel  (MindSpore's MINDIR schema)
+    from mindspore.train import mind_ir_pb2  # MindSpore's MINDIR schema
     model = mind_ir_pb2.ModelProto()
     try:
         model.ParseFromString(Path(path).read_bytes())
@@ -201,8 +201,8 @@ def read_mindir_signature(path):
 
 def load_mindir(path, batch_size, image_size=None):
     """A Predictor running a MINDIR file (exported by export.py, or any NCHW classifier)."""
-    import mindspore as ms  # pylint: disable=import-outside-toplevel
-    from mindspore import Tensor, nn  # pylint: disable=import-outside-toplevel
+    import mindspore as ms
+    from mindspore import Tensor, nn
     path = check_model_file(path, 'MINDIR file')
     input_dims, output_dims, card = read_mindir_signature(path)
     static_batch, size = batch_and_size(input_dims, path)
@@ -224,7 +224,7 @@ def onnx_providers(device_target):
         return ['CPUExecutionProvider']
     if device_target != 'GPU':
         raise UserError(f"device_target must be CPU or GPU, got '{device_target}'")
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
                         '(matching your CUDA), or run with device target CPU')
@@ -235,8 +235,8 @@ def onnxruntime_cuda_works():
     """Whether ONNX Runtime's CUDA provider starts on this machine. onnxruntime-gpu lists it as
     available wherever it is installed; whether its libraries load and a GPU answers shows only when
     a session asks for it, so a one-node session does (ONNX Runtime then falls back to CPU)."""
-    import onnx  # pylint: disable=import-outside-toplevel
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    import onnx
+    import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         return False
     x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in 'xy')
@@ -257,7 +257,7 @@ QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 
 def inspect_onnx(path):
     """(precision, model card) of an ONNX file that its engine has read: 'int8' for a quantized file
     (export.py --quantize int8 writes QDQ pairs), else 'fp32'; the card from its metadata_props."""
-    import onnx  # pylint: disable=import-outside-toplevel
+    import onnx
     model = onnx.load(str(path), load_external_data=False)
     precision = 'int8' if any(node.op_type in QUANTIZED_OPS for node in model.graph.node) else 'fp32'
     return precision, ModelCard.read({prop.key: prop.value for prop in model.metadata_props}, path)
@@ -265,7 +265,7 @@ def inspect_onnx(path):
 
 def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
-    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    import onnxruntime as ort
     path = check_model_file(path, 'ONNX file')
     if path.suffix.lower() != '.onnx':
         raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
@@ -275,7 +275,7 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
         ort.set_default_logger_severity(4)  # a CUDA provider that cannot start is reported below, in one line
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime has its own error types)
+    except Exception as error:  # ONNX Runtime has its own error types
         raise UserError(f'{path} cannot be loaded by ONNX Runtime: '
                         f'{str(error).strip().splitlines()[0]}') from None
     if device_target == 'GPU' and 'CUDAExecutionProvider' not in session.get_providers():

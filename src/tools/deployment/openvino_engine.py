@@ -125,7 +125,7 @@ def import_openvino():
     if keep_out:
         sys.modules['openvino.tools.ovc'] = None  # openvino/__init__.py skips it on ImportError
     try:
-        import openvino  # pylint: disable=import-outside-toplevel
+        import openvino
     except ImportError:
         raise UserError(f'the openvino package is not installed (it runs models on CPU): pip install '
                         f'{OPENVINO_REQUIREMENT}, or pass --backend onnxruntime') from None
@@ -141,7 +141,7 @@ def read_onnx(ov, path):
     front_end = ov.frontend.FrontEndManager().load_by_framework('onnx')
     try:
         return front_end.convert(front_end.load(str(path)))
-    except Exception as error:  # pylint: disable=broad-except  (OpenVINO's own error types)
+    except Exception as error:  # OpenVINO's own error types
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(error).__name__
         raise UserError(f'{path} cannot be read by OpenVINO ({reason}): a damaged or truncated file? '

@@ -54,7 +54,7 @@ def predict_classes(predictor, paths, workers=None, model='the model'):
         for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size, workers):
             logits = predictor(images)
             check_finite_logits(logits, model, f'the batch from {chunk[0]}')
-            for path, label in zip(chunk, logits.argmax(axis=1)):
+            for path, label in zip(chunk, logits.argmax(axis=1), strict=True):
                 predictions[str(path)] = int(label)
             bar.update(len(chunk))
     return predictions

@@ -21,7 +21,7 @@ from pathlib import Path
 
 # MindSpore before onnx: importing it selects protobuf's Python implementation, which MindSpore's own
 # .proto modules need; onnx loaded first would fix the C++ one (benchmarks import this module first).
-import mindspore  # noqa: F401  pylint: disable=unused-import
+import mindspore  # noqa: F401  imported for its side effect (above)
 import numpy as np
 import onnx
 from onnx import version_converter
@@ -34,13 +34,10 @@ from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
 
 QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
-# Activation type, measured with `python benchmarks/speed.py --int8_types --min_iters 40` (RepVGG-A0,
-# 224x224, 2 threads, AVX-512 VNNI, ONNX Runtime 1.31; the models take turns in one process), images/s at
-# batch 1 / 8: uint8 418.3 / 586.1, int8 437.5 / 589.7, uint8 + reduce_range 437.8 / 588.0, int8 +
-# reduce_range 439.0 / 589.8 (fp32 152.1 / 178.2): all four within 5 %, the machine's noise. Kept: uint8
-# activations (ReLU outputs are >= 0, so the zero point is 0 and all 256 levels cover them) and no
-# reduce_range, which would quantize the weights to 7 bits; it exists for CPUs without VNNI, whose u8s8
-# instruction can overflow. Weights: int8, symmetric, per output channel.
+# Activation type: uint8 and int8, with or without reduce_range, run equally fast (docs/performance.md,
+# "INT8: activation types"). Kept: uint8 activations (ReLU outputs are >= 0, so the zero point is 0 and all
+# 256 levels cover them) and no reduce_range, which would quantize the weights to 7 bits; it exists for
+# CPUs without VNNI, whose u8s8 instruction can overflow. Weights: int8, symmetric, per output channel.
 ACTIVATION_TYPES = {'uint8': QuantType.QUInt8, 'int8': QuantType.QInt8}
 ACTIVATION_TYPE = 'uint8'
 REDUCE_RANGE = False
@@ -63,13 +60,13 @@ def pick_evenly(files_by_class, count):
     evenly spaced within each class; every file when ``count`` is at least their number."""
     quotas = [0] * len(files_by_class)
     remaining = count
-    while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class)):
+    while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class, strict=True)):
         for index, files in enumerate(files_by_class):
             if remaining > 0 and quotas[index] < len(files):
                 quotas[index] += 1
                 remaining -= 1
     picked = []
-    for quota, files in zip(quotas, files_by_class):
+    for quota, files in zip(quotas, files_by_class, strict=True):
         picked += [files[(2 * i + 1) * len(files) // (2 * quota)] for i in range(quota)]
     return picked
 

@@ -10,8 +10,8 @@
   broadcast to every rank.
 With one process every operation is the identity and no communication op is built.
 """
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 

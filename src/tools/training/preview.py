@@ -32,7 +32,7 @@ def denormalize(chw):
 def augmented_draws(paths, stages, num_draws):
     """``num_draws`` runs of the train transform on each file, through a real pipeline (eager
     random ops would repeat one draw once a seed is set). Returns [[CHW float32] per draw] per path."""
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import mindspore.dataset as ds
     rows = [(np.fromfile(path, np.uint8),) for path in paths for _ in range(num_draws)]
     pipeline = ds.GeneratorDataset(rows, column_names=['image'], shuffle=False)
     for stage in stages:
@@ -44,10 +44,10 @@ def augmented_draws(paths, stages, num_draws):
 def draw_preprocessing(folder, transform, output, seed=0, num_images=4, num_draws=5):
     """Write the grid of ``transform`` (a TrainTransform), drawn with ``seed``, on images of the
     class folders of ``folder`` to ``output`` (PNG); returns its Path."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
     matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
+    import mindspore.dataset as ds
 
     chosen = pick_images(folder, num_images)
     check_images([path for path, _ in chosen], show_progress=False)

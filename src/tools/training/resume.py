@@ -26,8 +26,15 @@ import yaml
 from src.config import OPTION_BY_NAME
 from src.tools.base.cli import UserError
 from src.tools.base.files import remove_partial_files
-from src.tools.checkpoints.format import (EMA_PREFIX, check_recorded_arch, integer, load_weights,
-                                          read_checkpoint, recorded_class_names, recorded_epoch_metrics)
+from src.tools.checkpoints.format import (
+    EMA_PREFIX,
+    check_recorded_arch,
+    integer,
+    load_weights,
+    read_checkpoint,
+    recorded_class_names,
+    recorded_epoch_metrics,
+)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.distributed import Ranks
 from src.tools.training.run_folder import MetricsLog, new_run_folder
@@ -133,8 +140,8 @@ def starting_point(args, net, steps_per_epoch, classes=None):
 def _check_same_classes(checkpoint, classes, source, data_url):
     recorded = recorded_class_names(checkpoint, source)
     if recorded is not None and classes is not None and recorded != list(classes):
-        changed = [f'{index}: {old!r} -> {new!r}' for index, (old, new) in enumerate(zip(recorded, classes))
-                   if old != new][:3]
+        pairs = enumerate(zip(recorded, classes, strict=False))  # the counts may differ: said below
+        changed = [f'{index}: {old!r} -> {new!r}' for index, (old, new) in pairs if old != new][:3]
         counts = f'{len(recorded)} classes then, {len(classes)} now' if len(recorded) != len(classes) else ''
         raise UserError(f'{source} was trained on other classes than {data_url}/train holds now '
                         f'({"; ".join(changed) or counts}); resume on the data it started with, or start a new run')
@@ -180,7 +187,7 @@ def resume_candidates(saver, group_size, ranks=None, count=None):
         named = ranks.from_main([list(position) for position in newest] + [[0, 0]] * (count - len(newest)))
         positions = [(epoch, step) for epoch, step in named if epoch > 0]
         held = ranks.sum([float(position in mine) for position in positions] + [0.0] * (count - len(positions)))
-        common = [position for position, holders in zip(positions, held) if int(holders) == group_size]
+        common = [position for position, holders in zip(positions, held, strict=False) if int(holders) == group_size]
         rank0_newest = positions[0] if positions else None
     if common:
         return [mine[position] for position in common]
@@ -238,7 +245,7 @@ def last_config(folder):
     config_resumed_<n>.yaml), as a dict; {} when there is none (a machine other than rank 0's)."""
     copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
                     if path.stem.rsplit('_', 1)[1].isdigit() else 0)
-    for path in copies[::-1] + [Path(folder) / 'config.yaml']:
+    for path in [*copies[::-1], Path(folder) / 'config.yaml']:
         if path.is_file():
             try:
                 return yaml.safe_load(path.read_text(encoding='utf-8')) or {}

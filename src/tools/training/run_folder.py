@@ -107,9 +107,9 @@ class MetricsLog:
 
     def plot(self):
         """Loss, accuracy and learning-rate curves per epoch."""
-        import matplotlib  # pylint: disable=import-outside-toplevel
+        import matplotlib
         matplotlib.use('Agg')
-        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+        import matplotlib.pyplot as plt
         epochs = [row['epoch'] for row in self.rows]
         figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         axes[0].plot(epochs, [row['train_loss'] for row in self.rows], 'o-', label='train loss')
@@ -117,7 +117,7 @@ class MetricsLog:
         axes[1].plot(epochs, [row['top1'] for row in self.rows], 'o-', label='top-1')
         axes[1].plot(epochs, [row['top5'] for row in self.rows], 's-', label='top-5')
         axes[2].plot(epochs, [row['lr'] for row in self.rows], 'o-', label='learning rate')
-        for axis, title in zip(axes, ('loss', 'validation accuracy', 'learning rate (last step)')):
+        for axis, title in zip(axes, ('loss', 'validation accuracy', 'learning rate (last step)'), strict=True):
             axis.set_title(title)
             axis.set_xlabel('epoch')
             axis.grid(alpha=0.3)

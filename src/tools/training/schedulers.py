@@ -24,7 +24,7 @@ def warmup_lr(epoch, warmup_length, warmup_lr_value, base_lr):
     return warmup_lr_value + (base_lr - warmup_lr_value) * epoch / warmup_length
 
 
-def constant_lr(epoch, base_lr, **_):
+def constant_lr(_epoch, base_lr, **_):
     return base_lr
 
 

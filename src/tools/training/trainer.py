@@ -44,7 +44,7 @@ def open_sample_log(path):
         with open(path, 'rb') as existing:
             existing.seek(-1, os.SEEK_END)
             cut_short = existing.read(1) != b'\n'
-    handle = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    handle = open(path, 'a', encoding='utf-8')  # noqa: SIM115  returned open; train.py closes it
     if cut_short:
         handle.write('\n')
     return handle

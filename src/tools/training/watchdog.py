@@ -126,7 +126,7 @@ class Watchdog:
                 return
             try:
                 conn, _ = self._server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
