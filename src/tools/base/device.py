@@ -1,10 +1,8 @@
-"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group, and
-the one workaround for networks whose structure changes after they ran (re-parameterization)."""
+"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group."""
 import contextlib
 import logging
 import os
 import random
-import time
 
 import mindspore as ms
 import numpy as np
@@ -14,11 +12,8 @@ from src.tools.base.cli import UserError
 
 
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
-    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging).
-
-    ``cpu_threads`` sets MindSpore's CPU kernel threads (its default is 30 whatever the machine;
-    on 2 cores one per core measured the same speed, so the default stays unless asked).
-    """
+    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging);
+    ``cpu_threads``: MindSpore's CPU kernel threads (benchmarks; its default stays otherwise)."""
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target != 'CPU':
         check_device_available(device_target)
@@ -67,10 +62,8 @@ def set_seed(seed):
 
 
 def launcher_local_rank():
-    """This process's device index on its node when msrun or mpirun started it, else None.
-
-    msrun sets MS_ROLE/DEVICE_ID for each worker; Open MPI sets OMPI_COMM_WORLD_LOCAL_RANK.
-    """
+    """This process's device index on its node when msrun (MS_ROLE, DEVICE_ID) or mpirun
+    (OMPI_COMM_WORLD_LOCAL_RANK) started it, else None."""
     if os.environ.get('MS_ROLE') == 'MS_WORKER':
         return int(os.environ.get('DEVICE_ID', '0'))
     if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
@@ -79,11 +72,8 @@ def launcher_local_rank():
 
 
 def init_device(device_target, device_id=0, graph_mode=True):
-    """Select the device and, under msrun/mpirun, join the data-parallel group; (rank, group size).
-
-    Data parallel averages the gradients over ranks (gradients_mean). A standalone run is (0, 1)
-    and uses ``device_id``; a launched worker uses its local rank as device.
-    """
+    """Select the device and, under msrun/mpirun, join the data-parallel group (gradients_mean);
+    (rank, group size), (0, 1) standalone. A launched worker uses its local rank as device."""
     if os.environ.get('MS_ROLE') == 'MS_SCHED':
         # msrun also runs the script as its scheduler process: init() serves the cluster; never train.
         # msrun starts one on every machine that owns MASTER_ADDR, so on both 'machines' of a run
@@ -102,14 +92,3 @@ def init_device(device_target, device_id=0, graph_mode=True):
                                  device_num=group_size)
     return rank, group_size
 
-
-def invalidate_compiled_graphs(net):
-    """Make MindSpore recompile ``net`` (and its cells) on the next call.
-
-    GRAPH_MODE caches a compiled graph per cell under a key built from the cell's creation time;
-    after the structure changed in place (branches fused), a cached graph
-    would still run the old structure. A new stamp forces recompilation (there is no public API).
-    """
-    stamp = time.time_ns()
-    for _, cell in net.cells_and_names():
-        object.__setattr__(cell, '_create_time', stamp)
