@@ -1,15 +1,6 @@
-"""What runs a model file in eval.py, infer.py, eval_onnx.py and infer_onnx.py: ``--backend``.
-
-- ``auto`` (default): on CPU OpenVINO (a ``.ckpt`` is exported to ONNX on the fly, checked against
-  the network first); on GPU a ``.ckpt`` in MindSpore and an ``.onnx`` in ONNX Runtime's CUDA
-  provider. A ``.mindir`` always runs in MindSpore.
-- ``mindspore``, ``onnxruntime``, ``openvino`` (CPU): that engine. A ``.ckpt`` runs in any of
-  them, an ``.onnx`` in ONNX Runtime or OpenVINO, a ``.mindir`` in MindSpore only; asking otherwise
-  is one line.
-
-``--precision bf16`` and ``--threads`` set OpenVINO (openvino_engine.py); asking them of another
-engine is one line. Every run prints the model, the engine with the precision it runs and, on CPU,
-the instruction sets that decide its speed (``announce``).
+"""What runs a model file in eval.py, infer.py, eval_onnx.py and infer_onnx.py: ``--backend`` (which
+engine runs which file, and ``--precision`` / ``--threads`` of OpenVINO: docs/deployment.md). Every
+run prints the model, the engine with its precision and, on CPU, the instruction sets (``announce``).
 """
 import argparse
 import tempfile
@@ -90,10 +81,8 @@ def settled(predictor, config, path):
 
 
 def load_predictor(config, default_precision='fp32'):
-    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights.
-    ``default_precision`` is the script's when ``--precision`` is not given. MindSpore's device is set
-    once the choice of engine is known to hold. The model's card (what it is, how its images are
-    preprocessed) comes from the file, settled with the config."""
+    """The Predictor of ``config.pretrained`` (eval.py, infer.py), its card settled with the config;
+    ``default_precision``: the script's. MindSpore's device is set once the engine is known to hold."""
     path = config.pretrained
     if path is None:
         raise UserError('pass --pretrained with a .ckpt, .mindir or .onnx file: without trained weights '
@@ -128,8 +117,13 @@ def load_predictor(config, default_precision='fp32'):
     return predictor
 
 
-def add_onnx_engine_arguments(parser, default_precision):
-    """``--backend``, ``--precision`` and ``--threads`` of eval_onnx.py and infer_onnx.py, as eval.py has them."""
+def add_onnx_arguments(parser, default_precision):
+    """The model and engine options of eval_onnx.py and infer_onnx.py (``--backend`` etc. as eval.py's)."""
+    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
+    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
+    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
+                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
+                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--backend', choices=ONNX_BACKENDS, default='auto',
                         help="what runs the model: auto (OpenVINO on CPU, ONNX Runtime's CUDA provider on GPU), "
                              'onnxruntime, or openvino (CPU)')

@@ -55,12 +55,8 @@ def export_file_path(export_path, file_format):
 
 
 def make_onnx_batch_dynamic(model):
-    """Mark the batch dimension of an ONNX model's input and output as symbolic ('batch').
-
-    MindSpore exports ONNX only with fixed shapes ('not support dynamic shape mode'). When every
-    operator works per sample the graph is valid for any batch, so only the declared shapes change;
-    otherwise the model is left as exported. Returns whether the batch became dynamic.
-    """
+    """Mark the batch of an ONNX model's input and output as symbolic ('batch') when every operator works
+    per sample (MindSpore exports fixed shapes only); whether it did."""
     ops = {node.op_type for node in model.graph.node}
     axes_ok = all(0 not in attribute.ints for node in model.graph.node if node.op_type == 'ReduceMean'
                   for attribute in node.attribute if attribute.name == 'axes')
@@ -101,9 +97,8 @@ def _export_raw(net, image_size, file_format, stem, card):
 
 
 def finite_outputs(net, image_size, model, num_images=2, seed=0):
-    """(random images, ``net``'s outputs for them), the probe of every self-check; a UserError naming
-    ``model`` when the outputs are not finite: such a network fails any comparison through no fault
-    of what it is compared with."""
+    """(random images, ``net``'s outputs), the probe of every self-check; a UserError naming ``model`` when
+    they are not finite (such a network fails any comparison through no fault of the file)."""
     images = np.random.default_rng(seed).normal(size=(num_images, 3, image_size, image_size)).astype(np.float32)
     outputs = net(Tensor(images)).asnumpy()
     check_finite_logits(outputs, model, 'a random test batch')
@@ -129,13 +124,9 @@ def check_export_target(export_path, file_format):
 
 
 def export_network(net, image_size, file_format, export_path, card=None, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
-
-    Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
-    The file is written in a hidden folder beside the target and renamed into place once checked.
-    ``card`` (a ModelCard) goes into its metadata, in deploy form at ``image_size``. ``model`` (the
-    checkpoint) is named when the network's own outputs are not finite.
-    """
+    """Export the deploy-form, eval-mode ``net`` (fp32, Nx3xSxS) with ``card`` in its metadata, written
+    beside the target and renamed into place once checked; (path, max relative difference, 'batch' or
+    the fixed batch). ``model`` is named when the network's own outputs are not finite."""
     card = replace(card or ModelCard(), image_size=image_size, deploy=True)
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
@@ -162,9 +153,8 @@ def export_network(net, image_size, file_format, export_path, card=None, model='
 
 
 def _write_failure(error, folder, needed):
-    """Why writing a file of at least ``needed`` bytes into ``folder`` failed, in words. MindSpore's
-    ONNX writer logs a failed write and deletes what it wrote, so a full disk shows only as a missing
-    file: then the free space, which that deletion gave back, is compared with the size needed."""
+    """Why writing ``needed`` bytes into ``folder`` failed. MindSpore's ONNX writer deletes a failed
+    file, so a full disk shows only as a missing one: then the free space is compared with ``needed``."""
     if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT):
         return reason(error)
     try:

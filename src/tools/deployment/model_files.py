@@ -1,22 +1,13 @@
 """Model files behind one interface, the Predictor: float32 logits for a batch of preprocessed images.
 
-A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
-re-parameterized, so evaluation, export and inference always run the plain deploy form; a
-``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime here, or in
-OpenVINO (openvino_engine.py). All take the float32 (N, 3, S, S) batches of the one eval
-preprocessing (src/dataset.py), so their results can be compared number for number. Which engine
-runs which file: src/tools/deployment/backends.py.
+A ``.ckpt`` is loaded strictly and re-parameterized, so everything runs the deploy form; a ``.mindir``
+runs as a GraphCell; an ``.onnx`` in ONNX Runtime here or in OpenVINO (openvino_engine.py). Which
+engine runs which file: backends.py; what a file records about itself (``card``): model_card.py.
 
-What a model is travels with it: a checkpoint's model card (src/tools/checkpoints/model_card.py),
-an ONNX file's metadata and a MINDIR file's user info (written by export.py): arch, classes, class
-names, and the preprocessing its images need. A Predictor has it as ``card``, settled with the
-config (backends.py) before it runs; ``class_names`` is None for a model that records none.
-
-MindSpore, ONNX and ONNX Runtime are imported by the functions that use them, so that a model run
-by OpenVINO starts without loading them (MindSpore alone takes over a second). One order matters:
-onnx imported before MindSpore fixes protobuf's C++ implementation, with which MindSpore's own
-.proto modules fail to import; ``load_onnx`` imports onnx, so a process that loads an ONNX file
-and then a checkpoint imports MindSpore first (as quantize.py does).
+MindSpore, ONNX and ONNX Runtime are imported where used, so an OpenVINO run never loads them. One
+order matters: onnx imported before MindSpore fixes protobuf's C++ implementation, with which
+MindSpore's .proto modules fail to import; a process that loads an ONNX file and then a checkpoint
+imports MindSpore first (as quantize.py does).
 """
 from dataclasses import replace
 from pathlib import Path
@@ -30,15 +21,12 @@ from src.tools.checkpoints.model_card import ModelCard, settle
 
 
 class Predictor:
-    """Logits (N, C) for images (N, 3, S, S), computed in chunks of at most ``batch_size``.
+    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``.
 
-    ``static_batch``: the backend accepts exactly that many images per call (a file exported with
-    a fixed batch); shorter chunks are padded with zeros and the padding's outputs dropped.
-    ``pad_to_seen``: pad a short last chunk to ``batch_size`` once a full chunk has run, because a
-    GRAPH_MODE network would otherwise compile a second graph for the new shape.
-    ``description`` says which model this is, ``engine`` what runs it (name, version, precision and
-    settings, for the run's printout), ``precision`` the arithmetic of its convolutions: fp32, bf16
-    or int8. ``card``: the ModelCard the file records (settled before a run: backends.py).
+    ``static_batch``: the file takes exactly that many images (short chunks are padded with zeros).
+    ``pad_to_seen``: pad a short last chunk once a full one has run, so that a GRAPH_MODE network
+    compiles no second graph. ``description``, ``engine``: the model and what runs it, for the
+    printout; ``precision`` of its convolutions: fp32, bf16 or int8; ``card``: what the file records.
     """
 
     def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
@@ -110,12 +98,8 @@ def batch_and_size(dims, path):
 
 # ----------------------------------------------------------------------------- checkpoints
 def load_deploy_network(path, config):
-    """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
-
-    Arch, classes and preprocessing come from the checkpoint's card, settled with ``config``
-    (model_card.settle); the form (train or deploy) from its names; ``config.ema`` takes the EMA
-    copy (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, card).
-    """
+    """(net, description, card): checkpoint ``path`` loaded strictly, in eval mode and deploy form; its
+    card settled with ``config``, whose ``ema`` takes the ``ema.*`` copy of a run with ``with_ema: 1``."""
     from src.repvgg import count_params, create_model, switch_net_to_deploy
     checkpoint = read_checkpoint(path)
     ema = config.ema
@@ -160,8 +144,8 @@ def network_predictor(net, card, batch_size, description=''):
 
 # ----------------------------------------------------------------------------- MINDIR
 def mindir_user_info(model):
-    """A MINDIR ModelProto's user_info as a dict. It is a map in MindSpore's schema, which newer
-    protobuf runtimes expose as a list of key/value entries."""
+    """A MINDIR ModelProto's user_info as a dict: a map in MindSpore's schema, which newer protobuf
+    runtimes expose as a list of key/value entries."""
     try:
         return dict(model.user_info)
     except TypeError:
@@ -178,12 +162,8 @@ def set_mindir_user_info(model, key, value):
 
 
 def read_mindir_signature(path):
-    """(input dims, output dims, model card) recorded in a MINDIR file (-1 marks a dynamic
-    dimension).
-
-    Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
-    error (mindspore.load would also print a C++ error log) and tells the input shape.
-    """
+    """(input dims, output dims (-1: dynamic), model card) of a MINDIR file, parsed with MindSpore's
+    schema first: a corrupt file is then one line (mindspore.load would also print a C++ log)."""
     from mindspore.train import mind_ir_pb2  # MindSpore's MINDIR schema
     model = mind_ir_pb2.ModelProto()
     try:
@@ -232,9 +212,8 @@ def onnx_providers(device_target):
 
 
 def onnxruntime_cuda_works():
-    """Whether ONNX Runtime's CUDA provider starts on this machine. onnxruntime-gpu lists it as
-    available wherever it is installed; whether its libraries load and a GPU answers shows only when
-    a session asks for it, so a one-node session does (ONNX Runtime then falls back to CPU)."""
+    """Whether ONNX Runtime's CUDA provider starts here: onnxruntime-gpu lists it wherever it is
+    installed, so a one-node session asks for it (and falls back to CPU when it does not)."""
     import onnx
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
@@ -255,8 +234,7 @@ QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 
 
 
 def inspect_onnx(path):
-    """(precision, model card) of an ONNX file that its engine has read: 'int8' for a quantized file
-    (export.py --quantize int8 writes QDQ pairs), else 'fp32'; the card from its metadata_props."""
+    """(precision: 'int8' for a quantized file, else 'fp32'; model card) of an ONNX file."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     precision = 'int8' if any(node.op_type in QUANTIZED_OPS for node in model.graph.node) else 'fp32'
