@@ -1,7 +1,5 @@
-"""Optimizers (momentum, adamw) with weight decay on conv and dense kernels only.
-
-BN scales and shifts and all biases are 1-D; decaying them only shrinks the network's affine
-freedom, so only parameters with two or more dimensions (conv and dense kernels) are decayed.
+"""Optimizers (momentum, adamw) with weight decay on conv and dense kernels only: BN scales and shifts
+and biases are 1-D, and decaying them only shrinks the network's affine freedom.
 """
 from mindspore import Tensor, nn
 

@@ -1,24 +1,11 @@
 """A lost rank: when one process of a data-parallel run dies, the others stop, saying which it was.
 
-What MindSpore 2.8 and msrun do by themselves (measured on CPU with 2 workers, kill -9 of rank 1):
-- ranks on one machine: msrun sees the dead worker within its 1 s poll and SIGKILLs the others; their
-  logs end mid-line, msrun's own output names a process id, the scheduler's log 'node 1'.
-- ranks on two machines (two msrun launches): the survivor's msrun sees nothing; the survivor
-  waits in its next all-reduce until MindSpore's CPU ring gives up, about 30 s later, with
-  'Ring ReduceScatter wait receiving failed'; nothing in its log names the lost rank. (GPU/NCCL:
-  not measured here.)
-
-The watchdog: rank 0 listens on a TCP port (``watchdog_port``; default ``default_port``) and
-every other rank holds one connection to it. When a process ends in any way (kill -9, an
-out-of-memory kill, a crash), its kernel closes its connection and the other end sees it at once;
-a machine that vanishes is found by TCP keepalive probes after about ``watchdog_timeout`` seconds
-(the kernel sends them, so a busy Python thread cannot cause a false alarm). Rank 0 tells every
-rank which rank was lost; each prints one line,
-
-    error: rank 1 of 2 was lost (its connection closed: the process ended) at epoch 2 step 5; ...
-
-and exits with status 1 once any checkpoint it is writing is complete (``holding``). A rank that
-stops on an error sends the first line of it, so the others name the rank and the error.
+msrun and MindSpore's ring do not say (measured in docs/scale-out.md, "A lost worker"). Rank 0 listens
+on a TCP port and every other rank holds a connection to it: a process that ends in any way has its
+connection closed by its kernel, a machine that vanishes is found by kernel keepalive probes after
+about ``watchdog_timeout`` s (so a busy Python thread causes no false alarm). Rank 0 tells every rank
+which was lost; each prints one line and exits with status 1 once a checkpoint it is writing is
+complete (``holding``). A rank that stops on an error sends its first line on.
 """
 import contextlib
 import os
@@ -67,9 +54,8 @@ class Watchdog:
 
     @classmethod
     def for_launcher(cls, rank, group_size, timeout, port=0):
-        """A started watchdog under msrun (which sets MS_SCHED_HOST / MS_SCHED_PORT) for more than
-        one rank and ``timeout`` > 0; otherwise None: one process, or mpirun (GPU only, not run
-        here: Open MPI documents that it aborts the whole job when one rank exits abnormally)."""
+        """A started watchdog under msrun (MS_SCHED_HOST / MS_SCHED_PORT) for several ranks and
+        ``timeout`` > 0; else None (mpirun: Open MPI aborts the job when a rank exits abnormally)."""
         host, scheduler_port = os.environ.get('MS_SCHED_HOST'), os.environ.get('MS_SCHED_PORT')
         if group_size < 2 or timeout <= 0 or not host or not scheduler_port:
             return None
