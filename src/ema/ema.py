@@ -19,8 +19,6 @@ class EMA(nn.Cell):
 
     def __init__(self, params, decay):
         super().__init__()
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f'ema_decay must be in [0, 1], got {decay}')
         self.weights = ms.ParameterTuple(params)
         self.shadow = self.weights.clone(prefix='ema', init='same')
         for shadow in self.shadow:

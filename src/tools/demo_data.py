@@ -44,10 +44,6 @@ def split_indices(labels):
     return {'train': np.sort(train), 'val': np.sort(val)}
 
 
-def _expected_counts(labels, splits):
-    return {split: {str(c): int(np.sum(labels[idx] == c)) for c in range(10)} for split, idx in splits.items()}
-
-
 def is_complete(out_dir):
     """Whether ``out_dir`` holds a finished build: manifest present and every file counted."""
     out_dir = Path(out_dir)
@@ -68,7 +64,8 @@ def _write(target, images, labels, splits):
             picture.convert('RGB').save(folder / f'{index:04d}.png')
     manifest = {'source': 'sklearn.datasets.load_digits', 'image_size': IMAGE_SIZE,
                 'val_fraction': VAL_FRACTION, 'split_seed': SPLIT_SEED,
-                'counts': _expected_counts(labels, splits)}
+                'counts': {split: {str(c): int(np.sum(labels[indices] == c)) for c in range(10)}
+                           for split, indices in splits.items()}}
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding='utf-8')
 
 

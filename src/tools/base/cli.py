@@ -1,5 +1,6 @@
 """How entry points fail: one line that says what to fix, never a traceback for bad input."""
 import argparse
+import contextlib
 import difflib
 import functools
 import signal
@@ -45,6 +46,17 @@ def restore_ctrl_c():
     """Put Python's Ctrl+C handler back (MindSpore installs its own at import, and one that turns
     Ctrl+C into SIGTERM as it builds or runs graphs; a training loop calls this once per step)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def quiet_logger(logger, level):
+    """``logger`` set to ``level`` inside the block (libraries that log what a one-line error says)."""
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def listed(names, limit=6):

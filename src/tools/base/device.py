@@ -8,7 +8,7 @@ import mindspore as ms
 import numpy as np
 from mindspore.communication import get_group_size, get_rank, init
 
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, quiet_logger
 
 
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
@@ -25,25 +25,14 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
             ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
 
 
-@contextlib.contextmanager
-def _mindspore_quiet():
-    """Silence MindSpore's Python logger (its plugin loaders log errors before raising their own)."""
+def check_device_available(device_target):
+    """A one-line UserError when MindSpore cannot run on ``device_target`` here (e.g. GPU on a machine
+    without a GPU, CUDA 11 or the GPU plugin), instead of MindSpore's log lines and traceback."""
     try:
         logger = ms.log._get_logger()  # no public handle on it
     except AttributeError:
         logger = logging.getLogger('mindspore')
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def check_device_available(device_target):
-    """A one-line UserError when MindSpore cannot run on ``device_target`` here (e.g. GPU on a machine
-    without a GPU, CUDA 11 or the GPU plugin), instead of MindSpore's log lines and traceback."""
-    with _mindspore_quiet():
+    with quiet_logger(logger, logging.CRITICAL + 1):  # its plugin loaders log errors before raising their own
         try:
             available = ms.hal.is_available(device_target)
         except (RuntimeError, ValueError):

@@ -40,8 +40,6 @@ PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add
 
 def check_export_format(file_format, device_target):
     """A UserError for formats this device cannot write (AIR is written only on Ascend)."""
-    if file_format not in FORMAT_SUFFIXES:
-        raise UserError(f"unknown file_format '{file_format}'; choose MINDIR or ONNX")
     if file_format == 'AIR':
         raise UserError(f'MindSpore writes AIR files only on Ascend devices and this run targets '
                         f'{device_target}: use --file_format MINDIR or ONNX (AIR is for the Ascend toolchain)')

@@ -80,10 +80,12 @@ def check_image_size(path, file_size, requested, flag='--image_size'):
 
 
 def check_model_file(path, kind):
-    """``path`` as a Path; a UserError when it is not a file."""
+    """``path`` as a Path; a UserError when it is not a file (an ONNX file: not an .onnx)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'{kind} {path} does not exist')
+    if kind == 'ONNX file' and path.suffix.lower() != '.onnx':
+        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     return path
 
 
@@ -202,8 +204,6 @@ def onnx_providers(device_target):
     """ONNX Runtime execution providers for CPU or GPU; a UserError when CUDA is not available."""
     if device_target == 'CPU':
         return ['CPUExecutionProvider']
-    if device_target != 'GPU':
-        raise UserError(f"device_target must be CPU or GPU, got '{device_target}'")
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
@@ -245,8 +245,6 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
     import onnxruntime as ort
     path = check_model_file(path, 'ONNX file')
-    if path.suffix.lower() != '.onnx':
-        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     providers = onnx_providers(device_target)
     options = ort.SessionOptions()
     if device_target == 'GPU':

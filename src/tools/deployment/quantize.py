@@ -2,7 +2,6 @@
 per-channel int8 weights, MinMax-calibrated on images drawn evenly over the class folders), kept only
 when its top-1 class agrees with the fp32 export's on those images (docs/quantization.md).
 """
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from src.dataset import scan_split
-from src.tools.base.cli import UserError, listed
+from src.tools.base.cli import UserError, listed, quiet_logger
 from src.tools.base.files import atomic_path, make_folder, partial_name
 from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
@@ -127,18 +126,6 @@ class ImageBatches(CalibrationDataReader):
 
 
 # ----------------------------------------------------------------------------- quantization
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """ONNX Runtime's quantizer logs advice this plain graph does not need through the root logger."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _batch_dim(model):
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.HasField('dim_value') and dim.dim_value > 0 else None
@@ -155,7 +142,7 @@ def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVAT
     # MinMax calibration adds ReduceMin/ReduceMax outputs to the graph and keeps only those per batch,
     # so memory stays small. (Its CalibMaxIntermediateOutputs option drops batches in ONNX Runtime 1.31.)
     reader = ImageBatches(images, fp32.graph.input[0].name, fixed_batch=_batch_dim(fp32))
-    with _quiet_quantizer():
+    with quiet_logger(logging.getLogger(), logging.ERROR):  # its advice does not apply to this plain graph
         quantize_static(str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
                         reduce_range=reduce_range,

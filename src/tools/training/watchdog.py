@@ -177,12 +177,16 @@ class Watchdog:
         """Rank 0: tell the others which rank was lost, then stop this one."""
         if self._closing or self._stopping:
             return
+        self._tell_peers(f'lost {rank} {why}', but=rank)
+        self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
+
+    def _tell_peers(self, line, but=None):
+        """Rank 0: send ``line`` to every connected rank but ``but``."""
         with self._lock:
-            peers = [conn for peer, conn in self._peers.items() if peer != rank]
+            peers = [conn for peer, conn in self._peers.items() if peer != but]
         for conn in peers:
             with contextlib.suppress(OSError):
-                conn.sendall(f'lost {rank} {why}\n'.encode())
-        self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
+                conn.sendall(f'{line}\n'.encode())
 
     def _stop(self, what):
         if self._closing or self._stopping:
@@ -224,12 +228,7 @@ class Watchdog:
         self._closing = True
         if self.rank == 0:
             kind, _, detail = word.partition(' ')
-            notice = f'lost 0 it stopped on an error: {detail}' if kind == 'error' else 'done'
-            with self._lock:
-                peers = list(self._peers.values())
-            for conn in peers:
-                with contextlib.suppress(OSError):
-                    conn.sendall(f'{notice}\n'.encode())
+            self._tell_peers(f'lost 0 it stopped on an error: {detail}' if kind == 'error' else 'done')
             with contextlib.suppress(OSError):
                 self._server.close()
         elif self._hub is not None:
