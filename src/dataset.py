@@ -42,11 +42,8 @@ def _image_names(folder):
 
 
 def list_images(folder):
-    """The image files (.png/.jpg/.jpeg, any case) directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f'{folder} is not a folder of images')
-    return [folder / name for name in _image_names(folder)]
+    """The image files (.png/.jpg/.jpeg, any case) directly in the folder ``folder``, sorted by name."""
+    return [Path(folder) / name for name in _image_names(folder)]
 
 
 def scan_split(folder):

@@ -122,10 +122,7 @@ class RepVGGBlock(nn.Cell):
         self.quantization_friendly = quantization_friendly
         self.se = SEBlock(out_channels, out_channels // 16) if use_se else nn.Identity()
         self.relu = nn.ReLU()
-        self.rbr_reparam = None
-        self.rbr_dense = None
-        self.rbr_1x1 = None
-        self.rbr_identity = None
+        self.rbr_reparam = self.rbr_dense = self.rbr_1x1 = self.rbr_identity = None
         self.bn = None  # QARepVGG's BN after the sum of the branches
         if deploy:
             self.rbr_reparam = self._reparam_conv()
@@ -191,10 +188,7 @@ class RepVGGBlock(nn.Cell):
         for param, value in ((conv.weight, kernel), (conv.bias, bias)):
             param.set_data(Tensor(value.astype(np.float32), dtype))
             param.name = prefix + 'rbr_reparam.' + param.name.rsplit('.', 1)[-1]
-        self.rbr_dense = None
-        self.rbr_1x1 = None
-        self.rbr_identity = None
-        self.bn = None
+        self.rbr_dense = self.rbr_1x1 = self.rbr_identity = self.bn = None
         self.deploy = True
 
 

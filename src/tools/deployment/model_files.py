@@ -9,7 +9,7 @@ order matters: onnx imported before MindSpore fixes protobuf's C++ implementatio
 MindSpore's .proto modules fail to import; a process that loads an ONNX file and then a checkpoint
 imports MindSpore first (as quantize.py does).
 """
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from src.tools.checkpoints.format import EMA_PREFIX, is_deploy_form, load_weight
 from src.tools.checkpoints.model_card import ModelCard, settle
 
 
+@dataclass(eq=False)
 class Predictor:
     """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``.
 
@@ -28,25 +29,25 @@ class Predictor:
     compiles no second graph. ``description``, ``engine``: the model and what runs it, for the
     printout; ``precision`` of its convolutions: fp32, bf16 or int8; ``card``: what the file records.
     """
+    run: object
+    image_size: int
+    num_classes: int
+    batch_size: int
+    static_batch: int = None
+    pad_to_seen: bool = False
+    description: str = ''
+    card: ModelCard = None
+    engine: str = ''
+    precision: str = 'fp32'
 
-    def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
-                 description='', card=None, engine='', precision='fp32'):
-        if batch_size < 1:
-            raise UserError(f'batch_size must be at least 1, got {batch_size}')
-        card = card or ModelCard()
-        if card.class_names is not None and len(card.class_names) != num_classes:
-            raise UserError(f'the model records {len(card.class_names)} class names for its {num_classes} outputs; '
-                            f'export it again from its checkpoint')
-        self.card = card
-        self.run = run
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.batch_size = static_batch or batch_size
-        self.static_batch = static_batch
-        self.pad_to_seen = pad_to_seen
-        self.description = description
-        self.engine = engine
-        self.precision = precision
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f'batch_size must be at least 1, got {self.batch_size}')
+        self.card = self.card or ModelCard()
+        if self.card.class_names is not None and len(self.card.class_names) != self.num_classes:
+            raise UserError(f'the model records {len(self.card.class_names)} class names for its {self.num_classes} '
+                            f'outputs; export it again from its checkpoint')
+        self.batch_size = self.static_batch or self.batch_size
         self._seen_full = False
 
     @property
