@@ -432,9 +432,6 @@ def mixup_active(config):
 
 def get_dataset(config, training, rank=0, group_size=1, classes=None, total=None):
     """``data_url``/train (training) or /val as train.py reads it (see create_dataset_imagenet)."""
-    if config.data_url is None:
-        raise UserError('data_url is not set: pass --data_url with a folder holding train/ and val/ '
-                        '(python -m src.tools.demo_data DIR writes a small one)')
     mixup = make_mixup(config, rank) if training else None
     if training and mixup is None and (config.mix_up > 0 or config.cutmix > 0):
         _warn('mix_up / cutmix are set but mixup_prob is 0: no mixing; set mixup_prob (e.g. 1.0)')

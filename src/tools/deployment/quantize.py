@@ -126,11 +126,6 @@ class ImageBatches(CalibrationDataReader):
 
 
 # ----------------------------------------------------------------------------- quantization
-def _batch_dim(model):
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField('dim_value') and dim.dim_value > 0 else None
-
-
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
     """Write the INT8 QDQ model of ``fp32_path``, calibrated on ``images`` and with its model card, to
     ``int8_path``; ``activation_type`` and ``reduce_range`` are for benchmarks/speed.py's type study."""
@@ -141,7 +136,9 @@ def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVAT
     onnx.save(converted, str(source))
     # MinMax calibration adds ReduceMin/ReduceMax outputs to the graph and keeps only those per batch,
     # so memory stays small. (Its CalibMaxIntermediateOutputs option drops batches in ONNX Runtime 1.31.)
-    reader = ImageBatches(images, fp32.graph.input[0].name, fixed_batch=_batch_dim(fp32))
+    batch = fp32.graph.input[0].type.tensor_type.shape.dim[0]
+    reader = ImageBatches(images, fp32.graph.input[0].name,
+                          fixed_batch=batch.dim_value if batch.HasField('dim_value') and batch.dim_value > 0 else None)
     with quiet_logger(logging.getLogger(), logging.ERROR):  # its advice does not apply to this plain graph
         quantize_static(str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,

@@ -91,7 +91,8 @@ class MetricsLog:
         self.rows = [old for old in self.rows if old['epoch'] != row['epoch']] + [dict(row)]
         self.rows.sort(key=lambda item: item['epoch'])
         lines = [','.join(METRIC_FIELDS)]
-        lines += [','.join(_format(row.get(field, '')) for field in METRIC_FIELDS) for row in self.rows]
+        lines += [','.join(f'{value:.6g}' if isinstance(value, float) else str(value)
+                           for value in (row.get(field, '') for field in METRIC_FIELDS)) for row in self.rows]
         write_text_atomic(self.csv_path, '\n'.join(lines) + '\n')
         self.plot()
 
@@ -116,9 +117,3 @@ class MetricsLog:
         with atomic_path(self.png_path) as temporary:
             figure.savefig(temporary, dpi=90)
         plt.close(figure)
-
-
-def _format(value):
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    return str(value)
