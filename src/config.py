@@ -54,9 +54,7 @@ def to_flag(value):
 
 
 def to_path(value):
-    """A filesystem path; '' and null mean 'not set'."""
-    if value is None or str(value) == '':
-        return None
+    """A filesystem path ('' and null, 'not set', are Option.convert's)."""
     return Path(str(value)).expanduser()
 
 
@@ -66,8 +64,6 @@ def to_str(value):
     return str(value)
 
 
-_TYPE_NAMES = {to_int: 'an integer', to_float: 'a number', to_flag: '0/1 or true/false',
-               to_path: 'a path', to_str: 'a string'}
 _LIMITS = (('at_least', operator.ge, 'at least'), ('above', operator.gt, 'above'),
            ('at_most', operator.le, 'at most'), ('below', operator.lt, 'below'))
 
@@ -270,7 +266,6 @@ def _argparse_type(option):
             return option.type(text) if option.nargs else option.convert(text)
         except (TypeError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error)) from None
-    convert.__name__ = _TYPE_NAMES[option.type]
     return convert
 
 
@@ -293,8 +288,7 @@ class _Retired(argparse.Action):
 
 
 def build_parser(script='train.py', description='RepVGG', suppress_defaults=False):
-    """The command-line parser of ``script`` (a key of SCRIPT_OPTIONS): every option is accepted, the
-    help lists those it reads; with ``suppress_defaults`` only flags actually given appear."""
+    """``script``'s parser: it accepts every option, its help lists those it reads."""
     reads = SCRIPT_OPTIONS[script]
     parser = OneLineParser(prog=script if script.endswith('.py') else None, description=description,
                            allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress_defaults else None)
@@ -368,8 +362,7 @@ def parse_config(argv=None, script='train.py', description='RepVGG'):
 
 
 def make_config(yaml_path=None, **overrides):
-    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``; ``given``
-    as parse_config sets it."""
+    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``."""
     config = argparse.Namespace(**{option.name: option.default for option in OPTIONS})
     from_yaml = {}
     if yaml_path is not None:

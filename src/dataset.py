@@ -47,8 +47,7 @@ def list_images(folder):
 
 
 def scan_split(folder):
-    """(sorted class names, {class name: sorted image names}) of a split folder; a UserError that
-    says what to fix when it is not one sub-folder of images per class."""
+    """(class names, {class: image names}), sorted, of a split folder; a UserError that says what to fix."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f'data folder {folder} does not exist; it must hold one sub-folder of images per '
@@ -323,8 +322,7 @@ def _start_up_line(kind, folder, files, indexing, seconds, check):
 
 
 def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='cached', image_check_cache=None):
-    """(paths, labels) of a split folder for ``eval_batches``: the class scan, labels, image check and
-    start-up line of ``create_dataset_imagenet``."""
+    """(paths, labels) of a split folder for ``eval_batches``, checked as ``create_dataset_imagenet`` does."""
     folder = Path(dataset_dir)
     files, indexing, scan_seconds = labelled_files(folder, classes, num_classes)
     check = check_split(folder, files, image_check, cache_root=image_check_cache)

@@ -73,8 +73,7 @@ def _turned(img):
 
 
 def _inspect_all(paths, show_progress, threads=8, orientation=False):
-    """([(path, problem)] of the unreadable ``paths``, [the paths their EXIF orientation turns]),
-    inspected in ``threads`` threads."""
+    """([(path, problem)] of the unreadable ``paths``, [those their EXIF orientation turns])."""
     from tqdm import tqdm
     with ThreadPoolExecutor(threads) as pool:
         results = list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
@@ -144,8 +143,7 @@ class CheckReport:
 
 
 def user_cache_folder():
-    """The user's cache folder for image-check manifests: $XDG_CACHE_HOME (when an absolute path, as
-    the XDG base directory specification asks) or ~/.cache, then repvgg/image_check."""
+    """$XDG_CACHE_HOME (when absolute, as the XDG spec asks) or ~/.cache, then repvgg/image_check."""
     root = os.environ.get('XDG_CACHE_HOME', '')
     root = Path(root) if os.path.isabs(root) else Path.home() / '.cache'
     return root / 'repvgg' / 'image_check'

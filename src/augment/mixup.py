@@ -20,8 +20,7 @@ def smoothed_one_hot(labels, num_classes, smoothing=0.0):
 
 
 def cutmix_box(height, width, lam, rng):
-    """A box (top, bottom, left, right) of about (1 - lam) of the image, centred at a random
-    pixel and clipped to the image, and the lam that the clipped box really leaves."""
+    """A box (top, bottom, left, right) of about 1 - lam of the image, and the lam it really leaves."""
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     centre_y, centre_x = int(rng.integers(0, height)), int(rng.integers(0, width))

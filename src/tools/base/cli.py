@@ -66,8 +66,7 @@ def listed(names, limit=6):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting, and hints
-    at the closest known flag for an unknown one; every script's parser is one of these."""
+    """argparse that raises a one-line UserError, with the closest known flag for an unknown one."""
 
     def error(self, message):
         if message.startswith('unrecognized arguments'):

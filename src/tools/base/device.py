@@ -12,8 +12,7 @@ from src.tools.base.cli import UserError, quiet_logger
 
 
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
-    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging);
-    ``cpu_threads``: MindSpore's CPU kernel threads (benchmarks; its default stays otherwise)."""
+    """Select the device and the mode (GRAPH; PYNATIVE for debugging); ``cpu_threads``: benchmarks'."""
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target != 'CPU':
         check_device_available(device_target)
@@ -26,8 +25,7 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
 
 
 def check_device_available(device_target):
-    """A one-line UserError when MindSpore cannot run on ``device_target`` here (e.g. GPU on a machine
-    without a GPU, CUDA 11 or the GPU plugin), instead of MindSpore's log lines and traceback."""
+    """A one-line UserError, not MindSpore's logs, when it cannot run on ``device_target`` here."""
     try:
         logger = ms.log._get_logger()  # no public handle on it
     except AttributeError:
@@ -51,8 +49,7 @@ def set_seed(seed):
 
 
 def launcher_local_rank():
-    """This process's device index on its node when msrun (MS_ROLE, DEVICE_ID) or mpirun
-    (OMPI_COMM_WORLD_LOCAL_RANK) started it, else None."""
+    """This process's device index on its node when msrun or mpirun started it, else None."""
     if os.environ.get('MS_ROLE') == 'MS_WORKER':
         return int(os.environ.get('DEVICE_ID', '0'))
     if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
@@ -61,8 +58,7 @@ def launcher_local_rank():
 
 
 def init_device(device_target, device_id=0, graph_mode=True):
-    """Select the device and, under msrun/mpirun, join the data-parallel group (gradients_mean);
-    (rank, group size), (0, 1) standalone. A launched worker uses its local rank as device."""
+    """Select the device and, under msrun/mpirun, join the data-parallel group; (rank, group size)."""
     if os.environ.get('MS_ROLE') == 'MS_SCHED':
         # msrun also runs the script as its scheduler process: init() serves the cluster; never train.
         # msrun starts one on every machine that owns MASTER_ADDR, so on both 'machines' of a run

@@ -73,8 +73,7 @@ def check_outputs_apart(outputs, inputs):
 
 
 def _check_parent(path, what, shown=None):
-    """UserError unless the nearest existing folder above ``path`` is one this process may write in
-    (``shown``: the path as the user gave it, for the message)."""
+    """UserError unless this process may write in the nearest existing folder above ``path``."""
     shown = path if shown is None else shown
     parent = path.parent
     while not parent.exists():
@@ -127,8 +126,7 @@ def check_folder_creatable(path, what='folder'):
 
 
 def check_writable_file(path, what='output', example='output'):
-    """UserError unless a regular file could be written at ``path`` (through a symbolic link to its
-    target): an existing folder gets the hint ``path/example``; a device, FIFO or socket is refused."""
+    """UserError unless a regular file could be written at ``path`` (a folder gets the hint ``path/example``)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f'{what} {path} is a folder; pass a file name such as {path / example}')

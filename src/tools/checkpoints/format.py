@@ -25,8 +25,6 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
     """
     import mindspore as ms
     path = Path(path)
-    if path.suffix != '.ckpt':
-        raise UserError(f'checkpoint {path} must end with .ckpt')
     if isinstance(entries, dict):
         entries = [{'name': name, 'data': ms.Tensor(value)} for name, value in entries.items()]
     with atomic_path(path, '.ckpt') as temporary:
@@ -37,8 +35,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
 
 
 def train_state(train_cell, epoch_num, step_num, steps_per_epoch, card, epoch_metrics=None):
-    """(entries, append_dict) for ``save_checkpoint``: the train cell's parameters but the learning
-    rates, the position, the model ``card`` and, at an epoch's end, the epoch's metrics row."""
+    """(entries, append_dict) of the train cell (not its learning rates), position, ``card`` and metrics row."""
     entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
                if param.name not in NOT_SAVED]
     append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),

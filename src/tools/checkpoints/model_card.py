@@ -77,8 +77,7 @@ class ModelCard:
 
     @classmethod
     def read(cls, entries, source, remedy='export it again from its checkpoint'):
-        """The card recorded in ``entries`` (a checkpoint, a file's metadata); a UserError naming
-        ``source`` and the entry when a value is not what it should be."""
+        """The card recorded in ``entries``; a UserError naming ``source`` and an entry that is not valid."""
         fields = {}
         for key, (field, parse, valid) in _ENTRIES.items():
             if key in entries:

@@ -17,7 +17,6 @@ from src.repvgg import (
     ARCH_NAMES,
     ARCH_SPECS,
     block_names,
-    check_arch_name,
     create_model,
     is_quantization_friendly,
     stage_widths,
@@ -262,10 +261,6 @@ def resolve_arch(tensors, arch, source):
         if detected is None:
             raise UserError(f'cannot tell the arch from the shapes in {source}; pass --arch')
         return detected
-    try:
-        check_arch_name(arch)
-    except ValueError as error:
-        raise UserError(str(error)) from None
     if detected is not None and arch not in matching:
         raise UserError(f'{source} looks like {detected}, not {arch}: use --arch {detected}')
     return arch
@@ -376,8 +371,7 @@ class Report:
 
 
 def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=None, ema=False):
-    """Convert any supported checkpoint to a MindSpore ``.ckpt`` for ``create_model(arch, ...)``
-    (``arch`` None: detected from the shapes); a ``Report``, or a UserError for anything that does not map."""
+    """Convert any supported file to a ``.ckpt`` of ``arch`` (None: from the shapes); a ``Report``."""
     output_path = Path(output_path)
     if output_path.suffix != '.ckpt':
         raise UserError(f'output {output_path} must end with .ckpt')

@@ -168,8 +168,7 @@ def is_safetensors(path):
 
 
 def read_safetensors(path):
-    """{name: numpy array} of a safetensors file; bfloat16 becomes float32. A file that does not
-    follow the format is a one-line UserError with the package's reason."""
+    """{name: numpy array} of a safetensors file (bfloat16 as float32); a UserError for a bad file."""
     try:
         with safe_open(path, framework='numpy') as file:
             names = file.keys()  # a safetensors file, not a dict: it does not iterate

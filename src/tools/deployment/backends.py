@@ -24,8 +24,7 @@ ENGINE_NAMES = {'mindspore': 'MindSpore', 'onnxruntime': 'ONNX Runtime', 'openvi
 
 
 def choose_engine(backend, suffix, device_target):
-    """The engine that runs a ``suffix`` file: ``backend``, or for ``auto`` the device's default; a
-    UserError for a file or device the engine cannot run."""
+    """The engine for a ``suffix`` file: ``backend``, or auto's; a UserError for a pair that cannot run."""
     if suffix == '.mindir':
         if backend not in ('auto', 'mindspore'):
             raise UserError(f'a .mindir file runs only in mindspore; drop --backend {backend}, or pass the .ckpt '
@@ -157,8 +156,7 @@ def onnx_device(device_target, backend):
 
 
 def load_onnx_engine(args, config):
-    """The Predictor of eval_onnx.py / infer_onnx.py: ``args.onnx_path`` in the engine the arguments
-    choose, its card settled with ``config`` (what the script's flags set)."""
+    """The Predictor of eval_onnx.py / infer_onnx.py, its card settled with ``config`` (their flags)."""
     engine = resolve_engine(args.backend, '.onnx', args.device_target, args.precision, args.threads)
     predictor = load_onnx_file(args.onnx_path, engine, args.device_target, args.batch_size, args.image_size,
                                args.precision, args.threads)
@@ -166,8 +164,7 @@ def load_onnx_engine(args, config):
 
 
 def announce(predictor, device_target):
-    """Print the model, then the engine with its precision and settings and where it runs: on CPU
-    with the instruction sets that decide its speed (AMX, AVX512_BF16, VNNI, AVX2)."""
+    """Print the model, the engine with its precision and settings, and the CPU's instruction sets."""
     print(f'=> {predictor.description}')
     where = f'CPU: {cpu_features()}' if device_target == 'CPU' else f'on {device_target}'
     print(f'=> {predictor.engine}; {where}')

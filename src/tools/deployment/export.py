@@ -67,8 +67,7 @@ def make_onnx_batch_dynamic(model):
 
 
 def _export_raw(net, image_size, file_format, stem, card):
-    """Write ``stem``+suffix; MINDIR gets a dynamic batch, ONNX batch 1 made dynamic afterwards.
-    The model card goes into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
+    """Write ``stem``+suffix with a dynamic batch and the model card in its metadata."""
     shape = (3, image_size, image_size)
     path = stem.with_suffix(FORMAT_SUFFIXES[file_format])
     entries = card.entries()
@@ -112,8 +111,7 @@ def exported_difference(path, net, image_size, num_images=2, seed=0, model='the 
 
 
 def check_export_target(export_path, file_format):
-    """The file export_path names, checked before any work: a regular file or nothing yet, its folder
-    writable. Leftovers of killed writers in that folder (an export, a conversion) are removed."""
+    """The file export_path names, checked before any work; killed writers' leftovers there removed."""
     target = check_writable_file(export_file_path(export_path, file_format), 'export path', 'model')
     folder = regular_target(target).parent
     if folder.is_dir():

@@ -114,11 +114,8 @@ def load_deploy_network(path, config):
     deploy = is_deploy_form(checkpoint, prefix)
     card = replace(settle(ModelCard.read(checkpoint, source, 're-save it with this project'), config, source),
                    deploy=deploy)
-    arch = card.arch
-    try:
-        net = create_model(arch, num_classes=card.num_classes, deploy=deploy)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    arch = card.arch  # a known arch: the card and the config accept no other
+    net = create_model(arch, num_classes=card.num_classes, deploy=deploy)
     load_weights(net, checkpoint, prefix=prefix, source=source)
     net.set_train(False)
     params_before = count_params(net)

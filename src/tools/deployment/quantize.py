@@ -93,8 +93,7 @@ def foreign_classes_note(files, class_names):
 
 
 def calibration_folder(file_format, calibration_path, data_url):
-    """The folder export.py --quantize int8 calibrates on (default: data_url/train); a UserError
-    before any work for a format other than ONNX."""
+    """The calibration folder (default: data_url/train); a UserError for a format other than ONNX."""
     if file_format != 'ONNX':
         raise UserError(f'--quantize int8 writes ONNX files (ONNX Runtime runs them); {file_format} has no '
                         f'INT8 export here: use --file_format ONNX, or drop --quantize')
@@ -127,8 +126,7 @@ class ImageBatches(CalibrationDataReader):
 
 # ----------------------------------------------------------------------------- quantization
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
-    """Write the INT8 QDQ model of ``fp32_path``, calibrated on ``images`` and with its model card, to
-    ``int8_path``; ``activation_type`` and ``reduce_range`` are for benchmarks/speed.py's type study."""
+    """Write the INT8 QDQ model of ``fp32_path``, calibrated on ``images``, with its card, to ``int8_path``."""
     fp32 = onnx.load(str(fp32_path))
     opset = next(entry.version for entry in fp32.opset_import if entry.domain in ('', 'ai.onnx'))
     converted = version_converter.convert_version(fp32, QUANTIZE_OPSET) if opset < QUANTIZE_OPSET else fp32

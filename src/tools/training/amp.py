@@ -27,8 +27,7 @@ def cast_amp(net, amp_level):
 
 
 def loss_scale_cell(amp_level, loss_scale, is_dynamic):
-    """The scale-update cell of TrainOneStepWithLossScaleCell: dynamic from 2^24 (the reference's
-    values), or fixed at ``loss_scale``, 1 under O0."""
+    """Dynamic loss scale from 2^24 (the reference's), or fixed at ``loss_scale`` (1 under O0)."""
     if amp_level == 'O0':
         return nn.FixedLossScaleUpdateCell(loss_scale_value=1.0)
     if is_dynamic:

@@ -75,8 +75,7 @@ class Ranks:
         return self._broadcast(Tensor(values.astype(np.int32))).asnumpy().tolist()
 
     def average_params(self, key, params):
-        """Replace every rank's value of ``params`` by their mean over ranks (BN moving statistics);
-        ``key`` names the list so that its graph is compiled once."""
+        """Every rank's ``params`` replaced by their mean over ranks; ``key``: its graph is compiled once."""
         if self.group_size == 1 or not params:
             return
         if key not in self._average_cells:

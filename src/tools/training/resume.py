@@ -61,8 +61,7 @@ def check_continues(args):
 
 
 def start_run(args, net, steps_per_epoch, ranks=None, classes=None):
-    """Load what the run starts from into ``net``; the Start (where, from what, into which folder).
-    ``classes``: the training folder's, in label order; ``ranks`` agree on the checkpoint to resume."""
+    """Load what the run starts from into ``net``; the Start: where, from what, into which folder."""
     ranks = ranks or Ranks()
     if args.continues is not None:
         return _resume(args, net, steps_per_epoch, ranks, classes)
@@ -211,8 +210,7 @@ def start_position(checkpoint, steps_per_epoch):
 
 # ----------------------------------------------------------------------------- the schedule
 def last_config(folder):
-    """The settings the run in ``folder`` last ran with (config.yaml or its newest
-    config_resumed_<n>.yaml), as a dict; {} when there is none (a machine other than rank 0's)."""
+    """The settings ``folder``'s run last ran with (its newest config copy); {} without one."""
     copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
                     if path.stem.rsplit('_', 1)[1].isdigit() else 0)
     for path in [*copies[::-1], Path(folder) / 'config.yaml']:
@@ -260,8 +258,7 @@ def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
 
 # ----------------------------------------------------------------------------- the state
 def restore_state(train_cell, checkpoint):
-    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``; the names restored
-    (state the checkpoint lacks, e.g. an EMA, keeps its value)."""
+    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``; the names."""
     restored = []
     for param in train_cell.get_parameters():
         name = param.name

@@ -75,8 +75,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step, epoch_metrics=None):
-        """Train from (start_epoch, start_step); {'best': (top-1, epoch, path), 'last': metrics}.
-        ``epoch_metrics``: the row of the epoch whose end the run resumes from, recorded again first."""
+        """Train from (start_epoch, start_step), first recording ``epoch_metrics`` again; {'best', 'last'}."""
         args = self.args
         if epoch_metrics is not None and self.ranks.is_main:
             self.record_epoch(epoch_metrics)

@@ -29,14 +29,12 @@ def _keepalive(sock, timeout):
 
 
 def default_port(scheduler_port):
-    """The watchdog's port beside msrun's scheduler: MASTER_PORT + 1, or MASTER_PORT - 1 when
-    MASTER_PORT is the last port, 65535."""
+    """MASTER_PORT + 1 (msrun's scheduler port), or MASTER_PORT - 1 when that is 65535."""
     return scheduler_port + 1 if scheduler_port < 65535 else scheduler_port - 1
 
 
 class Watchdog:
-    """Watches the ranks of one run (see the module docstring); use as a context manager around
-    the run, so that a clean end says goodbye and an error is passed on."""
+    """Watches the ranks of one run; a context manager around it passes a clean end or an error on."""
 
     def __init__(self, rank, group_size, host, port, timeout=60.0, resume_hint=''):
         self.rank, self.group_size = rank, group_size
