@@ -26,7 +26,6 @@ MANIFEST_HEADER = '# files of this split that passed the image check: relative p
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and / or turned by 90, 180 or 270 degrees
 
 
-# ----------------------------------------------------------------------------- one file
 def _ends_cleanly(path, image_format):
     """Whether a JPEG / PNG file ends with its end-of-image marker (a cheap truncation test)."""
     with open(path, 'rb') as handle:
@@ -107,7 +106,6 @@ def check_images(paths, show_progress=True, threads=8):
     return turned
 
 
-# ----------------------------------------------------------------------------- a split, remembered
 @dataclass
 class CheckReport:
     """What the check of one rank's slice did, for the start-up line."""

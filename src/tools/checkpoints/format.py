@@ -17,7 +17,6 @@ EPOCH_METRICS_KEY = 'epoch_metrics'
 NOT_SAVED = ('learning_rate',)
 
 
-# ----------------------------------------------------------------------------- writing
 def save_checkpoint(entries, path, append_dict=None, verify=None):
     """``mindspore.save_checkpoint`` of ``entries`` ({'name', 'data'} list or {name: array}) to ``path``,
     all or nothing: a temporary, checked by ``verify(temporary)`` when given, renamed onto ``path``
@@ -45,7 +44,6 @@ def train_state(train_cell, epoch_num, step_num, steps_per_epoch, card, epoch_me
     return entries, append
 
 
-# ----------------------------------------------------------------------------- reading
 def read_checkpoint(path):
     """The checkpoint at ``path`` as {name: Parameter or value}; a UserError if it cannot be read."""
     path = Path(path)

@@ -25,7 +25,6 @@ class CheckpointSaver:
         self._periodic = re.compile(re.escape(f'{arch}_') + r'(\d+)-(\d+)_(\d+)\.ckpt$')
         self._best = re.compile(re.escape(f'{arch}_epoch=') + r'(\d+)_acc=([0-9.]+)\.ckpt$')
 
-    # ------------------------------------------------------------------ periodic
     def periodic_path(self, epoch_num, step_num, rank=None):
         return self.folder / f'{self.arch}_{self.rank if rank is None else rank}-{epoch_num}_{step_num}.ckpt'
 
@@ -53,7 +52,6 @@ class CheckpointSaver:
             mine[position].unlink(missing_ok=True)
         return path
 
-    # ------------------------------------------------------------------ best
     def best_path(self, epoch, acc):
         return self.folder / f'{self.arch}_epoch={epoch}_acc={acc:.4f}.ckpt'
 

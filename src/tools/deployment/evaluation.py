@@ -158,7 +158,6 @@ def evaluate_folder(predictor, folder, workers=None, image_check='cached', image
     return reference_results(result, with_loss)
 
 
-# ----------------------------------------------------------------------------- per-class report
 def per_class_rows(confusion, names):
     """One row per class with images: name, images, top-1, and the class it is most often taken for."""
     rows = []

@@ -99,7 +99,6 @@ def batch_and_size(dims, path):
     return dims[0], dims[2]
 
 
-# ----------------------------------------------------------------------------- checkpoints
 def load_deploy_network(path, config):
     """(net, description, card): checkpoint ``path`` loaded strictly, in eval mode and deploy form; its
     card settled with ``config``, whose ``ema`` takes the ``ema.*`` copy of a run with ``with_ema: 1``."""
@@ -142,7 +141,6 @@ def network_predictor(net, card, batch_size, description=''):
                      pad_to_seen=True, description=description, card=card, engine=mindspore_engine())
 
 
-# ----------------------------------------------------------------------------- MINDIR
 def mindir_user_info(model):
     """A MINDIR ModelProto's user_info as a dict: a map in MindSpore's schema, which newer protobuf
     runtimes expose as a list of key/value entries."""
@@ -197,7 +195,6 @@ def load_mindir(path, batch_size, image_size=None):
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
-# ----------------------------------------------------------------------------- ONNX
 def onnx_providers(device_target):
     """ONNX Runtime execution providers for CPU or GPU; a UserError when CUDA is not available."""
     if device_target == 'CPU':

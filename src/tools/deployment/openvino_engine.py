@@ -31,7 +31,6 @@ _PRECISION_NAMES = {'f32': 'fp32', 'bf16': 'bf16', 'f16': 'fp16', 'u8': 'int8', 
 _COMPUTE_LAYERS = ('Convolution', 'FullyConnected')
 
 
-# ----------------------------------------------------------------------------- the machine
 @dataclass(frozen=True)
 class CpuFeatures:
     """The CPU's model name and which of INSTRUCTION_SETS it has, in that order."""
@@ -95,7 +94,6 @@ def default_threads():
     return min(cpus, limit) if limit else cpus
 
 
-# ----------------------------------------------------------------------------- OpenVINO
 def import_openvino():
     """The openvino module without its model converter, whose import sends a usage event and writes a
     client id under ~/intel (docs/deployment.md, "Telemetry"); a UserError naming pip where it is missing."""

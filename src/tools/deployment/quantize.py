@@ -37,7 +37,6 @@ MIN_CALIBRATION_IMAGES = 32
 CALIBRATION_BATCH = 16
 
 
-# ----------------------------------------------------------------------------- calibration images
 def pick_evenly(files_by_class, count):
     """``count`` files spread over the classes by round-robin quotas, evenly spaced within each class."""
     quotas = [0] * len(files_by_class)
@@ -124,7 +123,6 @@ class ImageBatches(CalibrationDataReader):
         return {self.input_name: self.batches[self.position - 1]}
 
 
-# ----------------------------------------------------------------------------- quantization
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
     """Write the INT8 QDQ model of ``fp32_path``, calibrated on ``images``, with its card, to ``int8_path``."""
     fp32 = onnx.load(str(fp32_path))

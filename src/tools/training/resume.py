@@ -143,7 +143,6 @@ def _checked(start, args, steps_per_epoch):
     return start
 
 
-# ----------------------------------------------------------------------------- which checkpoint
 def resume_candidates(saver, group_size, ranks=None, count=None):
     """This rank's checkpoints at the positions that every rank reached, newest first; when the
     ranks share none (the group size changed), rank 0's newest, for every rank.
@@ -208,7 +207,6 @@ def start_position(checkpoint, steps_per_epoch):
     return epoch_num - 1, min(step_num, steps_per_epoch - 1)
 
 
-# ----------------------------------------------------------------------------- the schedule
 def last_config(folder):
     """The settings ``folder``'s run last ran with (its newest config copy); {} without one."""
     copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
@@ -256,7 +254,6 @@ def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
               flush=True)
 
 
-# ----------------------------------------------------------------------------- the state
 def restore_state(train_cell, checkpoint):
     """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``; the names."""
     restored = []

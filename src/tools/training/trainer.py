@@ -61,7 +61,6 @@ class Trainer:
         self.bn_statistics = [p for p in train_cell.get_parameters()
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
-    # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch_num, step_num, epoch_metrics=None):
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.card, epoch_metrics)
 
@@ -73,7 +72,6 @@ class Trainer:
         return self.saver.save_periodic(*self._state(epoch_num, step_num, epoch_metrics),
                                         all_written=self.ranks.barrier, writing=self._writing())
 
-    # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step, epoch_metrics=None):
         """Train from (start_epoch, start_step), first recording ``epoch_metrics`` again; {'best', 'last'}."""
         args = self.args

@@ -61,7 +61,6 @@ class Watchdog:
         watchdog.start()
         return watchdog
 
-    # ------------------------------------------------------------------ starting
     def start(self, connect_within=None):
         """Rank 0 listens and waits (in the background) for the others; they connect to it."""
         connect_within = max(60.0, self.timeout) if connect_within is None else connect_within
@@ -118,7 +117,6 @@ class Watchdog:
             _keepalive(conn, self.timeout)
             self._thread(self._listen_to_peer, conn)
 
-    # ------------------------------------------------------------------ listening
     @staticmethod
     def _lines(conn):
         """The lines ``conn`` sends, until it closes (then None, with why)."""
@@ -170,7 +168,6 @@ class Watchdog:
                 rank, _, why = rest.partition(' ')
                 self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
 
-    # ------------------------------------------------------------------ stopping
     def _lost(self, rank, why):
         """Rank 0: tell the others which rank was lost, then stop this one."""
         if self._closing or self._stopping:
@@ -198,7 +195,6 @@ class Watchdog:
         self._hold.acquire(timeout=600)  # let a checkpoint being written complete; never start another
         os._exit(EXIT_STATUS)  # the main thread may be blocked in a collective that will never return
 
-    # ------------------------------------------------------------------ the run's side
     @contextlib.contextmanager
     def holding(self):
         """While inside, a stop waits (a checkpoint is being written)."""
