@@ -9,7 +9,7 @@ from pathlib import Path
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine, onnx_device
+from src.tools.deployment.backends import add_onnx_arguments, announce, load_onnx_engine, onnx_device
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
 
 
@@ -26,11 +26,7 @@ def parse_args(argv=None):
                                        'of class folders, in OpenVINO (CPU) or ONNX Runtime.')
     parser.add_argument('dataset_path', metavar='DATASET', type=Path,
                         help='validation folder, one sub-folder per class')
-    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
-    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
-    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
-                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
-                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
+    add_onnx_arguments(parser, default_precision='fp32')
     parser.add_argument('--prefetch', type=_at_least_one, default=16,
                         help='accepted as in the reference; no effect: the images of two batches are read ahead')
     parser.add_argument('-b', '--batch_size', type=_at_least_one, default=32, help='images per batch')
@@ -38,7 +34,6 @@ def parse_args(argv=None):
                         help='threads reading the images (at most one per CPU)')
     parser.add_argument('--report_dir', type=Path, default=None,
                         help='also write per_class_top1.csv and confusion_matrix.png there')
-    add_onnx_engine_arguments(parser, default_precision='fp32')
     return parser.parse_args(argv)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.backends import add_onnx_engine_arguments, announce, load_onnx_engine, onnx_device
+from src.tools.deployment.backends import add_onnx_arguments, announce, load_onnx_engine, onnx_device
 from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
 
 
@@ -17,18 +17,13 @@ def parse_args(argv=None):
                                        'an ONNX model; writes {path: class} JSON.')
     parser.add_argument('dataset_path', metavar='IMAGE_OR_FOLDER', type=Path,
                         help='an image, or a folder whose .png/.jpg/.jpeg files are predicted')
-    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
+    add_onnx_arguments(parser, default_precision='auto')
     parser.add_argument('-o', '--output', type=Path, default=Path('predictions.json'), help='JSON file to write')
-    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
-                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
-                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
-    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
     parser.add_argument('-b', '--batch_size', type=int, default=32, help='images per batch')
     parser.add_argument('--interpolation', choices=('bilinear', 'bicubic'), default=None,
                         help="resize interpolation (default: the model's, else bilinear)")
     parser.add_argument('--with_index', action='store_true',
                         help="each prediction as {'class': name, 'index': i} instead of the class name alone")
-    add_onnx_engine_arguments(parser, default_precision='auto')
     return parser.parse_args(argv)
 
 

@@ -3,10 +3,8 @@
     python vis_img_preprocessing.py --config src/configs/RepVGG.yaml --data_url DATA \
         [--output preprocessing.png] [--num_images 4] [--num_draws 5]
 
-Reads ``num_images`` images of DATA/train (spread over the classes), runs the configured train
-transform (``aug_type``, ``auto_augment``, ``re_prob``, ``image_size``, ``interpolation``)
-``num_draws`` times on each, un-normalises the results and writes one PNG grid with matplotlib.
-Batch-level Mixup / CutMix is not drawn (it mixes whole batches).
+The configured train transform runs ``num_draws`` times on images of DATA/train (docs/data.md);
+batch-level Mixup / CutMix is not drawn.
 """
 import sys
 from pathlib import Path

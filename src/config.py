@@ -1,14 +1,11 @@
 """The one configuration object: argparse defaults < YAML file < flags given on the command line.
 
-Every option is declared once in ``OPTIONS``; the command-line parser, the YAML validation, the
-types and the defaults all come from that table. The defaults of the reference's keys are the
-values of the reference's documented parameter block (``src/configs/RepVGG.yaml`` is that block;
-tests/test_config.py fails when the two drift), so a YAML that leaves a key out behaves as the
-reference does. YAML keys are strict: an unknown key, a value of the wrong type or a value outside
-the allowed choices is a ``UserError`` naming the key and the fix.
+Every option is declared once in ``OPTIONS``, from which the parser, the YAML validation, the types
+and the defaults (the reference's parameter block, src/configs/RepVGG.yaml) come; docs/models.md.
 """
 import argparse
 import difflib
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +21,9 @@ PRECISIONS = ('auto', 'fp32', 'bf16')
 
 
 # ----------------------------------------------------------------------------- value types
-def _is_bool(value):
-    return isinstance(value, bool)
-
-
 def to_int(value):
     """An integer; '8', 8 and 8.0 pass, 8.5, True and 'eight' do not."""
-    if _is_bool(value):
+    if isinstance(value, bool):
         raise ValueError('expected an integer, got a boolean')
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -42,7 +35,7 @@ def to_int(value):
 
 def to_float(value):
     """A real number; YAML's '1e-4' (read as a string by PyYAML) passes."""
-    if _is_bool(value):
+    if isinstance(value, bool):
         raise ValueError('expected a number, got a boolean')
     try:
         return float(value)
@@ -61,9 +54,7 @@ def to_flag(value):
 
 
 def to_path(value):
-    """A filesystem path; '' and null mean 'not set'."""
-    if value is None or str(value) == '':
-        return None
+    """A filesystem path ('' and null, 'not set', are Option.convert's)."""
     return Path(str(value)).expanduser()
 
 
@@ -73,8 +64,8 @@ def to_str(value):
     return str(value)
 
 
-_TYPE_NAMES = {to_int: 'an integer', to_float: 'a number', to_flag: '0/1 or true/false',
-               to_path: 'a path', to_str: 'a string'}
+_LIMITS = (('at_least', operator.ge, 'at least'), ('above', operator.gt, 'above'),
+           ('at_most', operator.le, 'at most'), ('below', operator.lt, 'below'))
 
 
 @dataclass(frozen=True)
@@ -95,9 +86,9 @@ class Option:
     below: float = None
 
     def convert(self, value):
-        if value is None or (self.type is to_path and value == ''):
-            if self.type is to_path:  # '' / null: not set, which for train_url means its default
-                return self.default
+        if self.type is to_path and value in (None, ''):
+            return self.default  # not set, which for train_url means its default
+        if value is None:
             if self.nullable or self.default is None:
                 return None
             raise ValueError('must not be null')
@@ -106,7 +97,10 @@ class Option:
                 raise ValueError(f'expected a list of {self.nargs} values, got {value!r}')
             return [self.type(item) for item in value]
         converted = self.type(value)
-        self._check_range(converted)
+        for key, holds, words in _LIMITS:
+            limit = getattr(self, key)
+            if limit is not None and not holds(converted, limit):
+                raise ValueError(f'must be {words} {limit:g}, got {converted!r}')
         if self.choices is not None and converted not in self.choices:
             close = difflib.get_close_matches(str(converted), self.choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
@@ -114,135 +108,123 @@ class Option:
         return converted
 
 
-    def _check_range(self, value):
-        limits = ((self.at_least, lambda v, x: v >= x, 'at least'), (self.above, lambda v, x: v > x, 'above'),
-                  (self.at_most, lambda v, x: v <= x, 'at most'), (self.below, lambda v, x: v < x, 'below'))
-        for limit, holds, words in limits:
-            if limit is not None and not holds(value, limit):
-                raise ValueError(f'must be {words} {limit:g}, got {value!r}')
-
-
-def _opt(name, type_, default, help_, **kwargs):
-    return Option(name, type_, default, help_, **kwargs)
-
-
 OPTIONS = (
     # main
-    _opt('config', to_path, None, 'YAML config file (see src/configs).', yaml=False),
-    _opt('train_url', to_path, Path('.'), "Folder for training runs (one sub-folder per run); '' is the "
-         'current folder.'),
-    _opt('data_url', to_path, None, 'ImageNet-style data folder with train/ and val/.'),
+    Option('config', to_path, None, 'YAML config file (see src/configs).', yaml=False),
+    Option('train_url', to_path, Path('.'), "Folder for training runs (one sub-folder per run); '' is the "
+           'current folder.'),
+    Option('data_url', to_path, None, 'ImageNet-style data folder with train/ and val/.'),
     # continue training or model inference
-    _opt('exclude_epoch_state', to_flag, False, 'Ignore epoch/step/lr/optimizer state of pretrained.'),
-    _opt('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded); '
-         'eval/export/infer: the model file.'),
-    _opt('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
-    _opt('allow_schedule_change', to_flag, False, 'continues: accept settings that change the learning-rate '
-         'schedule mid-run (epochs, batch size, lr keys, steps per epoch) instead of refusing them.'),
+    Option('exclude_epoch_state', to_flag, False, 'Ignore epoch/step/lr/optimizer state of pretrained.'),
+    Option('pretrained', to_path, None, 'Checkpoint to start from (weights, and state unless excluded); '
+           'eval/export/infer: the model file.'),
+    Option('continues', to_path, None, 'Run folder of an interrupted run to resume.'),
+    Option('allow_schedule_change', to_flag, False, 'continues: accept settings that change the learning-rate '
+           'schedule mid-run (epochs, batch size, lr keys, steps per epoch) instead of refusing them.'),
     # checkpoints
-    _opt('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).', at_least=1),
-    _opt('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.', at_least=1),
-    _opt('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.', at_least=0),
+    Option('keep_checkpoint_max', to_int, 20, 'Keep the N latest periodic checkpoints (per rank).', at_least=1),
+    Option('save_every', to_int, 1000, 'Steps between periodic checkpoints and loss log lines.', at_least=1),
+    Option('keep_best_checkpoints_max', to_int, 5, 'Keep the N best checkpoints by validation top-1.', at_least=0),
     # model
-    _opt('arch', to_str, 'RepVGG-B0', 'Architecture name.', choices=ARCH_NAMES, aliases=('-a',)),
-    _opt('num_classes', to_int, 1000, 'Number of classes.', at_least=1),
-    _opt('image_size', to_int, 224, 'Input image size (size x size).', at_least=1),
-    _opt('deploy', to_flag, False, 'Build the network directly in deploy (re-parameterized) form.'),
+    Option('arch', to_str, 'RepVGG-B0', 'Architecture name.', choices=ARCH_NAMES, aliases=('-a',)),
+    Option('num_classes', to_int, 1000, 'Number of classes.', at_least=1),
+    Option('image_size', to_int, 224, 'Input image size (size x size).', at_least=1),
+    Option('deploy', to_flag, False, 'Build the network directly in deploy (re-parameterized) form.'),
     # training duration
-    _opt('epochs', to_int, 120, 'Number of epochs.', at_least=1),
-    _opt('batch_size', to_int, 32, 'Batch size per device.', at_least=1),
-    _opt('start_epoch', to_int, 0, 'Epoch to start from (restarts).', at_least=0),
-    _opt('start_step', to_int, 0, 'Step of the start epoch to start from (restarts).', at_least=0),
+    Option('epochs', to_int, 120, 'Number of epochs.', at_least=1),
+    Option('batch_size', to_int, 32, 'Batch size per device.', at_least=1),
+    Option('start_epoch', to_int, 0, 'Epoch to start from (restarts).', at_least=0),
+    Option('start_step', to_int, 0, 'Step of the start epoch to start from (restarts).', at_least=0),
     # optimizer and schedule
-    _opt('optimizer', to_str, 'momentum', 'Optimizer.', choices=('momentum', 'adamw')),
-    _opt('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.', at_least=0),
-    _opt('warmup_lr', to_float, 7e-8, 'Learning rate at the start of warm-up.', at_least=0),
-    _opt('base_lr', to_float, 0.1, 'Learning rate after warm-up.', above=0),
-    _opt('min_lr', to_float, 0.0, 'Lower bound of the learning rate.', at_least=0),
-    _opt('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.', at_least=0, below=1),
-    _opt('beta', to_float, [0.9, 0.999], 'AdamW betas.', nargs=2),
-    _opt('lr_scheduler', to_str, 'cosine_lr', 'Learning-rate schedule.',
-         choices=('constant_lr', 'cosine_lr', 'multistep_lr', 'exp_lr')),
-    _opt('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).', above=0),
-    _opt('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).', above=0),
-    _opt('weight_decay', to_float, 0.0001, 'Weight decay of conv and dense kernels (not BN, not biases).',
-         aliases=('--wd',), at_least=0),
-    _opt('eps', to_float, 1e-8, 'AdamW epsilon.', above=0),
+    Option('optimizer', to_str, 'momentum', 'Optimizer.', choices=('momentum', 'adamw')),
+    Option('warmup_length', to_float, 0.0, 'Linear warm-up length in epochs.', at_least=0),
+    Option('warmup_lr', to_float, 7e-8, 'Learning rate at the start of warm-up.', at_least=0),
+    Option('base_lr', to_float, 0.1, 'Learning rate after warm-up.', above=0),
+    Option('min_lr', to_float, 0.0, 'Lower bound of the learning rate.', at_least=0),
+    Option('momentum', to_float, 0.9, 'Momentum of the momentum optimizer.', at_least=0, below=1),
+    Option('beta', to_float, [0.9, 0.999], 'AdamW betas.', nargs=2),
+    Option('lr_scheduler', to_str, 'cosine_lr', 'Learning-rate schedule.',
+           choices=('constant_lr', 'cosine_lr', 'multistep_lr', 'exp_lr')),
+    Option('lr_adjust', to_float, 30.0, 'Epochs per decay step (multistep_lr).', above=0),
+    Option('lr_gamma', to_float, 0.97, 'Decay factor (multistep_lr, exp_lr).', above=0),
+    Option('weight_decay', to_float, 0.0001, 'Weight decay of conv and dense kernels (not BN, not biases).',
+           aliases=('--wd',), at_least=0),
+    Option('eps', to_float, 1e-8, 'AdamW epsilon.', above=0),
     # train one step (loss scale, EMA)
-    _opt('loss_scale', to_float, 1024.0, 'Fixed loss scale (dynamic scaling starts at 2^24; O0 uses 1).', above=0),
-    _opt('is_dynamic_loss_scale', to_flag, True, 'Adapt the loss scale to overflows.'),
-    _opt('with_ema', to_flag, False, 'Keep an exponential moving average of the weights.'),
-    _opt('ema_decay', to_float, 0.9999, 'EMA decay.', at_least=0, at_most=1),
-    _opt('eval_ema', to_flag, False, 'Validate with the EMA weights and store them in the best checkpoints.'),
-    _opt('amp_level', to_str, 'O0', 'Mixed-precision level (BN stays fp32).', choices=('O0', 'O1', 'O2', 'O3')),
+    Option('loss_scale', to_float, 1024.0, 'Fixed loss scale (dynamic scaling starts at 2^24; O0 uses 1).', above=0),
+    Option('is_dynamic_loss_scale', to_flag, True, 'Adapt the loss scale to overflows.'),
+    Option('with_ema', to_flag, False, 'Keep an exponential moving average of the weights.'),
+    Option('ema_decay', to_float, 0.9999, 'EMA decay.', at_least=0, at_most=1),
+    Option('eval_ema', to_flag, False, 'Validate with the EMA weights and store them in the best checkpoints.'),
+    Option('amp_level', to_str, 'O0', 'Mixed-precision level (BN stays fp32).', choices=('O0', 'O1', 'O2', 'O3')),
     # hardware
-    _opt('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
-    _opt('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).', at_least=1),
-    _opt('device_id', to_int, 0, 'Device id (standalone runs).', at_least=0),
-    _opt('watchdog_timeout', to_float, 60.0, 'Data parallel under msrun: seconds without a sign of life after '
-         'which a rank counts as lost and the others stop (a killed process is seen at once); 0: no watchdog.',
-         at_least=0),
-    _opt('watchdog_port', to_int, 0, "Port of rank 0's watchdog (0: msrun's MASTER_PORT + 1, or 65534 when "
-         'that is 65535).', at_least=0, at_most=65535),
+    Option('device_target', to_str, 'GPU', 'Device to run on.', choices=('GPU', 'CPU')),
+    Option('device_num', to_int, 8, 'Number of devices (the launchers start that many processes).', at_least=1),
+    Option('device_id', to_int, 0, 'Device id (standalone runs).', at_least=0),
+    Option('watchdog_timeout', to_float, 60.0, 'Data parallel under msrun: seconds without a sign of life after '
+           'which a rank counts as lost and the others stop (a killed process is seen at once); 0: no watchdog.',
+           at_least=0),
+    Option('watchdog_port', to_int, 0, "Port of rank 0's watchdog (0: msrun's MASTER_PORT + 1, or 65534 when "
+           'that is 65535).', at_least=0, at_most=65535),
     # data loading
-    _opt('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',), at_least=1),
-    _opt('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).', at_least=1),
-    _opt('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
-    _opt('use_data_sink', to_flag, False, 'Accepted for the reference; batches are always fed from the host.'),
-    _opt('image_check', to_str, 'cached', 'Check before training that every image decodes: cached (once per '
-         'file, remembered in a manifest by size and mtime), full (every file at every start) or off.',
-         choices=('cached', 'full', 'off')),
-    _opt('image_check_cache', to_path, None, 'Folder for the image-check manifests, one per data folder (default: '
-         '$XDG_CACHE_HOME/repvgg/image_check, or ~/.cache/repvgg/image_check; never the data folder).'),
+    Option('num_parallel_workers', to_int, 4, 'Data loading workers.', aliases=('-j',), at_least=1),
+    Option('prefetch', to_int, 15, 'Queue size between data pipeline stages (batches).', at_least=1),
+    Option('cache_session_id', to_int, None, 'Session id of a running MindSpore cache server.'),
+    Option('use_data_sink', to_flag, False, 'Accepted for the reference; batches are always fed from the host.'),
+    Option('image_check', to_str, 'cached', 'Check before training that every image decodes: cached (once per '
+           'file, remembered in a manifest by size and mtime), full (every file at every start) or off.',
+           choices=('cached', 'full', 'off')),
+    Option('image_check_cache', to_path, None, 'Folder for the image-check manifests, one per data folder (default: '
+           '$XDG_CACHE_HOME/repvgg/image_check, or ~/.cache/repvgg/image_check; never the data folder).'),
     # augmentation
-    _opt('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
-    _opt('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),
-    _opt('interpolation', to_str, 'bilinear', 'Resize interpolation (random crop, resizes, policy ops).',
-         choices=('bilinear', 'bicubic')),
-    _opt('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).', at_least=0, at_most=1),
-    _opt('re_mode', to_str, 'pixel', 'Random erasing fill.', choices=('pixel', 'rand', 'const')),
-    _opt('re_count', to_int, 1, 'Random erasing regions per image.', at_least=1),
-    _opt('mixup_prob', to_float, 0.0, 'Probability of applying mixup or cutmix.', at_least=0, at_most=1),
-    _opt('mix_up', to_float, 0.0, 'Mixup alpha (active when > 0).', at_least=0),
-    _opt('cutmix', to_float, 0.0, 'CutMix alpha (active when > 0).', at_least=0),
-    _opt('switch_prob', to_float, 0.0, 'Probability of CutMix instead of mixup when both are active.',
-         at_least=0, at_most=1),
-    _opt('mixup_mode', to_str, 'batch', 'Mixup parameters per batch, pair or element.',
-         choices=('batch', 'pair', 'elem')),
-    _opt('label_smoothing', to_float, 0.0, 'Label smoothing.', at_least=0, below=1),
+    Option('aug_type', to_str, 'weak', 'Train augmentation.', choices=('none', 'weak', 'auto')),
+    Option('auto_augment', to_str, None, 'Policy string for aug_type auto, e.g. rand-m9-mstd0.5-inc1.', nullable=True),
+    Option('interpolation', to_str, 'bilinear', 'Resize interpolation (random crop, resizes, policy ops).',
+           choices=('bilinear', 'bicubic')),
+    Option('re_prob', to_float, 0.0, 'Random erasing probability (aug_type auto).', at_least=0, at_most=1),
+    Option('re_mode', to_str, 'pixel', 'Random erasing fill.', choices=('pixel', 'rand', 'const')),
+    Option('re_count', to_int, 1, 'Random erasing regions per image.', at_least=1),
+    Option('mixup_prob', to_float, 0.0, 'Probability of applying mixup or cutmix.', at_least=0, at_most=1),
+    Option('mix_up', to_float, 0.0, 'Mixup alpha (active when > 0).', at_least=0),
+    Option('cutmix', to_float, 0.0, 'CutMix alpha (active when > 0).', at_least=0),
+    Option('switch_prob', to_float, 0.0, 'Probability of CutMix instead of mixup when both are active.',
+           at_least=0, at_most=1),
+    Option('mixup_mode', to_str, 'batch', 'Mixup parameters per batch, pair or element.',
+           choices=('batch', 'pair', 'elem')),
+    Option('label_smoothing', to_float, 0.0, 'Label smoothing.', at_least=0, below=1),
     # other
-    _opt('brief', to_str, 'epochs-120_bs-32x8_lr-0.1-0.0', 'Suffix of the run folder name.', nullable=True),
-    _opt('seed', to_int, 0, 'Random seed.', at_least=0),
-    _opt('demo_data', to_flag, False, 'Build the scikit-learn digits demo set at data_url if it is missing.'),
-    _opt('log_samples', to_flag, False, 'Debug: write a fingerprint of every training image per rank '
-         'to the run folder (checks data-parallel sharding).'),
-    _opt('file_format', to_str, 'MINDIR', 'Export format.', choices=('AIR', 'MINDIR', 'ONNX'), yaml=False),
-    _opt('export_path', to_path, Path('model'), 'Exported file (suffix added by the format).', yaml=False),
-    _opt('quantize', to_str, 'none', 'export.py --file_format ONNX: int8 writes a statically quantized model '
-         '(QDQ, per-channel int8 weights, uint8 activations) run by ONNX Runtime.', choices=('none', 'int8'),
-         yaml=False),
-    _opt('calibration_path', to_path, None, 'INT8 calibration images, one sub-folder per class (default: '
-         'data_url/train).', yaml=False),
-    _opt('calibration_images', to_int, 300, 'Calibration images drawn evenly over the class folders of '
-         'calibration_path (the minimum is checked by export.py: MIN_CALIBRATION_IMAGES).', yaml=False),
-    _opt('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
-    _opt('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
-    _opt('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
-         yaml=False),
-    _opt('with_index', to_flag, False, "infer.py: each prediction as {'class': name, 'index': i} instead of the "
-         'class name alone.', yaml=False),
-    _opt('report_dir', to_path, None, 'eval.py: also write per_class_top1.csv and confusion_matrix.png there.',
-         yaml=False),
-    _opt('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: OpenVINO on CPU (a .ckpt is '
-         "exported to ONNX on the fly and checked first); on GPU a .ckpt in MindSpore and an .onnx in ONNX Runtime's "
-         'CUDA provider; a .mindir always in MindSpore. Or force mindspore, onnxruntime or openvino (CPU).',
-         choices=BACKENDS, yaml=False),
-    _opt('precision', to_str, None, 'eval.py / infer.py, openvino only: fp32; bf16 (CPUs with AMX or AVX512_BF16); '
-         'or auto: bf16 where the CPU has it and the first batch keeps its fp32 top-1 classes in bf16, else fp32. '
-         'An INT8 model runs in int8. (default: fp32 for eval.py, auto for infer.py)', choices=PRECISIONS,
-         nullable=True, yaml=False),
-    _opt('threads', to_int, 0, 'eval.py / infer.py, openvino only: inference threads; 0: the CPUs this process may '
-         'use (its affinity, bounded by a cgroup v2 cpu.max quota).', at_least=0, yaml=False),
+    Option('brief', to_str, 'epochs-120_bs-32x8_lr-0.1-0.0', 'Suffix of the run folder name.', nullable=True),
+    Option('seed', to_int, 0, 'Random seed.', at_least=0),
+    Option('demo_data', to_flag, False, 'Build the scikit-learn digits demo set at data_url if it is missing.'),
+    Option('log_samples', to_flag, False, 'Debug: write a fingerprint of every training image per rank '
+           'to the run folder (checks data-parallel sharding).'),
+    Option('file_format', to_str, 'MINDIR', 'Export format.', choices=('AIR', 'MINDIR', 'ONNX'), yaml=False),
+    Option('export_path', to_path, Path('model'), 'Exported file (suffix added by the format).', yaml=False),
+    Option('quantize', to_str, 'none', 'export.py --file_format ONNX: int8 writes a statically quantized model '
+           '(QDQ, per-channel int8 weights, uint8 activations) run by ONNX Runtime.', choices=('none', 'int8'),
+           yaml=False),
+    Option('calibration_path', to_path, None, 'INT8 calibration images, one sub-folder per class (default: '
+           'data_url/train).', yaml=False),
+    Option('calibration_images', to_int, 300, 'Calibration images drawn evenly over the class folders of '
+           'calibration_path (the minimum is checked by export.py: MIN_CALIBRATION_IMAGES).', yaml=False),
+    Option('pred_output', to_path, Path('predictions.json'), 'Predictions JSON file.', yaml=False),
+    Option('dataset_path', to_path, None, 'Data folder (eval) or image / folder of images (infer).', yaml=False),
+    Option('ema', to_flag, False, 'Evaluate / export / infer with the EMA weights (ema.*) of the checkpoint.',
+           yaml=False),
+    Option('with_index', to_flag, False, "infer.py: each prediction as {'class': name, 'index': i} instead of the "
+           'class name alone.', yaml=False),
+    Option('report_dir', to_path, None, 'eval.py: also write per_class_top1.csv and confusion_matrix.png there.',
+           yaml=False),
+    Option('backend', to_str, 'auto', 'eval.py / infer.py: what runs the model. auto: OpenVINO on CPU (a .ckpt is '
+           "exported to ONNX on the fly and checked first); on GPU a .ckpt in MindSpore and an .onnx in ONNX Runtime's "
+           'CUDA provider; a .mindir always in MindSpore. Or force mindspore, onnxruntime or openvino (CPU).',
+           choices=BACKENDS, yaml=False),
+    Option('precision', to_str, None, 'eval.py / infer.py, openvino only: fp32; bf16 (CPUs with AMX or AVX512_BF16); '
+           'or auto: bf16 where the CPU has it and the first batch keeps its fp32 top-1 classes in bf16, else fp32. '
+           'An INT8 model runs in int8. (default: fp32 for eval.py, auto for infer.py)', choices=PRECISIONS,
+           nullable=True, yaml=False),
+    Option('threads', to_int, 0, 'eval.py / infer.py, openvino only: inference threads; 0: the CPUs this process may '
+           'use (its affinity, bounded by a cgroup v2 cpu.max quota).', at_least=0, yaml=False),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -284,7 +266,6 @@ def _argparse_type(option):
             return option.type(text) if option.nargs else option.convert(text)
         except (TypeError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error)) from None
-    convert.__name__ = _TYPE_NAMES[option.type]
     return convert
 
 
@@ -307,8 +288,7 @@ class _Retired(argparse.Action):
 
 
 def build_parser(script='train.py', description='RepVGG', suppress_defaults=False):
-    """The command-line parser of ``script`` (a key of SCRIPT_OPTIONS): every option is accepted, the
-    help lists those it reads; with ``suppress_defaults`` only flags actually given appear."""
+    """``script``'s parser: it accepts every option, its help lists those it reads."""
     reads = SCRIPT_OPTIONS[script]
     parser = OneLineParser(prog=script if script.endswith('.py') else None, description=description,
                            allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress_defaults else None)
@@ -382,8 +362,7 @@ def parse_config(argv=None, script='train.py', description='RepVGG'):
 
 
 def make_config(yaml_path=None, **overrides):
-    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``; ``given``
-    as parse_config sets it."""
+    """The config for programmatic use and tests: defaults < ``yaml_path`` < ``overrides``."""
     config = argparse.Namespace(**{option.name: option.default for option in OPTIONS})
     from_yaml = {}
     if yaml_path is not None:

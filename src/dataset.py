@@ -1,42 +1,8 @@
-"""ImageNet-folder data pipeline on ``mindspore.dataset``.
+"""ImageNet-folder data pipeline on ``mindspore.dataset``: split/<class>/<image>, labels by sorted class name.
 
-Layout: ``split/<class>/<image>`` with the class index given by the sorted class folder names;
-``data_url/train`` and ``data_url/val`` are the two splits.
-
-- Train (``aug_type``): ``weak`` = RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) fused with the
-  JPEG decode + horizontal flip; ``none`` = resize the shorter side to ``image_size`` + centre crop;
-  ``auto`` = weak + the ``auto_augment`` policy + RandomErasing (``re_prob``). Then normalise (ImageNet
-  mean and std on [0, 1]) to CHW float32, shuffle, shard by (group_size, rank), batch with
-  drop_remainder, and, when mixup / cutmix is on, mix whole batches into soft targets.
-- Eval (``Preprocessing``, which model files record): resize the shorter side to int(size /
-  crop_pct) (crop_pct 224 / 256), centre crop ``image_size``, normalise. Rank r reads images r,
-  r + R, r + 2R, ... so all ranks together score every image exactly once; the last batch is kept.
-
-Decode, the random crop, flip, normalise and HWC2CHW are MindSpore's C++ ops. The shorter-side
-resize of evaluation (and of ``aug_type none``) is PIL's, antialiased, as in the torchvision
-pipeline the official weights were evaluated with: MindSpore's C++ bilinear resize does not
-antialias and differs from it by up to 4 grey levels at 500x375 -> 341x256 and by far more for
-larger reductions. The policies and random erasing are Python (src/augment) and run in worker
-processes.
-
-eval.py and infer.py build no pipeline: ``eval_batches`` runs the one-image eval transform
-(``Preprocessing.image``: PIL decode and resize, numpy normalise) in threads, ahead of the model; it
-skips (eval.py) or stops at (infer.py) a file that fails to decode, with a line naming it.
-
-Transforms and data sets take their settings as arguments (``TrainTransform`` and
-``Preprocessing`` are the presets, as in torchvision's references); ``get_dataset`` at the end is the
-one place that reads them from the config.
-
-Bad images: before a pipeline is built, the files are checked cheaply (src/image_check.py: spread
-over the ranks, remembered in a manifest in the user's cache folder, never beside the data, so that
-a second start only stats them; ``image_check``).
-Unreadable files stop the run before it starts with their paths listed. A file that still fails to
-decode later is skipped with MindSpore's warning, which names it (``ErrorSamplesMode.SKIP``).
-
-Start-up at ImageNet size (1.28 million files) is why the folders are listed with ``os.scandir``
-(no stat per file; docs/scale-out.md) and why a resumed
-run starts its pipeline at the step it needs (``resume_batches``) instead of reading the batches
-it had done.
+What each pipeline does, why the eval resize is PIL's, bad images, several devices and seeds:
+docs/data.md; start-up and resume at ImageNet size: docs/scale-out.md. Transforms and data sets take
+their settings as arguments; ``get_dataset`` is the one place that reads them from the config.
 """
 import functools
 import os
@@ -68,27 +34,20 @@ def _warn(message):
 
 
 # ----------------------------------------------------------------------------- files and classes
-def _is_image(name):
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _image_names(folder):
     """Sorted names of the image files directly in ``folder`` (one directory read, no stat per file)."""
     with os.scandir(folder) as entries:
-        return sorted(entry.name for entry in entries if _is_image(entry.name) and not entry.is_dir())
+        return sorted(entry.name for entry in entries
+                      if entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.is_dir())
 
 
 def list_images(folder):
-    """The image files (.png/.jpg/.jpeg, any case) directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f'{folder} is not a folder of images')
-    return [folder / name for name in _image_names(folder)]
+    """The image files (.png/.jpg/.jpeg, any case) directly in the folder ``folder``, sorted by name."""
+    return [Path(folder) / name for name in _image_names(folder)]
 
 
 def scan_split(folder):
-    """(sorted class names, {class name: sorted image names}) of a split folder; a UserError that
-    says what to fix when it is not one sub-folder of images per class."""
+    """(class names, {class: image names}), sorted, of a split folder; a UserError that says what to fix."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f'data folder {folder} does not exist; it must hold one sub-folder of images per '
@@ -116,22 +75,18 @@ def class_names(folder):
 
 
 # ----------------------------------------------------------------------------- reading images
-def to_rgb(img):
-    """Any PIL image as RGB: grey, palette, CMYK converted, alpha dropped, 16-bit scaled to 8-bit
-    (as MindSpore's Decode does)."""
-    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
-    elif img.mode == 'P' and 'transparency' in img.info:
-        img = img.convert('RGBA')
-    return img if img.mode == 'RGB' else img.convert('RGB')
-
-
 def read_image_rgb(path):
-    """The image at ``path`` as an RGB PIL image; a UserError naming the path if unreadable."""
+    """The image at ``path`` as RGB, as MindSpore's Decode gives it (16-bit scaled to 8-bit, alpha
+    dropped); a UserError naming the path if unreadable."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
+        with Image.open(path) as opened:
+            opened.load()
+            img = opened
+            if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+                img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+            elif img.mode == 'P' and 'transparency' in img.info:
+                img = img.convert('RGBA')
+            return img if img.mode == 'RGB' else img.convert('RGB')
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f'cannot read image {path}: {error}; fix or remove the file') from None
 
@@ -143,9 +98,8 @@ def eval_resize_size(image_size, crop_pct=EVAL_CROP_PCT):
 
 
 def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
-    """HWC uint8 array or PIL image -> HWC uint8 array: resize the shorter side to ``resize_to``
-    (the longer one to int(resize_to * long / short), as torchvision does) with PIL, centre crop
-    ``crop`` x ``crop`` (offsets rounded as torchvision does)."""
+    """HWC uint8 array or PIL image -> HWC uint8 array: PIL resize of the shorter side to ``resize_to``,
+    centre crop ``crop`` x ``crop``, sizes and offsets rounded as torchvision does."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     width, height = img.size
     if width <= height:
@@ -161,16 +115,14 @@ def resize_center_crop(image, resize_to, crop, interpolation='bilinear'):
 
 @functools.lru_cache(maxsize=8)
 def _normalized(mean, std):
-    """(x - mean) / std in float32 for every uint8 value x of each channel, computed as numpy computes
-    it per pixel: a (3, 256) table."""
+    """(x - mean) / std in float32 for every uint8 value x of each channel: a (3, 256) table."""
     return ((np.arange(256, dtype=np.float32) - (np.array(mean, np.float32) * 255)[:, None])
             / (np.array(std, np.float32) * 255)[:, None])
 
 
 def normalize_chw(image, mean=MEAN, std=STD):
-    """HWC uint8 -> CHW float32 normalised with ``mean`` and ``std`` (on [0, 1]; ImageNet's by default).
-    Looked up in a table of the 256 values per channel: the same float32 numbers as computing them
-    per pixel, in less time (docs/performance.md), which counts when a fast engine waits."""
+    """HWC uint8 -> CHW float32 normalised with ``mean`` and ``std`` (on [0, 1]), looked up in a table:
+    the same numbers as computing them per pixel, in less time (docs/performance.md)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f'normalize_chw takes uint8 images, got {image.dtype}')
@@ -180,8 +132,7 @@ def normalize_chw(image, mean=MEAN, std=STD):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The eval transform a model takes its images through; model files record it
-    (src/tools/checkpoints/model_card.py), so evaluation and inference preprocess as training did."""
+    """The eval transform; model files record it (model_card.py), so inference preprocesses as training did."""
     image_size: int
     interpolation: str = 'bilinear'
     mean: tuple = MEAN
@@ -204,15 +155,9 @@ class Preprocessing:
 
 
 def eval_batches(paths, preprocessing, batch_size, workers=None, skip_unreadable=False):
-    """(paths, float32 (B, 3, S, S)) batches of ``paths`` through ``preprocessing`` (a Preprocessing),
-    in order.
-
-    ``workers`` threads (default and at most: one per CPU this process may use) prepare the images
-    up to two batches ahead of the caller, so that decoding and resizing run while the caller's
-    network does (PIL and numpy release the GIL for them; threads pass the images on without copies
-    between processes). ``skip_unreadable``: a file that fails to decode is left out with a warning
-    naming it, else its UserError stops the run.
-    """
+    """(paths, float32 (B, 3, S, S)) batches of ``paths`` through ``preprocessing``, in order, prepared
+    two batches ahead by ``workers`` threads (at most one per CPU) while the caller's model runs (PIL
+    and numpy release the GIL). ``skip_unreadable``: leave out a file that fails to decode, with a warning."""
     cpus = len(os.sched_getaffinity(0))
     workers = max(1, min(workers or cpus, cpus))
 
@@ -267,10 +212,8 @@ class OnPIL:
 
 @dataclass
 class Stage:
-    """Ops that run in one map. ``processes``: run them in worker processes, for random Python ops:
-    each process has its own seeded random stream, where threads would share one in a
-    nondeterministic order. Other stages use threads (C++ ops; PIL releases the GIL while resizing,
-    and threads measured faster than processes for the eval resize)."""
+    """Ops that run in one map. ``processes``: in worker processes, for random Python ops, so that
+    each has its own seeded random stream (threads would share one in a nondeterministic order)."""
     ops: list = field(default_factory=list)
     processes: bool = False
 
@@ -285,16 +228,9 @@ def _normalize_ops(mean=MEAN, std=STD):
     return [vision.Normalize(mean=[m * 255 for m in mean], std=[s * 255 for s in std]), vision.HWC2CHW()]
 
 
-def _mindspore_interpolation(name):
-    vision = _vision()
-    return {'bilinear': vision.Inter.BILINEAR, 'bicubic': vision.Inter.BICUBIC}[name]
-
-
 @dataclass(frozen=True)
 class TrainTransform:
-    """The per-image train transform, from its settings alone (torchvision's
-    ClassificationPresetTrain is the model): ``aug_type`` none, weak or auto, the ``auto_augment``
-    policy and random erasing (``re_prob``, ``re_mode``, ``re_count``) of aug_type auto."""
+    """The per-image train transform from its settings alone, as torchvision's ClassificationPresetTrain."""
     image_size: int
     interpolation: str = 'bilinear'
     aug_type: str = 'weak'
@@ -313,7 +249,7 @@ class TrainTransform:
         if self.aug_type == 'none':
             return [Stage([vision.Decode(), ResizeCenterCrop(size, size, interpolation), *_normalize_ops()])]
         crop_flip = [vision.RandomCropDecodeResize(size, scale=CROP_SCALE, ratio=CROP_RATIO,
-                                                   interpolation=_mindspore_interpolation(interpolation)),
+                                                   interpolation=getattr(vision.Inter, interpolation.upper())),
                      vision.RandomHorizontalFlip(0.5)]
         if self.aug_type == 'weak':
             return [Stage(crop_flip + _normalize_ops())]
@@ -347,14 +283,8 @@ def dataset_cache(session_id, prefetch=1):
 
 
 def class_indexing(folder, names, classes, num_classes, show=True):
-    """{class folder name: label} of a split folder with class folders ``names``.
-
-    ``classes``: the model's class names in label order (those it was trained on); labels are then
-    looked up by name, so a folder missing some of the model's classes still scores correctly (a
-    note says which are missing), and a class the model does not know is an error naming it.
-    Without ``classes`` (a model that records none) labels are the sorted folder positions, of which
-    there may not be more than ``num_classes`` (when given).
-    """
+    """{class folder name: label}: looked up by name in ``classes`` (the model's, in label order), so a
+    folder missing some of them still scores correctly; without ``classes``, the sorted positions."""
     if classes is None:
         if num_classes is not None and len(names) > num_classes:
             raise UserError(f'{folder} has {len(names)} class folders but num_classes is {num_classes}; '
@@ -392,9 +322,7 @@ def _start_up_line(kind, folder, files, indexing, seconds, check):
 
 
 def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='cached', image_check_cache=None):
-    """(paths, labels) of a split folder for evaluation in one process (eval.py, eval_onnx.py, which
-    read the images with ``eval_batches``): the class scan, labels and image check of
-    ``create_dataset_imagenet`` (see there for the arguments), and its start-up line."""
+    """(paths, labels) of a split folder for ``eval_batches``, checked as ``create_dataset_imagenet`` does."""
     folder = Path(dataset_dir)
     files, indexing, scan_seconds = labelled_files(folder, classes, num_classes)
     check = check_split(folder, files, image_check, cache_root=image_check_cache)
@@ -405,18 +333,11 @@ def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='ca
 def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *, classes=None, num_classes=None,
                             rank=0, group_size=1, total=None, workers=1, prefetch=15, seed=0, cache=None,
                             image_check='cached', image_check_cache=None, mixup=None):
-    """The batched dataset of one split folder (one sub-folder per class); columns image, label.
+    """The batched dataset of one split folder: image float32 (B, 3, S, S) through ``transform``
+    (TrainTransform, or Preprocessing), label int32 (B,) or, with a ``mixup``, float32 soft targets.
 
-    image: float32 (B, 3, S, S) through ``transform`` (TrainTransform, or a Preprocessing for evaluation); label:
-    int32 (B,), or float32 (B, num_classes) soft targets with a ``mixup`` (src/augment Mixup).
-    Training shuffles with ``seed`` (the same on every rank) and shards by (group_size, rank);
-    evaluation gives rank r images r, r + R, ... . ``classes``: the model's class names in label
-    order (see ``class_indexing``). ``total`` sums numbers over ranks, so that all ranks stop
-    together on unreadable images (``image_check``: src/image_check.py). ``workers`` per stage (at
-    most one per CPU), ``prefetch`` batches between stages, ``cache``: a ``dataset_cache``.
-
-    Rank 0 prints one short line of what the start-up found and took; the details are the data
-    set's ``start_up``, which train.py writes to the run folder's startup.log.
+    ``total`` sums numbers over ranks, so that all ranks stop together on unreadable images. Rank 0
+    prints a start-up line; the details are the data set's ``start_up`` (train.py's startup.log).
     """
     import mindspore as ms
     import mindspore.dataset as ds
@@ -477,16 +398,9 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
 
 
 def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
-    """An iterator over the batches of epochs ``start_epoch``..``epochs - 1``, starting at step
-    ``start_step`` of the first: one pass of it is one epoch, the first one shorter.
-
-    The skipped steps are neither read nor decoded: MindSpore's ``set_init_step`` with fast recovery
-    moves the sampler instead (measured: files opened and images decoded are only the ones the
-    iterator yields). The shuffle of each epoch depends only on the seed and the epoch, so the
-    resumed epoch yields exactly the images the interrupted one had not reached, in the same order;
-    what differs are the random draws of the augmentations (crops, flips, policies, mixup), which
-    restart from the seed instead of continuing.
-    """
+    """An iterator over the batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step``
+    of the first (one pass is one epoch). The skipped steps are neither read nor decoded
+    (``set_init_step`` with fast recovery; docs/scale-out.md, "Fast resume")."""
     steps_per_epoch = dataset.get_dataset_size()
     skipped = start_epoch * steps_per_epoch + start_step
     if skipped:
@@ -495,8 +409,6 @@ def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
 
 
 # ----------------------------------------------------------------------------- from the config
-# The one place where data settings are read from the config (train.py, vis_img_preprocessing.py,
-# benchmarks, tests); everything above takes them as arguments.
 def train_transform(config):
     """The TrainTransform of the config's keys of the same names."""
     return TrainTransform(**{setting.name: getattr(config, setting.name) for setting in fields(TrainTransform)})
@@ -518,9 +430,6 @@ def mixup_active(config):
 
 def get_dataset(config, training, rank=0, group_size=1, classes=None, total=None):
     """``data_url``/train (training) or /val as train.py reads it (see create_dataset_imagenet)."""
-    if config.data_url is None:
-        raise UserError('data_url is not set: pass --data_url with a folder holding train/ and val/ '
-                        '(python -m src.tools.demo_data DIR writes a small one)')
     mixup = make_mixup(config, rank) if training else None
     if training and mixup is None and (config.mix_up > 0 or config.cutmix > 0):
         _warn('mix_up / cutmix are set but mixup_prob is 0: no mixing; set mixup_prob (e.g. 1.0)')

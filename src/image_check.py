@@ -1,26 +1,9 @@
 """Checking, before a pipeline is built, that every image of a split can be decoded; once per file.
 
-A file is checked cheaply (``inspect_image``: the header, and for JPEG / PNG the end-of-image
-marker; only files without one are decoded in full). Unreadable files stop the run before it
-starts, with their paths listed. The images given to inference also have their EXIF orientation
-read from the same header (``check_images``): no pipeline here applies it (docs/data.md), so
-inference names the images it would turn.
-
-At ImageNet size the check is what a start costs (over a minute of one core at every start;
-docs/scale-out.md). So it is spread over the ranks (rank r checks files r, r + R, ...) and
-remembered: ``image_check`` (OPTIONS) chooses
-
-- ``cached`` (default): a file is checked once; each rank then writes the files of its slice that
-  passed, with their size and modification time, to a manifest part ``rank<r>of<R>.tsv``. A later
-  start reads every part, stats its slice and checks only files that are new or whose size or
-  time changed (a stat costs a fraction of a check);
-- ``full``: every file at every start (no manifest read or written);
-- ``off``: no check; a file that fails to decode is then skipped with MindSpore's warning.
-
-The manifest folder is keyed by the split's resolved path: <split name>-<hash>/ in
-``image_check_cache`` when that key is set, else in the user's cache folder,
-$XDG_CACHE_HOME/repvgg/image_check/ (~/.cache/repvgg/image_check/ without it). Nothing is written
-beside the data: a read-only or shared data disk trains as any other.
+A file is checked cheaply (``inspect_image``: the header, and the end marker of a JPEG / PNG). The
+check is spread over the ranks and remembered in a manifest per split in the user's cache folder,
+never beside the data (``image_check``: cached, full, off); docs/data.md, "Unreadable images", and
+docs/scale-out.md for its cost at ImageNet size. Inference also reads the EXIF orientation.
 """
 import functools
 import hashlib
@@ -39,12 +22,10 @@ from src.tools.base.files import write_text_atomic
 
 # Formats MindSpore's C++ Decode reads (MPO: multi-picture JPEG written by some cameras).
 DECODABLE_FORMATS = ('JPEG', 'MPO', 'PNG', 'BMP', 'TIFF')
-CHECK_MODES = ('cached', 'full', 'off')
 MANIFEST_HEADER = '# files of this split that passed the image check: relative path, size, mtime_ns'
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and / or turned by 90, 180 or 270 degrees
 
 
-# ----------------------------------------------------------------------------- one file
 def _ends_cleanly(path, image_format):
     """Whether a JPEG / PNG file ends with its end-of-image marker (a cheap truncation test)."""
     with open(path, 'rb') as handle:
@@ -57,10 +38,9 @@ def _ends_cleanly(path, image_format):
 
 
 def inspect_image(path, orientation=False):
-    """(why ``path`` cannot be decoded or None, whether its EXIF orientation turns or mirrors it).
-    Reads the header (and the tail of JPEG / PNG files); only a file without an end marker, or of
-    another format, is decoded in full. The orientation is read from that header, and only when
-    asked (``orientation``)."""
+    """(why ``path`` cannot be decoded or None, whether its EXIF orientation turns it, when asked). Reads
+    the header and the tail of JPEG / PNG files; only a file without an end marker, or of another
+    format, is decoded in full."""
     try:
         if os.path.getsize(path) == 0:
             return 'empty file', False
@@ -91,20 +71,15 @@ def _turned(img):
         return False  # a damaged EXIF block costs the note, not the image
 
 
-def _inspect_all(paths, show_progress, threads, orientation=False):
-    """``inspect_image`` of every path, in ``threads`` threads."""
+def _inspect_all(paths, show_progress, threads=8, orientation=False):
+    """([(path, problem)] of the unreadable ``paths``, [those their EXIF orientation turns])."""
     from tqdm import tqdm
     with ThreadPoolExecutor(threads) as pool:
-        return list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
-                         total=len(paths), desc='check images', unit='img', leave=False,
-                         disable=not show_progress or len(paths) < 2000))
-
-
-def find_problems(paths, show_progress=True, threads=8):
-    """[(path, problem)] of the unreadable images among ``paths``."""
-    paths = list(paths)
-    results = _inspect_all(paths, show_progress, threads)
-    return [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
+        results = list(tqdm(pool.map(functools.partial(inspect_image, orientation=orientation), paths, chunksize=64),
+                            total=len(paths), desc='check images', unit='img', leave=False,
+                            disable=not show_progress or len(paths) < 2000))
+    pairs = list(zip(paths, results, strict=True))
+    return [(path, problem) for path, (problem, _) in pairs if problem], [path for path, (_, turned) in pairs if turned]
 
 
 def refuse_unreadable(bad, count=None):
@@ -123,17 +98,14 @@ def refuse_unreadable(bad, count=None):
 
 
 def check_images(paths, show_progress=True, threads=8):
-    """Raise a UserError listing every unreadable image among ``paths`` (see ``inspect_image``);
-    return those whose EXIF orientation turns or mirrors them (no pipeline here applies it)."""
-    paths = list(paths)
-    results = _inspect_all(paths, show_progress, threads, orientation=True)
-    bad = [(path, problem) for path, (problem, _) in zip(paths, results, strict=True) if problem]
+    """Raise a UserError listing every unreadable image among ``paths``; return those whose EXIF
+    orientation turns or mirrors them (no pipeline here applies it)."""
+    bad, turned = _inspect_all(list(paths), show_progress, threads, orientation=True)
     if bad:
         refuse_unreadable(bad)
-    return [path for path, (_, turned) in zip(paths, results, strict=True) if turned]
+    return turned
 
 
-# ----------------------------------------------------------------------------- a split, remembered
 @dataclass
 class CheckReport:
     """What the check of one rank's slice did, for the start-up line."""
@@ -169,8 +141,7 @@ class CheckReport:
 
 
 def user_cache_folder():
-    """The user's cache folder for image-check manifests: $XDG_CACHE_HOME (when an absolute path, as
-    the XDG base directory specification asks) or ~/.cache, then repvgg/image_check."""
+    """$XDG_CACHE_HOME (when absolute, as the XDG spec asks) or ~/.cache, then repvgg/image_check."""
     root = os.environ.get('XDG_CACHE_HOME', '')
     root = Path(root) if os.path.isabs(root) else Path.home() / '.cache'
     return root / 'repvgg' / 'image_check'
@@ -213,11 +184,6 @@ def read_manifest(folder):
     return known
 
 
-def write_manifest_part(folder, rank, group_size, entries):
-    lines = [MANIFEST_HEADER] + [f'{name}\t{size}\t{mtime}' for name, (size, mtime) in sorted(entries.items())]
-    write_text_atomic(Path(folder) / f'rank{rank}of{group_size}.tsv', '\n'.join(lines) + '\n')
-
-
 def _signature(path):
     try:
         stat = os.stat(path)
@@ -227,14 +193,8 @@ def _signature(path):
 
 
 def check_split(split_folder, names, mode='cached', rank=0, group_size=1, cache_root=None, total=None):
-    """Check this rank's slice ``names[rank::group_size]`` of a split's images (paths relative to
-    ``split_folder``, '<class>/<file>'); a CheckReport.
-
-    ``total`` sums a list of numbers over ranks (None: one process); with it every rank stops with
-    a UserError when any rank found an unreadable file, instead of leaving the others waiting.
-    """
-    if mode not in CHECK_MODES:
-        raise UserError(f"image_check {mode!r}: choose one of {', '.join(CHECK_MODES)}")
+    """Check this rank's slice ``names[rank::group_size]`` ('<class>/<file>') of a split's images; a
+    CheckReport. ``total`` sums numbers over ranks, so that every rank stops when any found a bad file."""
     began = time.perf_counter()
     report = CheckReport(mode, ranks=group_size)
     if mode == 'off':
@@ -252,11 +212,12 @@ def check_split(split_folder, names, mode='cached', rank=0, group_size=1, cache_
         if signature is None or known.get(name) != signature:
             todo.append(name)
     report.unchanged, report.checked = len(mine) - len(todo), len(todo)
-    bad = find_problems([os.path.join(root, name) for name in todo], show_progress=rank == 0)
-    if folder is not None and (todo or not (folder / f'rank{rank}of{group_size}.tsv').exists()):
+    bad, _ = _inspect_all([os.path.join(root, name) for name in todo], show_progress=rank == 0)
+    part = folder / f'rank{rank}of{group_size}.tsv' if folder is not None else None
+    if part is not None and (todo or not part.exists()):
         failed = {os.path.relpath(path, root).replace(os.sep, '/') for path, _ in bad}
-        write_manifest_part(folder, rank, group_size,
-                            {name: value for name, value in signatures.items() if name not in failed})
+        lines = [f'{name}\t{size}\t{mtime}' for name, (size, mtime) in sorted(signatures.items()) if name not in failed]
+        write_text_atomic(part, '\n'.join([MANIFEST_HEADER, *lines]) + '\n')
     report.manifest = folder
     report.seconds = time.perf_counter() - began
     count = len(bad) if total is None else int(total([len(bad)])[0])

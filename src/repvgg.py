@@ -13,11 +13,12 @@ It fuses into the same single 3x3 conv, so a QARepVGG deploy network has exactly
 and parameter count of the RepVGG deploy network of the same size.
 """
 import difflib
+import functools
+import time
 
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from src.tools.base.device import invalidate_compiled_graphs
 from src.variants import ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES
 
 _GROUPED_LAYERS = tuple(range(2, 27, 2))  # layers are numbered from 1 over stages 1-4
@@ -43,11 +44,8 @@ def block_names(depths):
 
 # ----------------------------------------------------------------------------- fusion math
 def fuse_conv_bn(kernel, gamma, beta, mean, var, eps):
-    """Fold an inference-mode BN into the preceding bias-free conv, in float64.
-
-    float64 because fusing in lower precision leaves a per-block error that compounds over
-    the 22-48 layers of the network.
-    """
+    """Fold an inference-mode BN into the preceding bias-free conv, in float64: a lower precision leaves
+    a per-block error that compounds over the 22-48 layers of the network."""
     kernel, gamma, beta, mean, var = (np.asarray(a, np.float64) for a in (kernel, gamma, beta, mean, var))
     scale = gamma / np.sqrt(var + eps)
     return kernel * scale.reshape(-1, 1, 1, 1), beta - mean * scale
@@ -124,10 +122,7 @@ class RepVGGBlock(nn.Cell):
         self.quantization_friendly = quantization_friendly
         self.se = SEBlock(out_channels, out_channels // 16) if use_se else nn.Identity()
         self.relu = nn.ReLU()
-        self.rbr_reparam = None
-        self.rbr_dense = None
-        self.rbr_1x1 = None
-        self.rbr_identity = None
+        self.rbr_reparam = self.rbr_dense = self.rbr_1x1 = self.rbr_identity = None
         self.bn = None  # QARepVGG's BN after the sum of the branches
         if deploy:
             self.rbr_reparam = self._reparam_conv()
@@ -158,10 +153,8 @@ class RepVGGBlock(nn.Cell):
         return self.relu(self.se(out))
 
     def get_equivalent_kernel_bias(self):
-        """(kernel, bias) of the single 3x3 conv equal to this block's branches, float64 numpy.
-
-        Uses the BN moving statistics, so it equals the train-time block in eval mode only.
-        """
+        """(kernel, bias) of the single 3x3 conv equal to this block's branches, float64 numpy; from the
+        BN moving statistics, so it equals the train-time block in eval mode only."""
         if self.deploy:
             return (self.rbr_reparam.weight.asnumpy().astype(np.float64),
                     self.rbr_reparam.bias.asnumpy().astype(np.float64))
@@ -195,10 +188,7 @@ class RepVGGBlock(nn.Cell):
         for param, value in ((conv.weight, kernel), (conv.bias, bias)):
             param.set_data(Tensor(value.astype(np.float32), dtype))
             param.name = prefix + 'rbr_reparam.' + param.name.rsplit('.', 1)[-1]
-        self.rbr_dense = None
-        self.rbr_1x1 = None
-        self.rbr_identity = None
-        self.bn = None
+        self.rbr_dense = self.rbr_1x1 = self.rbr_identity = self.bn = None
         self.deploy = True
 
 
@@ -270,16 +260,17 @@ class RepVGG(nn.Cell):
 
 
 def switch_net_to_deploy(net):
-    """Re-parameterize every RepVGGBlock of ``net`` in place and return ``net``.
-
-    Exact only with the BN moving statistics (the network's eval-mode behaviour).
-    """
+    """Re-parameterize every RepVGGBlock of ``net`` in place (exact in eval mode) and return ``net``."""
     for _, cell in net.cells_and_names():
         if isinstance(cell, RepVGGBlock):
             cell.switch_to_deploy()
         if isinstance(cell, RepVGG):
             cell.deploy = True
-    invalidate_compiled_graphs(net)
+    # GRAPH_MODE caches each cell's compiled graph under a key built from its creation time, and would
+    # run the old branches: a new stamp makes it recompile (there is no public API).
+    stamp = time.time_ns()
+    for _, cell in net.cells_and_names():
+        object.__setattr__(cell, '_create_time', stamp)
     return net
 
 
@@ -301,15 +292,7 @@ def create_model(arch, num_classes=1000, deploy=False, **kwargs):
                   deploy=deploy, use_se=use_se, quantization_friendly=is_quantization_friendly(arch), **kwargs)
 
 
-def _constructor(arch):
-    def build(num_classes=1000, deploy=False, **kwargs):
-        return create_model(arch, num_classes=num_classes, deploy=deploy, **kwargs)
-    build.__name__ = 'create_' + arch.replace('-', '_')
-    build.__doc__ = f'{arch}.'
-    return build
-
-
-func_dict = {arch: _constructor(arch) for arch in ARCH_NAMES}
+func_dict = {arch: functools.partial(create_model, arch) for arch in ARCH_NAMES}
 
 
 def get_RepVGG_func_by_name(arch):  # noqa: N802  the reference's name
@@ -330,10 +313,8 @@ def count_params(net):
 
 
 def count_macs(net, height, width):
-    """Multiply-accumulates of one image, counted from the network's own layers.
-
-    Train form counts the 3x3 and 1x1 convs (BN excluded); deploy form the single 3x3 conv.
-    """
+    """Multiply-accumulates of one image, from the network's own layers (train form: the 3x3 and 1x1
+    convs, BN excluded; deploy form: the single 3x3 conv)."""
     macs = 0
     for block in net.blocks():
         height = (height + 2 - 3) // block.stride + 1

@@ -1,8 +1,5 @@
-"""The RepVGG variants by name: blocks per stage, width multipliers, groups, SE.
-
-The table of src/repvgg.py (which re-exports it), kept in a file that needs no MindSpore, so that
-the configuration (src/config.py) checks an arch name without loading it: eval.py and infer.py
-on an ONNX file then start without loading MindSpore.
+"""The RepVGG variants by name: blocks per stage, width multipliers, groups, SE. The table of
+src/repvgg.py, in a file without MindSpore, so that the config checks an arch name without loading it.
 """
 ARCH_NAMES = (
     'RepVGG-A0', 'RepVGG-A1', 'RepVGG-A2', 'RepVGG-B0', 'RepVGG-B1', 'RepVGG-B1g2', 'RepVGG-B1g4',

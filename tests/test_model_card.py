@@ -107,7 +107,7 @@ def test_eval_and_eval_onnx_take_the_preprocessing_from_the_file(model, exported
             ('eval.py', '--pretrained', exported['MINDIR'], '--dataset_path', model['val'], *CPU),
             ('eval.py', '--pretrained', exported['ONNX'], '--dataset_path', model['val'], '--backend', 'onnxruntime',
              *CPU),
-            ('eval_onnx.py', model['val'], '-c', exported['ONNX'], '-j', 1))
+            ('eval_onnx.py', model['val'], '-c', exported['ONNX'], '-j', 1, '-m', 'CPU'))
     for script, *argv in runs:
         status, out, err = run_main(capsys, script, *argv)
         assert status == 0, err
@@ -120,7 +120,7 @@ def test_infer_and_infer_onnx_take_the_preprocessing_and_names_from_the_file(mod
     runs = (('infer.py', '--pretrained', model['ckpt'], '--backend', 'mindspore', '--dataset_path', folder, *CPU,
              '--pred_output'),
             ('infer.py', '--pretrained', exported['MINDIR'], '--dataset_path', folder, *CPU, '--pred_output'),
-            ('infer_onnx.py', folder, '-c', exported['ONNX'], '--precision', 'fp32', '-o'))
+            ('infer_onnx.py', folder, '-c', exported['ONNX'], '--precision', 'fp32', '-m', 'CPU', '-o'))
     expected = {str(path): CLASSES[index] for path, index in zip(model['files'], model['classes'])
                 if path.parent == folder}
     for number, (script, *argv) in enumerate(runs):

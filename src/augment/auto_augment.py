@@ -1,15 +1,10 @@
 """AutoAugment, RandAugment and AugMix on PIL images, configured by timm-style policy strings.
 
-The grammar is timm's (``rand-m9-mstd0.5-inc1``, ``augmix-m5-w4-d2``, ``original-mstd0.5``): a
-family name, then dash-separated options, each a key followed by a number. The ops, their
-magnitude scale (0..10) and the ImageNet policies follow timm and the AutoAugment / RandAugment /
-AugMix papers, so a recipe written for timm (and the MindSpore model zoo, which copied it) means
-the same here. Differences: unknown or malformed options are errors that name the token, ``inc0``
-and ``b0`` really mean off, and AugMix mixes non-square images correctly.
-
-Everything runs in the data-loading workers; randomness comes from Python's ``random`` and
-``numpy.random``, which MindSpore seeds per worker from the dataset seed.
+The grammar, ops, magnitude scales and ImageNet policies are timm's, so a recipe written for timm
+(and the MindSpore model zoo) means the same here; the differences are in docs/data.md. Runs in the
+data-loading workers, drawing from ``random`` and ``numpy.random``, which MindSpore seeds per worker.
 """
+import functools
 import math
 import random
 import re
@@ -97,20 +92,12 @@ def solarize_add(img, amount, _params, threshold=128):
     return img.point(table * len(img.getbands()))
 
 
-def color(img, factor, _params):
-    return ImageEnhance.Color(img).enhance(factor)
+def _enhance(img, factor, _params, kind):
+    return kind(img).enhance(factor)
 
 
-def contrast(img, factor, _params):
-    return ImageEnhance.Contrast(img).enhance(factor)
-
-
-def brightness(img, factor, _params):
-    return ImageEnhance.Brightness(img).enhance(factor)
-
-
-def sharpness(img, factor, _params):
-    return ImageEnhance.Sharpness(img).enhance(factor)
+color, contrast, brightness, sharpness = (functools.partial(_enhance, kind=kind) for kind in (
+    ImageEnhance.Color, ImageEnhance.Contrast, ImageEnhance.Brightness, ImageEnhance.Sharpness))
 
 
 # ----------------------------------------------------------------------------- magnitude -> argument
@@ -118,52 +105,48 @@ def _random_sign(value):
     return -value if random.random() < 0.5 else value
 
 
-def _fraction(level):
-    return level / LEVEL_DENOM
-
-
 def rotate_arg(level, _params):          # [-30, 30] degrees
-    return _random_sign(_fraction(level) * 30.0)
+    return _random_sign(level / LEVEL_DENOM * 30.0)
 
 
 def shear_arg(level, _params):           # [-0.3, 0.3]
-    return _random_sign(_fraction(level) * 0.3)
+    return _random_sign(level / LEVEL_DENOM * 0.3)
 
 
 def translate_arg(level, params):        # [-0.45, 0.45] of the side
-    return _random_sign(_fraction(level) * params.translate_pct)
+    return _random_sign(level / LEVEL_DENOM * params.translate_pct)
 
 
 def enhance_arg(level, _params):         # factor 0.1 .. 1.9, grows with level (1.0 at level 5)
-    return _fraction(level) * 1.8 + 0.1
+    return level / LEVEL_DENOM * 1.8 + 0.1
 
 
 def enhance_increasing_arg(level, _params):  # 1.0 at level 0, away from 1 with level
-    return max(0.1, 1.0 + _random_sign(_fraction(level) * 0.9))
+    return max(0.1, 1.0 + _random_sign(level / LEVEL_DENOM * 0.9))
 
 
 def posterize_arg(level, _params):       # TPU EfficientNet: keep 0..4 bits
-    return int(_fraction(level) * 4)
+    return int(level / LEVEL_DENOM * 4)
 
 
 def posterize_increasing_arg(level, _params):  # keep 4..0 bits: stronger with level
-    return 4 - int(_fraction(level) * 4)
+    return 4 - int(level / LEVEL_DENOM * 4)
 
 
 def posterize_original_arg(level, _params):  # AutoAugment paper: keep 4..8 bits
-    return int(_fraction(level) * 4) + 4
+    return int(level / LEVEL_DENOM * 4) + 4
 
 
 def solarize_arg(level, _params):        # threshold 0..256: weaker with level
-    return int(_fraction(level) * 256)
+    return int(level / LEVEL_DENOM * 256)
 
 
 def solarize_increasing_arg(level, _params):  # threshold 256..0: stronger with level
-    return 256 - int(_fraction(level) * 256)
+    return 256 - int(level / LEVEL_DENOM * 256)
 
 
 def solarize_add_arg(level, _params):    # add 0..110
-    return int(_fraction(level) * 110)
+    return int(level / LEVEL_DENOM * 110)
 
 
 # name -> (image op, level -> argument or None for ops without a magnitude)
@@ -311,10 +294,7 @@ class RandAugment:
                  params=OpParams()):
         self.ops = [AugmentOp(name, prob, magnitude, params) for name in op_names]
         self.num_layers = num_layers
-        self.weights = None
-        if weights is not None:
-            total = float(sum(weights))
-            self.weights = np.array([w / total for w in weights])
+        self.weights = None if weights is None else np.asarray(weights, float) / sum(weights)
 
     def __call__(self, img):
         if self.weights is None:
@@ -417,16 +397,10 @@ def _switch(text, options, key):
 
 
 def policy_from_string(policy, interpolation='bilinear', fill=IMAGENET_FILL):
-    """The PIL-image transform a timm-style policy string describes.
-
-    Geometric ops fill with ``fill`` and shift by at most 0.45 of the image side, which on the
-    square training crops is timm's translate_const of 0.45 * image_size pixels.
-    """
+    """The PIL-image transform a timm-style policy string describes; geometric ops fill with ``fill``."""
     text = str(policy).strip()
     head, options = parse_policy(text)
-    std = options.get('mstd', 0.0)
-    if head == 'augmix':
-        std = options.get('mstd', math.inf)  # AugMix draws magnitudes uniformly by default
+    std = options.get('mstd', math.inf if head == 'augmix' else 0.0)  # AugMix: uniform draws by default
     params = OpParams(fill=tuple(fill), interpolation=interpolation,
                       magnitude_std=math.inf if std > 100 else std,
                       magnitude_max=options.get('mmax', LEVEL_DENOM))

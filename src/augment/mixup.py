@@ -1,13 +1,7 @@
-"""Batch Mixup / CutMix with smoothed soft targets (timm's ``Mixup`` semantics, in numpy).
+"""Batch Mixup / CutMix with smoothed soft targets: timm's ``Mixup`` semantics in numpy (docs/data.md).
 
-Each image is mixed with its partner in the flipped batch (image i with image B-1-i). With
-probability ``prob`` a mix happens; if both alphas are set, CutMix is chosen with probability
-``switch_prob``. CutMix pastes a box of area about (1 - lam) and then sets lam to the share of the
-image the clipped box really left untouched, so targets match pixels. Targets are smoothed one-hot
-vectors (off = s / C, on = 1 - s + s / C) mixed with the same lam.
-
-Modes: ``batch`` one draw for the whole batch, ``pair`` one draw per (i, B-1-i) pair (both get the
-same mix), ``elem`` one draw per image.
+Image i is mixed with image B-1-i; CutMix sets lam to the share of the image its clipped box leaves,
+so that targets match pixels. Modes draw once per ``batch``, per ``pair`` (i, B-1-i) or per ``elem``.
 """
 import numpy as np
 
@@ -26,8 +20,7 @@ def smoothed_one_hot(labels, num_classes, smoothing=0.0):
 
 
 def cutmix_box(height, width, lam, rng):
-    """A box (top, bottom, left, right) of about (1 - lam) of the image, centred at a random
-    pixel and clipped to the image, and the lam that the clipped box really leaves."""
+    """A box (top, bottom, left, right) of about 1 - lam of the image, and the lam it really leaves."""
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     centre_y, centre_x = int(rng.integers(0, height)), int(rng.integers(0, width))
@@ -71,12 +64,12 @@ class Mixup:
         return np.where(mix, drawn, 1.0), use_cutmix & mix
 
     def _mix_one(self, target, source, lam, use_cutmix):
-        """Mix ``source`` into ``target`` (C, H, W) in place; returns the effective lam."""
+        """Mix ``source`` into ``target`` (..., H, W) in place; returns the effective lam."""
         if lam >= 1.0:
             return 1.0
         if use_cutmix:
             (top, bottom, left, right), lam = cutmix_box(target.shape[-2], target.shape[-1], lam, self.rng)
-            target[:, top:bottom, left:right] = source[:, top:bottom, left:right]
+            target[..., top:bottom, left:right] = source[..., top:bottom, left:right]
             return lam
         target *= np.float32(lam)
         target += np.float32(1.0 - lam) * source
@@ -89,36 +82,19 @@ class Mixup:
         batch = len(mixed)
         if self.mode == 'batch':
             lam, use_cutmix = self.draw(1)
-            if lam[0] < 1.0 and use_cutmix[0]:
-                (top, bottom, left, right), corrected = cutmix_box(mixed.shape[-2], mixed.shape[-1],
-                                                                   lam[0], self.rng)
-                mixed[:, :, top:bottom, left:right] = original[::-1, :, top:bottom, left:right]
-                return mixed, np.full(batch, corrected)
-            if lam[0] < 1.0:
-                mixed = np.float32(lam[0]) * original + np.float32(1.0 - lam[0]) * original[::-1]
-            return mixed, np.full(batch, lam[0])
+            return mixed, np.full(batch, self._mix_one(mixed, original[::-1], lam[0], use_cutmix[0]))
         if self.mode == 'elem':
             lam, use_cutmix = self.draw(batch)
             for i in range(batch):
                 lam[i] = self._mix_one(mixed[i], original[batch - 1 - i], lam[i], use_cutmix[i])
             return mixed, lam
-        # pair: image i and its partner get the same mix; an odd middle image is left as is
+        # pair: image i and its partner j (a view of both rows) get one mix; an odd middle image stays
         half = batch // 2
-        lam_half, use_cutmix = self.draw(half)
+        lam, use_cutmix = self.draw(half)
         for i in range(half):
             j = batch - 1 - i
-            if lam_half[i] >= 1.0:
-                continue
-            if use_cutmix[i]:
-                (top, bottom, left, right), lam_half[i] = cutmix_box(mixed.shape[-2], mixed.shape[-1],
-                                                                     lam_half[i], self.rng)
-                mixed[i, :, top:bottom, left:right] = original[j, :, top:bottom, left:right]
-                mixed[j, :, top:bottom, left:right] = original[i, :, top:bottom, left:right]
-            else:
-                mixed[i] = np.float32(lam_half[i]) * original[i] + np.float32(1 - lam_half[i]) * original[j]
-                mixed[j] = np.float32(lam_half[i]) * original[j] + np.float32(1 - lam_half[i]) * original[i]
-        middle = np.ones(batch % 2)
-        return mixed, np.concatenate([lam_half, middle, lam_half[::-1]])
+            lam[i] = self._mix_one(mixed[i:j + 1:j - i], original[[j, i]], lam[i], use_cutmix[i])
+        return mixed, np.concatenate([lam, np.ones(batch % 2), lam[::-1]])
 
     def __call__(self, images, labels):
         mixed, lam = self.mix_images(images)

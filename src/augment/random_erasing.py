@@ -1,10 +1,5 @@
-"""Random erasing (Zhong et al. 2020) on normalised CHW float images, with timm's settings.
-
-With probability ``probability`` erase 1..``count`` rectangles, each of a random share (2 % to 1/3,
-split between the rectangles) of the image and a log-uniform aspect ratio (0.3 .. 3.3). Fill:
-``const`` zeros (the mean colour, since the image is normalised), ``rand`` one normal value per
-channel, ``pixel`` a normal value per pixel and channel. Runs after Normalize, as in timm.
-"""
+"""Random erasing (Zhong et al. 2020) on normalised CHW float images, after Normalize, with timm's
+settings (docs/data.md)."""
 import math
 import random
 

@@ -1,9 +1,5 @@
-"""Exponential moving average of a network's tensors: ema = d * ema + (1 - d) * w.
-
-The average covers every network tensor, trainable weights and BN moving statistics alike
-(as timm's ModelEmaV2 does), so the averaged weights are evaluated with statistics that belong
-to them. The copies are named ``ema.<name>``; a checkpoint that holds them can be loaded into a
-plain network with ``load_weights(net, path, prefix='ema.')``.
+"""Exponential moving average of every network tensor, BN moving statistics included (as timm's
+ModelEmaV2), as ``ema.<name>`` copies: ``load_weights(net, path, prefix='ema.')`` loads them.
 """
 import contextlib
 
@@ -23,8 +19,6 @@ class EMA(nn.Cell):
 
     def __init__(self, params, decay):
         super().__init__()
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f'ema_decay must be in [0, 1], got {decay}')
         self.weights = ms.ParameterTuple(params)
         self.shadow = self.weights.clone(prefix='ema', init='same')
         for shadow in self.shadow:
@@ -37,11 +31,8 @@ class EMA(nn.Cell):
 
     @contextlib.contextmanager
     def applied(self):
-        """Inside the block the network holds the averaged tensors; the live ones come back after.
-
-        Copies, not views: on CPU ``asnumpy`` may share the parameter's memory, and ``set_data``
-        writes into it.
-        """
+        """Inside the block the network holds the averaged tensors, the live ones after (copies: on CPU
+        ``asnumpy`` may share the parameter's memory, which ``set_data`` writes into)."""
         live = [weight.asnumpy().copy() for weight in self.weights]
         for shadow, weight in zip(self.shadow, self.weights, strict=True):
             weight.set_data(Tensor(shadow.asnumpy().copy()))

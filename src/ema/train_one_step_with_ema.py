@@ -1,14 +1,8 @@
-"""One training step: loss-scaled gradients, mean over ranks, overflow skip, optimizer, EMA.
-
-MindSpore's ``nn.TrainOneStepWithLossScaleCell`` does the scaling, the gradient mean over
-data-parallel ranks and the loss-scale update; this subclass adds the EMA update after each
-successful step and replaces two things:
-- the overflow check: MindSpore's uses the FloatStatus op (GPU) or NPU status ops (Ascend), and on
-  CPU it picks the Ascend path, which does not exist there. Here it is IsFinite over the
-  gradients, summed over ranks, which every target has.
-- the step counter on a skipped step: the optimizer's ``global_step`` indexes the per-step
-  learning rates, so it advances on an overflow step too and the schedule stays aligned with
-  the data (and with a resumed run, which sets it from epoch and step).
+"""One training step: MindSpore's ``nn.TrainOneStepWithLossScaleCell`` (scaling, gradient mean over
+ranks, loss-scale update) plus the EMA update after each successful step. Replaced: the overflow
+check (MindSpore's takes the Ascend path on CPU, which does not exist there: here IsFinite over the
+gradients, summed over ranks) and the step counter, which advances on a skipped step too, so that the
+per-step learning rates stay aligned with the data.
 """
 import mindspore as ms
 from mindspore import nn, ops

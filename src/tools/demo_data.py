@@ -1,13 +1,8 @@
-"""A real, tiny demo data set that needs no download: scikit-learn's handwritten digits.
+"""A real, tiny demo data set that needs no download: scikit-learn's handwritten digits, upscaled to
+32x32 RGB PNGs in an ImageNet-style folder with a fixed stratified split (docs/data.md).
 
-``python -m src.tools.demo_data OUT_DIR`` writes the 1,797 8x8 digit scans (10 classes) bundled with
-scikit-learn as an ImageNet-style folder: ``OUT_DIR/train/<0..9>/<index>.png`` and
-``OUT_DIR/val/<0..9>/<index>.png``, a fixed stratified split (20 % val, seed 0: 1,437 train, 360 val).
-Each image is upscaled to 32x32 (bicubic) so crops and resizes behave as on photos, and stored as an
-RGB PNG, dark ink on white. ``<index>`` is the sample's index in ``sklearn.datasets.load_digits``.
-
-The build is atomic and idempotent: files go to a temporary sibling folder that is renamed into
-place only when complete, with a ``demo_data.json`` manifest; a complete folder is returned as is.
+``python -m src.tools.demo_data OUT_DIR``. The build is atomic and idempotent: files go to a temporary
+sibling folder, renamed into place when complete, with a ``demo_data.json`` manifest.
 """
 import json
 import os
@@ -45,10 +40,6 @@ def split_indices(labels):
     return {'train': np.sort(train), 'val': np.sort(val)}
 
 
-def _expected_counts(labels, splits):
-    return {split: {str(c): int(np.sum(labels[idx] == c)) for c in range(10)} for split, idx in splits.items()}
-
-
 def is_complete(out_dir):
     """Whether ``out_dir`` holds a finished build: manifest present and every file counted."""
     out_dir = Path(out_dir)
@@ -76,7 +67,8 @@ def _write(target, images, labels, splits):
         write_folder(target / split, digit_folder(images, labels, indices))
     manifest = {'source': 'sklearn.datasets.load_digits', 'image_size': IMAGE_SIZE,
                 'val_fraction': VAL_FRACTION, 'split_seed': SPLIT_SEED,
-                'counts': _expected_counts(labels, splits)}
+                'counts': {split: {str(c): int(np.sum(labels[indices] == c)) for c in range(10)}
+                           for split, indices in splits.items()}}
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding='utf-8')
 
 

@@ -1,1 +1,0 @@
-"""Helpers every job uses; nothing here imports another package of src/tools."""

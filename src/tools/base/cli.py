@@ -1,5 +1,6 @@
 """How entry points fail: one line that says what to fix, never a traceback for bad input."""
 import argparse
+import contextlib
 import difflib
 import functools
 import signal
@@ -11,13 +12,8 @@ class UserError(Exception):
 
 
 def user_entry_point(main):
-    """Run ``main``; report a UserError as ``error: <message>`` on stderr and exit with status 2, and
-    Ctrl+C as one line with status 130 (files are written atomically, so nothing half-written stays).
-
-    Importing MindSpore installs a SIGINT handler of its own that swallows Ctrl+C in the main
-    process; Python's is put back first, so Ctrl+C stops a run at any moment. After MindSpore has
-    built or run a graph, Ctrl+C may arrive as SIGTERM (see ``Terminated``), which stops it the same way.
-    """
+    """Run ``main``; a UserError is ``error: <message>`` on stderr and status 2, Ctrl+C (or the SIGTERM
+    that MindSpore makes of it, ``Terminated``) one line and status 130 (files are written atomically)."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         restore_ctrl_c()
@@ -37,15 +33,9 @@ def user_entry_point(main):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread at its next Python line.
-
-    MindSpore's graph back-end installs ``DefaultIntHandler`` (mindspore/ccsrc/utils/signal_util.cc)
-    for SIGINT as it builds or runs a graph; that handler sends SIGTERM to its own process. Until
-    Python's handler is back (``restore_ctrl_c``, after each training step), Ctrl+C used to end the
-    process by SIGTERM's default action: status 143, no line, no resume hint (measured: after the
-    first step and after each validation of train.py). Python's handlers get no sender, so the two
-    cannot be told apart here: both stop the run as Ctrl+C does.
-    """
+    """SIGTERM, raised in the main thread: MindSpore's graph back-end turns Ctrl+C into one
+    (``DefaultIntHandler``, mindspore/ccsrc/utils/signal_util.cc; docs/training.md), and a handler
+    cannot tell it from a scheduler's, so both stop the run as Ctrl+C does."""
 
 
 def _raise_terminated(_signum, _frame):
@@ -58,6 +48,17 @@ def restore_ctrl_c():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@contextlib.contextmanager
+def quiet_logger(logger, level):
+    """``logger`` set to ``level`` inside the block (libraries that log what a one-line error says)."""
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def listed(names, limit=6):
     """Sorted names for an error line: the first ``limit``, then how many more."""
     names = sorted(names)
@@ -65,8 +66,7 @@ def listed(names, limit=6):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting, and hints
-    at the closest known flag for an unknown one; every script's parser is one of these."""
+    """argparse that raises a one-line UserError, with the closest known flag for an unknown one."""
 
     def error(self, message):
         if message.startswith('unrecognized arguments'):

@@ -1,24 +1,18 @@
-"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group, and
-the one workaround for networks whose structure changes after they ran (re-parameterization)."""
+"""Where and how MindSpore runs: device, execution mode, seeds, data-parallel process group."""
 import contextlib
 import logging
 import os
 import random
-import time
 
 import mindspore as ms
 import numpy as np
 from mindspore.communication import get_group_size, get_rank, init
 
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, quiet_logger
 
 
 def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
-    """Select the device and the execution mode (GRAPH by default, PYNATIVE for debugging).
-
-    ``cpu_threads`` sets MindSpore's CPU kernel threads (its default is 30 whatever the machine;
-    on 2 cores one per core measured the same speed, so the default stays unless asked).
-    """
+    """Select the device and the mode (GRAPH; PYNATIVE for debugging); ``cpu_threads``: benchmarks'."""
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     if device_target != 'CPU':
         check_device_available(device_target)
@@ -30,25 +24,13 @@ def set_device(device_target, device_id=0, graph_mode=True, cpu_threads=None):
             ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
 
 
-@contextlib.contextmanager
-def _mindspore_quiet():
-    """Silence MindSpore's Python logger (its plugin loaders log errors before raising their own)."""
+def check_device_available(device_target):
+    """A one-line UserError, not MindSpore's logs, when it cannot run on ``device_target`` here."""
     try:
         logger = ms.log._get_logger()  # no public handle on it
     except AttributeError:
         logger = logging.getLogger('mindspore')
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def check_device_available(device_target):
-    """A one-line UserError when MindSpore cannot run on ``device_target`` here (e.g. GPU on a machine
-    without a GPU, CUDA 11 or the GPU plugin), instead of MindSpore's log lines and traceback."""
-    with _mindspore_quiet():
+    with quiet_logger(logger, logging.CRITICAL + 1):  # its plugin loaders log errors before raising their own
         try:
             available = ms.hal.is_available(device_target)
         except (RuntimeError, ValueError):
@@ -67,10 +49,7 @@ def set_seed(seed):
 
 
 def launcher_local_rank():
-    """This process's device index on its node when msrun or mpirun started it, else None.
-
-    msrun sets MS_ROLE/DEVICE_ID for each worker; Open MPI sets OMPI_COMM_WORLD_LOCAL_RANK.
-    """
+    """This process's device index on its node when msrun or mpirun started it, else None."""
     if os.environ.get('MS_ROLE') == 'MS_WORKER':
         return int(os.environ.get('DEVICE_ID', '0'))
     if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
@@ -79,11 +58,7 @@ def launcher_local_rank():
 
 
 def init_device(device_target, device_id=0, graph_mode=True):
-    """Select the device and, under msrun/mpirun, join the data-parallel group; (rank, group size).
-
-    Data parallel averages the gradients over ranks (gradients_mean). A standalone run is (0, 1)
-    and uses ``device_id``; a launched worker uses its local rank as device.
-    """
+    """Select the device and, under msrun/mpirun, join the data-parallel group; (rank, group size)."""
     if os.environ.get('MS_ROLE') == 'MS_SCHED':
         # msrun also runs the script as its scheduler process: init() serves the cluster; never train.
         # msrun starts one on every machine that owns MASTER_ADDR, so on both 'machines' of a run
@@ -102,14 +77,3 @@ def init_device(device_target, device_id=0, graph_mode=True):
                                  device_num=group_size)
     return rank, group_size
 
-
-def invalidate_compiled_graphs(net):
-    """Make MindSpore recompile ``net`` (and its cells) on the next call.
-
-    GRAPH_MODE caches a compiled graph per cell under a key built from the cell's creation time;
-    after the structure changed in place (branches fused), a cached graph
-    would still run the old structure. A new stamp forces recompilation (there is no public API).
-    """
-    stamp = time.time_ns()
-    for _, cell in net.cells_and_names():
-        object.__setattr__(cell, '_create_time', stamp)

@@ -1,16 +1,9 @@
 """Writing files all or nothing, and failing early and cleanly when they cannot be written.
 
-- ``check_outputs_apart``: before any work, a one-line UserError when an output would overwrite an
-  input or land inside a folder that is read.
-- ``check_writable`` (a folder) and ``check_writable_file``: before any work, a one-line UserError
-  when an output could not be created, or when it would replace something that is not a regular
-  file (a device, a FIFO, a socket, a folder).
-- ``atomic_path``: a hidden temporary beside the target, renamed onto it when complete; a failed
-  write (disk full, permissions) removes the temporary and becomes one line naming the file and
-  the reason, never a traceback or a half-written file. A symbolic link is written through: the
-  file it leads to is replaced (its temporary beside it) and the link stays.
-- Temporaries are named ``.<name>.<pid>.partial...``, so that the next run in the same folder can
-  tell a dead process's leftovers from a live writer's and remove them.
+Outputs are checked before any work (``check_*``: one-line UserErrors, never over an input, a
+device or a FIFO), then written to a hidden temporary ``.<name>.<pid>.partial...`` beside the target
+(through a symbolic link) and renamed onto it (``atomic_path``); the next run in the folder removes
+the temporaries of dead processes (``remove_partial_files``).
 """
 import contextlib
 import errno
@@ -38,7 +31,7 @@ def reason(error):
 
 
 def _kind(path, what):
-    """What ``path`` is, links followed: None (nothing there yet), 'a file', 'a folder' or a special kind."""
+    """What ``path`` is, links followed: None (nothing yet), 'a file', 'a folder' or a special kind."""
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -60,9 +53,8 @@ def _same_file(first, second):
 
 
 def check_outputs_apart(outputs, inputs):
-    """A UserError unless every output stays clear of every input: not the same file (links and
-    hard links followed) and not inside an input folder, which is being read. ``outputs`` and
-    ``inputs`` map a label (the option's name) to a path; None is left out."""
+    """A UserError unless every output ({label: path or None}) stays clear of every input: not the same
+    file (links and hard links followed) and not inside an input folder, which is being read."""
     for out_label, output in outputs.items():
         if output is None:
             continue
@@ -81,8 +73,7 @@ def check_outputs_apart(outputs, inputs):
 
 
 def _check_parent(path, what, shown=None):
-    """UserError unless the nearest existing folder above ``path`` is one this process may write in
-    (``shown``: the path as the user gave it, for the message)."""
+    """UserError unless this process may write in the nearest existing folder above ``path``."""
     shown = path if shown is None else shown
     parent = path.parent
     while not parent.exists():
@@ -108,9 +99,8 @@ def check_writable(path, what='output'):
 
 
 def regular_target(path, what='output'):
-    """The file that writing ``path`` creates or replaces: ``path``, or the file its symbolic link
-    leads to (the link stays). A UserError when that is a folder or a special file (device, FIFO,
-    socket), which a rename would replace with a regular file."""
+    """The file that writing ``path`` creates or replaces (through a symbolic link); a UserError when
+    that is a folder or a special file, which a rename would replace with a regular file."""
     path = Path(path)
     target = Path(os.path.realpath(path))
     kind = _kind(target, what)
@@ -121,9 +111,8 @@ def regular_target(path, what='output'):
 
 
 def check_folder_creatable(path, what='folder'):
-    """``check_writable`` for a folder that will hold new folders: also a UserError when ``path``
-    is an existing file, or when its nearest existing folder refuses a new folder although its
-    permission bits allow one (/proc, /sys, read-only mounts; found by making and removing one)."""
+    """``check_writable`` for a folder that will hold new folders, found by making and removing one
+    (/proc, /sys and read-only mounts refuse it although their permission bits allow it)."""
     path = check_writable(path, what)  # refuses a file, a device, a FIFO
     parent = path
     while not parent.is_dir():
@@ -137,8 +126,7 @@ def check_folder_creatable(path, what='folder'):
 
 
 def check_writable_file(path, what='output', example='output'):
-    """UserError unless a regular file could be written at ``path`` (through a symbolic link to its
-    target): an existing folder gets the hint ``path/example``; a device, FIFO or socket is refused."""
+    """UserError unless a regular file could be written at ``path`` (a folder gets the hint ``path/example``)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f'{what} {path} is a folder; pass a file name such as {path / example}')
@@ -165,23 +153,15 @@ def partial_name(path, tag=''):
 
 
 def replace_file(source, path):
-    """Rename ``source`` onto ``path`` (onto the file a symbolic link leads to), checked again at this
-    moment: something other than a regular file may have appeared there since the checks."""
-    target = regular_target(path, 'output')
-    os.replace(source, target)
+    """Rename ``source`` onto ``path`` (through a link), checked again: something may have appeared there."""
+    os.replace(source, regular_target(path, 'output'))
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
-    """Yield a hidden temporary path beside ``path`` (beside the file a link leads to); on success
-    rename it onto ``path``.
-
-    On an error (or a failed check inside the block) the temporary file is removed and ``path``
-    is left as it was; an OSError (disk full, no permission) becomes a UserError naming ``path``,
-    and so does a ``path`` that is a folder, device, FIFO or socket (never replaced).
-    ``suffix`` (default: ``path``'s) ends the temporary name, for writers that add or check one
-    (mindspore.save_checkpoint appends '.ckpt' and writes its own '.tmp' first).
-    """
+    """Yield a hidden temporary path beside ``path`` (through a link), renamed onto it on success; on an
+    error it is removed and ``path`` stays as it was, an OSError becoming a UserError naming ``path``.
+    ``suffix`` ends the temporary name (mindspore.save_checkpoint appends '.ckpt', writes a '.tmp')."""
     path = Path(path)
     target = regular_target(path)
     temporary = partial_name(target, path.suffix if suffix is None else suffix)
@@ -202,10 +182,8 @@ KILL_POINT_VARIABLE = 'REPVGG_TEST_KILL_AT'
 
 
 def kill_point_for_tests(path, moment):
-    """Test-only: SIGKILL this process at one point of an atomic write, so that a test stops a run
-    between two writes without timing. ``REPVGG_TEST_KILL_AT=<file name pattern>:<moment>`` (fnmatch
-    pattern; moment ``written``: the temporary is complete, not yet renamed; ``renamed``: the file
-    is in place). Unset, as in every real run, it does nothing."""
+    """Test-only: SIGKILL this process at ``REPVGG_TEST_KILL_AT=<fnmatch pattern>:<moment>`` (``written``:
+    the temporary complete, not renamed; ``renamed``), so a test stops a run between two writes."""
     wanted = os.environ.get(KILL_POINT_VARIABLE)
     if wanted:
         pattern, _, when = wanted.rpartition(':')
@@ -219,8 +197,7 @@ def write_text_atomic(path, text):
 
 
 def give_usual_permissions(path):
-    """Permissions of a file created by this process under its umask (some writers make their files
-    owner-read-only; a checkpoint or model file should be readable as every other file is)."""
+    """The permissions of the umask (MindSpore's writers make their files owner-read-only)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -242,9 +219,8 @@ def _owner_alive(name):
 
 
 def remove_partial_files(folder, prefix='.'):
-    """Delete the temporaries that killed processes left in ``folder``: files and folders named
-    ``.<name>.<pid>.partial*`` whose process is gone, of names starting with ``prefix[1:]`` (all of
-    them: '.'; one rank's checkpoints: '.RepVGG-A0_1-')."""
+    """Delete the temporaries ``<prefix>*.<pid>.partial*`` in ``folder`` whose process is gone (all: '.';
+    one rank's checkpoints: '.RepVGG-A0_1-')."""
     pattern = f'{prefix}*{PARTIAL_MARK}*'
     removed = []
     for path in Path(folder).glob(pattern):

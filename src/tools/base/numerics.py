@@ -1,10 +1,6 @@
-"""Comparing two sets of outputs: one relative difference, and one tolerance per kind of comparison.
-
-Every self-check of the project (conversion, export, ONNX Runtime and OpenVINO on the fly)
-asks the same question: do these float32 logits match those? The answer is
-``relative_difference`` against the tolerance that belongs to the comparison, never an ad-hoc
-number. Measured values are about 1e-7 for all of them; the tolerances leave room for float32
-summation order and nothing more.
+"""Comparing two sets of outputs: every self-check (conversion, export, engines on the fly) asks whether
+these float32 logits match those, as ``relative_difference`` against the tolerance of its kind.
+Measured values are about 1e-7; the tolerances leave room for float32 summation order only.
 """
 import numpy as np
 

@@ -1,33 +1,7 @@
-"""The checkpoint format: what a checkpoint holds, how it is written, and how it is read strictly.
-
-What a checkpoint of this project holds (eval.py, export.py, convert.py and resume rely on it;
-docs/training.md shows it from a user's side):
-- the network's tensors under their own names (``stage0.*`` ... ``stage4.*``, ``linear.*``), as
-  ``mindspore.save_checkpoint`` names them for the network: ``load_weights(net, path)`` loads them;
-- with ``with_ema``, the EMA copies of all of them under ``ema.<name>``:
-  ``load_weights(net, path, prefix='ema.')`` loads those;
-- optimizer and loss-scale state under MindSpore's own names, none of which is a network root:
-  ``moments.*`` (momentum) or ``adam_m.*``/``adam_v.*`` (adamw), ``global_step``, ``momentum``,
-  ``scale_sense``, ``current_iterator_step``, ``last_overflow_iterator_step``;
-- the position: ``epoch_num`` (1-based epoch of the last step taken),
-  ``step_num`` (steps of that epoch taken), ``steps_per_epoch``;
-- the model card (model_card.py): ``arch``, ``num_classes``, ``form``, ``class_names`` (the
-  training classes in label order, the sorted class folder names), ``image_size``,
-  ``interpolation``, ``mean``, ``std``, ``crop_pct``. Exports carry it on; files without it (older
-  checkpoints) still work from the config's values, and without class names with class indices;
-- an epoch's end (the periodic checkpoint written first when an epoch ends) also holds
-  ``epoch_metrics``: that epoch's metrics.csv row as a JSON object in a string, from which a
-  resumed run writes again what a kill right after the checkpoint lost (the row, the curves, the
-  best checkpoint).
-
-A checkpoint may hold more than the network, so only the entries under the network's own top-level
-names count as network tensors when reading: nothing the network needs or the file offers as
-weights is silently ignored. Files are written under a hidden temporary name and renamed into
-place (src/tools/base/files.py), so a process killed at any moment leaves only complete files;
-they carry MindSpore's CRC, so that a file damaged later fails to read instead of loading garbage.
-
-MindSpore is imported by the functions that write and read checkpoints: the model card of an ONNX
-file (model_card.py) is read without loading it.
+"""The checkpoint format: what a checkpoint holds (docs/training.md, "Checkpoints"), how it is written
+(all or nothing, with MindSpore's CRC) and how it is read strictly: only entries under the network's
+own top-level names are network tensors, and every one the network needs must be there.
+MindSpore is imported by the functions that use it: an ONNX file's model card is read without it.
 """
 import json
 from pathlib import Path
@@ -43,20 +17,13 @@ EPOCH_METRICS_KEY = 'epoch_metrics'
 NOT_SAVED = ('learning_rate',)
 
 
-# ----------------------------------------------------------------------------- writing
 def save_checkpoint(entries, path, append_dict=None, verify=None):
-    """``mindspore.save_checkpoint`` of ``entries`` to ``path``, all or nothing.
-
-    ``entries`` is a list of {'name', 'data'} or a {name: array} dict. The file is written under a
-    hidden temporary name beside ``path``, checked with ``verify(temporary_path)`` when given, and
-    only then renamed onto ``path``; a crash or a failed check leaves ``path`` as it was. (MindSpore's
-    writer renames its own temporary file too, but only as an undocumented detail and after deleting
-    an existing file of the same name.) Returns what ``verify`` returned, else the path.
+    """``mindspore.save_checkpoint`` of ``entries`` ({'name', 'data'} list or {name: array}) to ``path``,
+    all or nothing: a temporary, checked by ``verify(temporary)`` when given, renamed onto ``path``
+    (MindSpore's own writer first deletes the old file). Returns what ``verify`` returned, else the path.
     """
     import mindspore as ms
     path = Path(path)
-    if path.suffix != '.ckpt':
-        raise UserError(f'checkpoint {path} must end with .ckpt')
     if isinstance(entries, dict):
         entries = [{'name': name, 'data': ms.Tensor(value)} for name, value in entries.items()]
     with atomic_path(path, '.ckpt') as temporary:
@@ -67,9 +34,7 @@ def save_checkpoint(entries, path, append_dict=None, verify=None):
 
 
 def train_state(train_cell, epoch_num, step_num, steps_per_epoch, card, epoch_metrics=None):
-    """(entries, append_dict) for ``save_checkpoint``: every parameter of the train cell (network,
-    optimizer, loss scale, EMA) except the per-step learning rates, plus the position, the model
-    ``card`` (a ModelCard) and, at an epoch's end, the epoch's metrics row."""
+    """(entries, append_dict) of the train cell (not its learning rates), position, ``card`` and metrics row."""
     entries = [{'name': param.name, 'data': param} for param in train_cell.get_parameters()
                if param.name not in NOT_SAVED]
     append = {'epoch_num': int(epoch_num), 'step_num': int(step_num), 'steps_per_epoch': int(steps_per_epoch),
@@ -79,7 +44,6 @@ def train_state(train_cell, epoch_num, step_num, steps_per_epoch, card, epoch_me
     return entries, append
 
 
-# ----------------------------------------------------------------------------- reading
 def read_checkpoint(path):
     """The checkpoint at ``path`` as {name: Parameter or value}; a UserError if it cannot be read."""
     path = Path(path)
@@ -134,23 +98,12 @@ def is_deploy_form(checkpoint, prefix=''):
                if name.startswith(prefix) and name[len(prefix):].startswith('stage'))
 
 
-def _network_entries(net, checkpoint, prefix):
-    roots = {name.split('.', 1)[0] for name, _ in net.parameters_and_names()}
-    entries = {}
-    for name, value in checkpoint.items():
-        key = name[len(prefix):]
-        if name.startswith(prefix) and key.split('.', 1)[0] in roots:
-            entries[key] = value
-    return entries
-
-
 def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, source='checkpoint'):
     """({name: value} to load into ``net``, names dropped), or a UserError saying what does not match.
-
-    With ``drop_head_on_mismatch`` a classifier of another class count is left out (transfer
-    learning); the caller is told through the returned ``dropped`` list.
-    """
-    entries = _network_entries(net, checkpoint, prefix)
+    ``drop_head_on_mismatch``: leave out a classifier of another class count (transfer learning)."""
+    roots = {name.split('.', 1)[0] for name, _ in net.parameters_and_names()}
+    entries = {name[len(prefix):]: value for name, value in checkpoint.items()
+               if name.startswith(prefix) and name[len(prefix):].split('.', 1)[0] in roots}
     expected = {name: tuple(param.shape) for name, param in net.parameters_and_names()}
     if not entries:
         raise UserError(f'{source} holds no tensors of this network{" under " + prefix if prefix else ""}; '
@@ -190,10 +143,7 @@ def match_checkpoint(net, checkpoint, prefix='', drop_head_on_mismatch=False, so
 
 
 def load_weights(net, path_or_dict, prefix='', drop_head_on_mismatch=False, source=None):
-    """Load a checkpoint into ``net`` strictly; returns the names left out (a dropped head).
-
-    ``source`` names an already-read dict in messages (e.g. 'checkpoint <path>').
-    """
+    """Load a checkpoint (path or read dict, named ``source``) into ``net`` strictly; the names left out."""
     if isinstance(path_or_dict, dict):
         checkpoint, source = path_or_dict, source or 'checkpoint'
     else:

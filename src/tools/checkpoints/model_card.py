@@ -1,21 +1,7 @@
 """What a model file says it is: the ``ModelCard``, written into every checkpoint and export and read back.
 
-Training's checkpoints (periodic and best), convert.py's output, and the ONNX (``metadata_props``)
-and MINDIR (``user_info``) files of export.py carry the same entries, every value a string:
-
-    arch                   RepVGG-A0 ... QARepVGG-B3g4
-    num_classes            10
-    form                   train or deploy (the form of the weights; exports are deploy)
-    quantization_friendly  true for a QARepVGG arch (follows from arch; for other tools)
-    class_names            JSON list, in label order
-    image_size             the S of the S x S input
-    interpolation          bilinear or bicubic (the eval resize)
-    mean, std              JSON lists of 3 numbers, on [0, 1]
-    crop_pct               the centre crop's share of the resized shorter side (0.875: 224 of 256)
-
-So a model file is evaluated, exported or served without the training config: ``settle`` completes
-a card with the config's values for what an older file does not record, and refuses a config that
-contradicts the file.
+Its entries (all strings) and how ``settle`` completes a card with the config for older files:
+docs/deployment.md, "Model files". A model file is evaluated, exported or served without its config.
 """
 import json
 from dataclasses import dataclass, replace
@@ -24,11 +10,6 @@ from src.config import OPTION_BY_NAME
 from src.dataset import EVAL_CROP_PCT, MEAN, STD, Preprocessing
 from src.tools.base.cli import UserError
 from src.variants import ARCH_NAMES, QA_ARCH_NAMES
-
-
-def _text(value):
-    """An entry as text: checkpoints of earlier versions stored num_classes as a number."""
-    return str(value.asnumpy().item()) if hasattr(value, 'asnumpy') else str(value)
 
 
 def _parser(convert, valid):
@@ -96,12 +77,12 @@ class ModelCard:
 
     @classmethod
     def read(cls, entries, source, remedy='export it again from its checkpoint'):
-        """The card recorded in ``entries`` (a checkpoint, a file's metadata); a UserError naming
-        ``source`` and the entry when a value is not what it should be."""
+        """The card recorded in ``entries``; a UserError naming ``source`` and an entry that is not valid."""
         fields = {}
         for key, (field, parse, valid) in _ENTRIES.items():
             if key in entries:
-                text = _text(entries[key])
+                value = entries[key]  # checkpoints of earlier versions stored num_classes as a number
+                text = str(value.asnumpy().item()) if hasattr(value, 'asnumpy') else str(value)
                 try:
                     fields[field] = parse(text)
                 except (ValueError, TypeError, KeyError):
@@ -130,14 +111,10 @@ def given(config, key):
 
 
 def settle(card, config, source, image_size=None, num_classes=None):
-    """The card a run uses: what the file records, the config's values for what it does not (older
-    files), ImageNet's mean, std and crop where neither says. ``image_size``, ``num_classes``: what an
-    ONNX or MINDIR graph takes and gives, which win over anything (the loaders check image_size).
-
-    A config that sets arch or num_classes otherwise than the file records is a UserError naming
-    both; one that sets image_size or interpolation otherwise overrides it, with a note (a model
-    may be evaluated at another resolution or resize on purpose; a graph's input size is fixed).
-    """
+    """The card a run uses: the file's, the config's values for what an older file does not record,
+    ImageNet's mean, std and crop where neither says; ``image_size``, ``num_classes``: what an ONNX or
+    MINDIR graph takes and gives, which win. A config may override image_size and interpolation (with
+    a note), not arch or num_classes."""
     recorded = replace(card, **{key: value for key, value in (('image_size', image_size),
                                                                 ('num_classes', num_classes)) if value is not None})
     if recorded.arch is not None and given(config, 'arch') not in (None, recorded.arch):

@@ -1,1 +1,0 @@
-"""Official PyTorch and timm RepVGG weights as checkpoints of this project, read without torch."""

@@ -1,22 +1,10 @@
-"""Weights from the official PyTorch RepVGG and from timm, as checkpoints of this project.
+"""Weights from the official PyTorch RepVGG and from timm, as checkpoints of this project (docs/weights.md).
 
-Three layouts hold the same tensors under different names (shapes are identical):
-
-- official (DingXiaoH/RepVGG): ``stage0.rbr_dense.conv.weight``, ``stage1.0.rbr_1x1.bn.running_var``,
-  ``stage2.1.rbr_identity.weight``, ``stage0.se.down.weight``, ``linear.bias``; deploy form
-  ``stageS.J.rbr_reparam.{weight,bias}``;
-- timm: ``stem.`` for stage0, ``stages.{S-1}.J.`` for stageS.J, branches ``conv_kxk``,
-  ``conv_1x1``, ``identity``, deploy ``reparam_conv``, SE ``attn.fc1``/``attn.fc2``, classifier
-  ``head.fc``;
-- mindspore (this project): the official names with MindSpore's BN names (gamma, beta,
-  moving_mean, moving_variance) and no ``num_batches_tracked``. Its QARepVGG checkpoints (train
-  form: ``rbr_1x1.weight`` without BN, post-sum ``bn.*``) exist only in this layout; their deploy
-  form is RepVGG's.
-
-Every source name must map to exactly one network tensor and every network tensor must come
-from the file; anything else is an error that names the tensors. A conversion checks itself:
-it loads strictly, compares train-time and deploy logits when it re-parameterizes, and reloads
-the written file into a fresh network.
+Three layouts hold the same tensors under other names: official (``stage1.0.rbr_1x1.bn.running_var``),
+timm (``stages.0.0.conv_1x1.bn.running_var``, ``stem.``, ``head.fc``) and this project's (the official
+names with MindSpore's BN names; its QARepVGG files exist only here). Every source name must map to
+exactly one network tensor and every network tensor must come from the file. A conversion checks
+itself: strict load, train vs deploy logits, and the written file reloaded into a fresh network.
 """
 import re
 from dataclasses import dataclass, field, replace
@@ -29,7 +17,6 @@ from src.repvgg import (
     ARCH_NAMES,
     ARCH_SPECS,
     block_names,
-    check_arch_name,
     create_model,
     is_quantization_friendly,
     stage_widths,
@@ -91,11 +78,6 @@ def timm_to_official(name):
     return None
 
 
-def detect_layout(names):
-    """'timm' when any name uses timm's module names, else 'official'."""
-    return 'timm' if any(n.startswith(('stem.', 'stages.', 'head.')) for n in names) else 'official'
-
-
 def detect_form(names, source):
     """'train' (branches) or 'deploy' (rbr_reparam) from network names; mixing both is an error."""
     deploy = any('.rbr_reparam.' in n for n in names)
@@ -109,10 +91,8 @@ def detect_form(names, source):
 
 
 def to_mindspore_names(tensors, layout, source):
-    """({network name: array}, dropped source names) of a torch-layout state dict, or a UserError.
-
-    Every name must map; two names mapping to one tensor is an error as well.
-    """
+    """({network name: array}, dropped source names) of a torch-layout state dict; a UserError unless
+    every name maps, each to a tensor of its own."""
     mapped, dropped, unmapped, origin = {}, [], [], {}
     for name, value in tensors.items():
         official = timm_to_official(name) if layout == 'timm' else name
@@ -146,11 +126,8 @@ class Source:
 
 
 def unwrap_state_dict(obj, source):
-    """The flat {name: array} inside a loaded ``.pth`` object, and notes on what was unwrapped.
-
-    Accepts a raw state dict, or one wrapped in 'state_dict' / 'model' (also nested), with or
-    without a 'module.' prefix (DataParallel).
-    """
+    """The flat {name: array} inside a loaded ``.pth`` object (also in 'state_dict' / 'model', with
+    DataParallel's 'module.' prefix), and notes on what was unwrapped."""
     notes = []
     for _ in range(4):
         if not isinstance(obj, dict):
@@ -201,7 +178,7 @@ def read_source(path, ema=False):
     else:  # read_pth says what the file is when it is not a torch archive
         container = 'pth'
         state, notes = unwrap_state_dict(read_pth(path), source)
-    layout = detect_layout(state)
+    layout = 'timm' if any(name.startswith(('stem.', 'stages.', 'head.')) for name in state) else 'official'
     tensors, dropped = to_mindspore_names(state, layout, source)
     if dropped:
         notes.append(f'dropped {len(dropped)} BN num_batches_tracked counters')
@@ -241,11 +218,8 @@ def arch_signature(arch):
 
 
 def signature_of(tensors):
-    """The same signature read from the shapes of network-named tensors; None if incomplete.
-
-    The block kind is read from the train-form names (QARepVGG's 1x1 conv has no BN, so its kernel
-    is ``rbr_1x1.weight``); it is None for a deploy-form file, where both kinds are the same conv.
-    """
+    """The same signature read from the shapes of network-named tensors; None if incomplete. The block
+    kind is None for a deploy-form file (QARepVGG's train-form 1x1 has no BN: ``rbr_1x1.weight``)."""
     def kernel(block):
         for leaf in ('rbr_dense.conv.weight', 'rbr_reparam.weight'):
             if f'{block}.{leaf}' in tensors:
@@ -287,10 +261,6 @@ def resolve_arch(tensors, arch, source):
         if detected is None:
             raise UserError(f'cannot tell the arch from the shapes in {source}; pass --arch')
         return detected
-    try:
-        check_arch_name(arch)
-    except ValueError as error:
-        raise UserError(str(error)) from None
     if detected is not None and arch not in matching:
         raise UserError(f'{source} looks like {detected}, not {arch}: use --arch {detected}')
     return arch
@@ -332,11 +302,8 @@ def _logits(net, images):
 
 
 def convert_tensors(tensors, build, form, deploy, source='checkpoint', images=None):
-    """Load network-named ``tensors`` (of ``form``) into ``build(deploy=...)`` strictly; with
-    ``deploy`` re-parameterize a train-form network and compare logits before and after.
-
-    ``build(deploy)`` returns a fresh network; tests pass small custom RepVGGs through it.
-    """
+    """Load network-named ``tensors`` (of ``form``) strictly into the fresh network ``build(deploy=...)``;
+    with ``deploy`` re-parameterize a train-form network and compare logits before and after."""
     images = check_input() if images is None else images
     net = build(deploy=form == 'deploy')
     load_weights(net, {name: ms.Tensor(value) for name, value in tensors.items()}, source=source)
@@ -355,11 +322,8 @@ def convert_tensors(tensors, build, form, deploy, source='checkpoint', images=No
 
 
 def verify_written(path, build, conversion, source_tensors, source_form, name):
-    """Reload ``path`` strictly into a fresh network and check it reproduces the conversion.
-
-    Also checks that tensors copied without fusion kept their exact values. ``name`` is the
-    file's name in messages. Returns the largest absolute logit difference (0.0 expected).
-    """
+    """Reload ``path`` strictly into a fresh network: the conversion's logits, and the exact values of
+    tensors copied without fusion. Returns the largest absolute logit difference (0.0 expected)."""
     net = build(deploy=conversion.deploy)
     load_weights(net, read_checkpoint(path), source=f'output {name}')
     net.set_train(False)
@@ -407,11 +371,7 @@ class Report:
 
 
 def convert_file(input_path, output_path, arch=None, deploy=False, num_classes=None, ema=False):
-    """Convert any supported checkpoint to a MindSpore ``.ckpt`` for ``create_model(arch, ...)``.
-
-    ``arch`` may be None (detected from shapes); ``num_classes`` defaults to the file's
-    classifier. Returns a ``Report``; raises UserError on anything that does not map exactly.
-    """
+    """Convert any supported file to a ``.ckpt`` of ``arch`` (None: from the shapes); a ``Report``."""
     output_path = Path(output_path)
     if output_path.suffix != '.ckpt':
         raise UserError(f'output {output_path} must end with .ckpt')

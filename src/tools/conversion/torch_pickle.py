@@ -1,15 +1,9 @@
-"""Read PyTorch ``.pth`` and ``.safetensors`` files as numpy arrays, without torch installed.
+"""Read PyTorch ``.pth`` and ``.safetensors`` files as numpy arrays, without torch, running no code.
 
-A ``.pth`` file written by ``torch.save`` (PyTorch >= 1.6) is a zip archive: ``<name>/data.pkl``
-is a pickle of the saved object, and every tensor's storage is a raw little-endian file
-``<name>/data/<key>`` that the pickle names through a persistent id
-``('storage', storage type, key, location, numel)``. Unpickling normally imports whatever
-globals the pickle asks for, which lets a crafted file run code; ``SafeUnpickler`` instead
-resolves only the handful of names that rebuild tensors and containers, and refuses anything
-else with an error that names the global.
-
-safetensors files are read by the safetensors package; its numpy API returns bfloat16 tensors as
-ml_dtypes' bfloat16 (ml_dtypes, an onnx dependency, registers that dtype with numpy when imported).
+A ``torch.save`` file (PyTorch >= 1.6) is a zip archive: ``<name>/data.pkl`` pickles the object,
+naming each tensor's raw storage ``<name>/data/<key>`` through a persistent id. ``SafeUnpickler``
+resolves only the globals that rebuild tensors and containers (any other is how a crafted file runs
+code). safetensors' numpy API gives bfloat16 as ml_dtypes' type, read here as float32.
 """
 import io
 import pickle
@@ -45,17 +39,6 @@ def _numpy_dtype(values):
     return values.astype(np.float32) if values.dtype == ml_dtypes.bfloat16 else values
 
 
-def _decode(buffer, dtype, byteorder):
-    return _numpy_dtype(np.frombuffer(buffer, np.dtype(dtype).newbyteorder(byteorder)).astype(dtype))
-
-
-class _Storage:
-    """One tensor storage of the archive, decoded once and shared by all its views."""
-
-    def __init__(self, values):
-        self.values = values
-
-
 class _StorageType:
     """Stands for ``torch.FloatStorage`` etc. in the pickle; only its name (element type) matters."""
 
@@ -63,11 +46,10 @@ class _StorageType:
         self.name = name
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    """``torch._utils._rebuild_tensor_v2``: a strided view of a storage, copied out."""
-    if not isinstance(storage, _Storage):
+def _rebuild_tensor(values, offset, size, stride, *_ignored):
+    """``torch._utils._rebuild_tensor_v2``: a strided view of a storage (its decoded values), copied out."""
+    if not isinstance(values, np.ndarray):  # the pickle cannot make one: numpy's globals are refused
         raise UserError('corrupt .pth file: a tensor does not refer to a storage')
-    values = storage.values
     offset, size, stride = int(offset), tuple(int(n) for n in size), tuple(int(s) for s in stride)
     if 0 in size:
         return np.zeros(size, values.dtype)
@@ -120,10 +102,11 @@ class SafeUnpickler(pickle.Unpickler):
             raise UnsafeCheckpointError(f'refusing to load: storage of unsupported type {storage_type!r:.80}')
         key = str(key)
         if key not in self._storages:
-            values = _decode(self._read_record(key), dtype, self._byteorder)
+            raw = np.frombuffer(self._read_record(key), np.dtype(dtype).newbyteorder(self._byteorder))
+            values = _numpy_dtype(raw.astype(dtype))
             if len(values) < int(numel):
                 raise UserError(f'corrupt .pth file: storage {key} holds {len(values)} values, not {numel}')
-            self._storages[key] = _Storage(values)
+            self._storages[key] = values  # decoded once, shared by all its views
         return self._storages[key]
 
 
@@ -185,8 +168,7 @@ def is_safetensors(path):
 
 
 def read_safetensors(path):
-    """{name: numpy array} of a safetensors file; bfloat16 becomes float32. A file that does not
-    follow the format is a one-line UserError with the package's reason."""
+    """{name: numpy array} of a safetensors file (bfloat16 as float32); a UserError for a bad file."""
     try:
         with safe_open(path, framework='numpy') as file:
             names = file.keys()  # a safetensors file, not a dict: it does not iterate

@@ -1,15 +1,6 @@
-"""What runs a model file in eval.py, infer.py, eval_onnx.py and infer_onnx.py: ``--backend``.
-
-- ``auto`` (default): on CPU OpenVINO (a ``.ckpt`` is exported to ONNX on the fly, checked against
-  the network first); on GPU a ``.ckpt`` in MindSpore and an ``.onnx`` in ONNX Runtime's CUDA
-  provider. A ``.mindir`` always runs in MindSpore.
-- ``mindspore``, ``onnxruntime``, ``openvino`` (CPU): that engine. A ``.ckpt`` runs in any of
-  them, an ``.onnx`` in ONNX Runtime or OpenVINO, a ``.mindir`` in MindSpore only; asking otherwise
-  is one line.
-
-``--precision bf16`` and ``--threads`` set OpenVINO (openvino_engine.py); asking them of another
-engine is one line. Every run prints the model, the engine with the precision it runs and, on CPU,
-the instruction sets that decide its speed (``announce``).
+"""What runs a model file in eval.py, infer.py, eval_onnx.py and infer_onnx.py: ``--backend`` (which
+engine runs which file, and ``--precision`` / ``--threads`` of OpenVINO: docs/deployment.md). Every
+run prints the model, the engine with its precision and, on CPU, the instruction sets (``announce``).
 """
 import argparse
 import tempfile
@@ -33,8 +24,7 @@ ENGINE_NAMES = {'mindspore': 'MindSpore', 'onnxruntime': 'ONNX Runtime', 'openvi
 
 
 def choose_engine(backend, suffix, device_target):
-    """The engine that runs a ``suffix`` file: ``backend``, or for ``auto`` the device's default; a
-    UserError for a file or device the engine cannot run."""
+    """The engine for a ``suffix`` file: ``backend``, or auto's; a UserError for a pair that cannot run."""
     if suffix == '.mindir':
         if backend not in ('auto', 'mindspore'):
             raise UserError(f'a .mindir file runs only in mindspore; drop --backend {backend}, or pass the .ckpt '
@@ -90,10 +80,8 @@ def settled(predictor, config, path):
 
 
 def load_predictor(config, default_precision='fp32'):
-    """The Predictor for ``config.pretrained`` (eval.py, infer.py); refuses to run without weights.
-    ``default_precision`` is the script's when ``--precision`` is not given. MindSpore's device is set
-    once the choice of engine is known to hold. The model's card (what it is, how its images are
-    preprocessed) comes from the file, settled with the config."""
+    """The Predictor of ``config.pretrained`` (eval.py, infer.py), its card settled with the config;
+    ``default_precision``: the script's. MindSpore's device is set once the engine is known to hold."""
     path = config.pretrained
     if path is None:
         raise UserError('pass --pretrained with a .ckpt, .mindir or .onnx file: without trained weights '
@@ -128,8 +116,13 @@ def load_predictor(config, default_precision='fp32'):
     return predictor
 
 
-def add_onnx_engine_arguments(parser, default_precision):
-    """``--backend``, ``--precision`` and ``--threads`` of eval_onnx.py and infer_onnx.py, as eval.py has them."""
+def add_onnx_arguments(parser, default_precision):
+    """The model and engine options of eval_onnx.py and infer_onnx.py (``--backend`` etc. as eval.py's)."""
+    parser.add_argument('-c', '--onnx_path', type=Path, required=True, help='ONNX model file')
+    parser.add_argument('--image_size', type=int, default=None, help="image size (default: the model's input size)")
+    parser.add_argument('-m', '--device_target', choices=('auto', 'CPU', 'GPU'), default='auto',
+                        help="auto (default): GPU where ONNX Runtime's CUDA provider starts, else CPU; CPU; or GPU "
+                             "(ONNX Runtime's CUDA provider, needs onnxruntime-gpu)")
     parser.add_argument('--backend', choices=ONNX_BACKENDS, default='auto',
                         help="what runs the model: auto (OpenVINO on CPU, ONNX Runtime's CUDA provider on GPU), "
                              'onnxruntime, or openvino (CPU)')
@@ -163,8 +156,7 @@ def onnx_device(device_target, backend):
 
 
 def load_onnx_engine(args, config):
-    """The Predictor of eval_onnx.py / infer_onnx.py: ``args.onnx_path`` in the engine the arguments
-    choose, its card settled with ``config`` (what the script's flags set)."""
+    """The Predictor of eval_onnx.py / infer_onnx.py, its card settled with ``config`` (their flags)."""
     engine = resolve_engine(args.backend, '.onnx', args.device_target, args.precision, args.threads)
     predictor = load_onnx_file(args.onnx_path, engine, args.device_target, args.batch_size, args.image_size,
                                args.precision, args.threads)
@@ -172,8 +164,7 @@ def load_onnx_engine(args, config):
 
 
 def announce(predictor, device_target):
-    """Print the model, then the engine with its precision and settings and where it runs: on CPU
-    with the instruction sets that decide its speed (AMX, AVX512_BF16, VNNI, AVX2)."""
+    """Print the model, the engine with its precision and settings, and the CPU's instruction sets."""
     print(f'=> {predictor.description}')
     where = f'CPU: {cpu_features()}' if device_target == 'CPU' else f'on {device_target}'
     print(f'=> {predictor.engine}; {where}')

@@ -1,10 +1,5 @@
-"""Scoring a model on labelled batches: the one loop behind eval.py, eval_onnx.py and the
-validation of every training epoch.
-
-The metrics are computed here from the logits in float64, the same way for a network in training,
-a checkpoint, a MINDIR and an ONNX file, so all of them can be compared exactly. Labels come from
-the folder's class names matched to the model's (src/dataset.class_indexing); a model that records
-no class names is matched by position, with a note.
+"""Scoring a model on labelled batches: the one loop behind eval.py, eval_onnx.py and the validation of
+every training epoch, in float64 from the logits, so that every format scores comparably.
 """
 import ast
 import csv
@@ -23,11 +18,8 @@ REPORT_FILES = ('per_class_top1.csv', 'confusion_matrix.png')  # what report_dir
 
 
 def check_finite_logits(logits, model, batch):
-    """A UserError naming ``model`` and counting the images when any logit of a batch is NaN or inf.
-
-    Such logits are no answer: no class is larger than a NaN, so every label would rank first and
-    score a hit, and argmax would name class 0. Every score and prediction goes through this check.
-    """
+    """A UserError naming ``model`` when any logit of a batch is NaN or inf: no class is larger than a
+    NaN, so every label would score a hit and argmax would name class 0."""
     bad = int((~np.isfinite(np.asarray(logits)).all(axis=1)).sum())
     if bad:
         raise UserError(f'{model} gives non-finite logits (NaN/inf) for {bad} of the {len(logits)} images of {batch}: '
@@ -37,12 +29,8 @@ def check_finite_logits(logits, model, batch):
 
 
 class ClassificationMetrics:
-    """Running sums of cross-entropy and top-1 / top-k hits over every image seen.
-
-    A label counts as within the top k when fewer than k classes have a strictly larger logit, so
-    the result does not depend on how a sort breaks ties. k is 5, or the class count if smaller.
-    An image with a non-finite logit is never a hit (``score`` refuses such logits before this).
-    """
+    """Running sums of cross-entropy and top-1 / top-k hits (k: 5, or fewer classes). A label is within
+    the top k when fewer than k classes have a strictly larger logit: no dependence on how ties sort."""
 
     def __init__(self, num_classes, top_k=5):
         self.num_classes = num_classes
@@ -79,14 +67,8 @@ class ClassificationMetrics:
 
 def score(predict, batches, num_classes, num_batches=None, reduce=None, show_progress=True, desc='eval',
           source='the data', model='the model'):
-    """Run ``predict`` (images -> logits) over ``batches`` of (images, labels) and score it.
-
-    ``reduce`` sums a vector over data-parallel ranks (training validation: every rank scores its
-    own part of the set); without it the sums are this process's. Returns {'loss', 'top1', 'top5',
-    'count', 'batches', 'time', 'confusion'}; 'top5' is top-min(5, classes); 'confusion' counts
-    (label, top-1 prediction) pairs of this process. Nothing scored is an error naming ``source``;
-    a non-finite logit is an error naming ``model`` (``check_finite_logits``).
-    """
+    """Score ``predict`` (images -> logits) over ``batches`` of (images, labels); ``reduce`` sums over
+    data-parallel ranks. {'loss', 'top1', 'top5', 'count', 'batches', 'time', 'confusion' (this process's)}."""
     metrics = ClassificationMetrics(num_classes)
     steps = 0
     begin = time.time()
@@ -114,10 +96,7 @@ def partial_count_line(scored, total, source):
 
 def reference_results(result, with_loss=True):
     """{'Loss': ..., 'Top1-Acc': ..., 'Top5-Acc': ...}: the keys of the reference's eval printout."""
-    printed = {'Loss': result['loss']} if with_loss else {}
-    printed['Top1-Acc'] = result['top1']
-    printed['Top5-Acc'] = result['top5']
-    return printed
+    return {**({'Loss': result['loss']} if with_loss else {}), 'Top1-Acc': result['top1'], 'Top5-Acc': result['top5']}
 
 
 RESULTS_PREFIX = '=> eval results:'
@@ -134,16 +113,6 @@ def parse_results(output):
     return ast.literal_eval(line[len(RESULTS_PREFIX):])
 
 
-def check_class_count(folder, num_classes):
-    """A UserError when the folder's class folders do not match the model's outputs (for a model
-    that records no class names, whose labels can only be matched by position)."""
-    classes = class_names(folder)
-    if len(classes) != num_classes:
-        raise UserError(f'{folder} has {len(classes)} class folders but the model predicts {num_classes} '
-                        f'classes: evaluate on the validation folder of the data set it was trained on')
-    return classes
-
-
 def validation_folder(dataset_path, data_url=None):
     """The folder to evaluate: ``dataset_path``, else ``data_url``/val; checked before any model loads."""
     folder = dataset_path if dataset_path is not None else (data_url / 'val' if data_url else None)
@@ -157,23 +126,18 @@ def validation_folder(dataset_path, data_url=None):
 
 def evaluate_folder(predictor, folder, workers=None, image_check='cached', image_check_cache=None,
                     with_loss=True, report_dir=None, model='the model'):
-    """Evaluate on ``folder`` (one sub-folder per class) with the eval transform of src/dataset.py;
-    returns the reference's result dict, and writes the per-class report into ``report_dir``.
-    ``model`` names the model file in errors.
-
-    The preprocessing (image size, interpolation, mean, std, crop) is the predictor's settled card, so
-    the model gets its images as it was trained with them; batch and class count are the predictor's.
-    The files are checked first (``image_check``, ``image_check_cache``: see src/image_check.py);
-    ``eval_batches``' ``workers`` threads then read them while the model runs, not a MindSpore
-    pipeline: the same numbers in less CPU time, and a model in ONNX Runtime or OpenVINO never loads
-    MindSpore (docs/performance.md).
-    """
+    """The reference's result dict of ``predictor`` on ``folder``, preprocessed as its card says and read
+    by ``eval_batches`` threads, not a MindSpore pipeline (less CPU time, and ONNX Runtime or OpenVINO
+    never load MindSpore: docs/performance.md); the per-class report into ``report_dir``."""
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
         for name in REPORT_FILES:
             check_writable_file(Path(report_dir) / name, 'report file')
-    if predictor.class_names is None:
-        check_class_count(folder, predictor.num_classes)
+    if predictor.class_names is None:  # labels can only be matched by position
+        classes = class_names(folder)
+        if len(classes) != predictor.num_classes:
+            raise UserError(f'{folder} has {len(classes)} class folders but the model predicts {predictor.num_classes} '
+                            f'classes: evaluate on the validation folder of the data set it was trained on')
         print(f'=> note: the model records no class names (an older checkpoint, or converted weights): '
               f'the sorted class folders of {folder} are taken as its classes 0-{predictor.num_classes - 1}')
     paths, labels = labelled_images(folder, predictor.class_names, predictor.num_classes, image_check,
@@ -194,7 +158,6 @@ def evaluate_folder(predictor, folder, workers=None, image_check='cached', image
     return reference_results(result, with_loss)
 
 
-# ----------------------------------------------------------------------------- per-class report
 def per_class_rows(confusion, names):
     """One row per class with images: name, images, top-1, and the class it is most often taken for."""
     rows = []

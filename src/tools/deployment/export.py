@@ -40,8 +40,6 @@ PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add
 
 def check_export_format(file_format, device_target):
     """A UserError for formats this device cannot write (AIR is written only on Ascend)."""
-    if file_format not in FORMAT_SUFFIXES:
-        raise UserError(f"unknown file_format '{file_format}'; choose MINDIR or ONNX")
     if file_format == 'AIR':
         raise UserError(f'MindSpore writes AIR files only on Ascend devices and this run targets '
                         f'{device_target}: use --file_format MINDIR or ONNX (AIR is for the Ascend toolchain)')
@@ -55,12 +53,8 @@ def export_file_path(export_path, file_format):
 
 
 def make_onnx_batch_dynamic(model):
-    """Mark the batch dimension of an ONNX model's input and output as symbolic ('batch').
-
-    MindSpore exports ONNX only with fixed shapes ('not support dynamic shape mode'). When every
-    operator works per sample the graph is valid for any batch, so only the declared shapes change;
-    otherwise the model is left as exported. Returns whether the batch became dynamic.
-    """
+    """Mark the batch of an ONNX model's input and output as symbolic ('batch') when every operator works
+    per sample (MindSpore exports fixed shapes only); whether it did."""
     ops = {node.op_type for node in model.graph.node}
     axes_ok = all(0 not in attribute.ints for node in model.graph.node if node.op_type == 'ReduceMean'
                   for attribute in node.attribute if attribute.name == 'axes')
@@ -73,8 +67,7 @@ def make_onnx_batch_dynamic(model):
 
 
 def _export_raw(net, image_size, file_format, stem, card):
-    """Write ``stem``+suffix; MINDIR gets a dynamic batch, ONNX batch 1 made dynamic afterwards.
-    The model card goes into the file's metadata (ONNX metadata_props, MINDIR user_info)."""
+    """Write ``stem``+suffix with a dynamic batch and the model card in its metadata."""
     shape = (3, image_size, image_size)
     path = stem.with_suffix(FORMAT_SUFFIXES[file_format])
     entries = card.entries()
@@ -100,27 +93,18 @@ def _export_raw(net, image_size, file_format, stem, card):
     return path
 
 
-def finite_outputs(net, image_size, model, num_images=2, seed=0):
-    """(random images, ``net``'s outputs for them), the probe of every self-check; a UserError naming
-    ``model`` when the outputs are not finite: such a network fails any comparison through no fault
-    of what it is compared with."""
-    images = np.random.default_rng(seed).normal(size=(num_images, 3, image_size, image_size)).astype(np.float32)
-    outputs = net(Tensor(images)).asnumpy()
-    check_finite_logits(outputs, model, 'a random test batch')
-    return images, outputs
-
-
-def exported_difference(path, net, image_size, num_images=2, seed=0, model='the network'):
-    """(max relative difference to ``net`` on random images, Predictor) of the file at ``path``."""
-    images, expected = finite_outputs(net, image_size, model, num_images, seed)
-    load = load_onnx if path.suffix == '.onnx' else load_mindir
-    predictor = load(path, batch_size=num_images, image_size=image_size)
+def exported_difference(path, net, image_size, model='the network'):
+    """(max relative difference to ``net`` on two random images, Predictor) of the file at ``path``; a
+    UserError naming ``model`` when the network's own outputs are not finite (no fault of the file)."""
+    images = np.random.default_rng(0).normal(size=(2, 3, image_size, image_size)).astype(np.float32)
+    expected = net(Tensor(images)).asnumpy()
+    check_finite_logits(expected, model, 'a random test batch')
+    predictor = (load_onnx if path.suffix == '.onnx' else load_mindir)(path, batch_size=2, image_size=image_size)
     return relative_difference(predictor(images), expected), predictor
 
 
 def check_export_target(export_path, file_format):
-    """The file export_path names, checked before any work: a regular file or nothing yet, its folder
-    writable. Leftovers of killed writers in that folder (an export, a conversion) are removed."""
+    """The file export_path names, checked before any work; killed writers' leftovers there removed."""
     target = check_writable_file(export_file_path(export_path, file_format), 'export path', 'model')
     folder = regular_target(target).parent
     if folder.is_dir():
@@ -129,13 +113,9 @@ def check_export_target(export_path, file_format):
 
 
 def export_network(net, image_size, file_format, export_path, card=None, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` (fp32, input Nx3xSxS) and check the file.
-
-    Returns (path written, max relative difference to the network, 'batch' or the fixed batch).
-    The file is written in a hidden folder beside the target and renamed into place once checked.
-    ``card`` (a ModelCard) goes into its metadata, in deploy form at ``image_size``. ``model`` (the
-    checkpoint) is named when the network's own outputs are not finite.
-    """
+    """Export the deploy-form, eval-mode ``net`` (fp32, Nx3xSxS) with ``card`` in its metadata, written
+    beside the target and renamed into place once checked; (path, max relative difference, 'batch' or
+    the fixed batch). ``model`` is named when the network's own outputs are not finite."""
     card = replace(card or ModelCard(), image_size=image_size, deploy=True)
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
@@ -162,9 +142,8 @@ def export_network(net, image_size, file_format, export_path, card=None, model='
 
 
 def _write_failure(error, folder, needed):
-    """Why writing a file of at least ``needed`` bytes into ``folder`` failed, in words. MindSpore's
-    ONNX writer logs a failed write and deletes what it wrote, so a full disk shows only as a missing
-    file: then the free space, which that deletion gave back, is compared with the size needed."""
+    """Why writing ``needed`` bytes into ``folder`` failed. MindSpore's ONNX writer deletes a failed
+    file, so a full disk shows only as a missing one: then the free space is compared with ``needed``."""
     if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT):
         return reason(error)
     try:

@@ -1,24 +1,15 @@
 """Model files behind one interface, the Predictor: float32 logits for a batch of preprocessed images.
 
-A ``.ckpt`` (train or deploy form) is loaded strictly into a freshly built network and
-re-parameterized, so evaluation, export and inference always run the plain deploy form; a
-``.mindir`` runs as a MindSpore GraphCell; an ``.onnx`` file runs in ONNX Runtime here, or in
-OpenVINO (openvino_engine.py). All take the float32 (N, 3, S, S) batches of the one eval
-preprocessing (src/dataset.py), so their results can be compared number for number. Which engine
-runs which file: src/tools/deployment/backends.py.
+A ``.ckpt`` is loaded strictly and re-parameterized, so everything runs the deploy form; a ``.mindir``
+runs as a GraphCell; an ``.onnx`` in ONNX Runtime here or in OpenVINO (openvino_engine.py). Which
+engine runs which file: backends.py; what a file records about itself (``card``): model_card.py.
 
-What a model is travels with it: a checkpoint's model card (src/tools/checkpoints/model_card.py),
-an ONNX file's metadata and a MINDIR file's user info (written by export.py): arch, classes, class
-names, and the preprocessing its images need. A Predictor has it as ``card``, settled with the
-config (backends.py) before it runs; ``class_names`` is None for a model that records none.
-
-MindSpore, ONNX and ONNX Runtime are imported by the functions that use them, so that a model run
-by OpenVINO starts without loading them (MindSpore alone takes over a second). One order matters:
-onnx imported before MindSpore fixes protobuf's C++ implementation, with which MindSpore's own
-.proto modules fail to import; ``load_onnx`` imports onnx, so a process that loads an ONNX file
-and then a checkpoint imports MindSpore first (as quantize.py does).
+MindSpore, ONNX and ONNX Runtime are imported where used, so an OpenVINO run never loads them. One
+order matters: onnx imported before MindSpore fixes protobuf's C++ implementation, with which
+MindSpore's .proto modules fail to import; a process that loads an ONNX file and then a checkpoint
+imports MindSpore first (as quantize.py does).
 """
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,36 +20,34 @@ from src.tools.checkpoints.format import EMA_PREFIX, is_deploy_form, load_weight
 from src.tools.checkpoints.model_card import ModelCard, settle
 
 
+@dataclass(eq=False)
 class Predictor:
-    """Logits (N, C) for images (N, 3, S, S), computed in chunks of at most ``batch_size``.
+    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``.
 
-    ``static_batch``: the backend accepts exactly that many images per call (a file exported with
-    a fixed batch); shorter chunks are padded with zeros and the padding's outputs dropped.
-    ``pad_to_seen``: pad a short last chunk to ``batch_size`` once a full chunk has run, because a
-    GRAPH_MODE network would otherwise compile a second graph for the new shape.
-    ``description`` says which model this is, ``engine`` what runs it (name, version, precision and
-    settings, for the run's printout), ``precision`` the arithmetic of its convolutions: fp32, bf16
-    or int8. ``card``: the ModelCard the file records (settled before a run: backends.py).
+    ``static_batch``: the file takes exactly that many images (short chunks are padded with zeros).
+    ``pad_to_seen``: pad a short last chunk once a full one has run, so that a GRAPH_MODE network
+    compiles no second graph. ``description``, ``engine``: the model and what runs it, for the
+    printout; ``precision`` of its convolutions: fp32, bf16 or int8; ``card``: what the file records.
     """
+    run: object
+    image_size: int
+    num_classes: int
+    batch_size: int
+    static_batch: int = None
+    pad_to_seen: bool = False
+    description: str = ''
+    card: ModelCard = None
+    engine: str = ''
+    precision: str = 'fp32'
 
-    def __init__(self, run, image_size, num_classes, batch_size, static_batch=None, pad_to_seen=False,
-                 description='', card=None, engine='', precision='fp32'):
-        if batch_size < 1:
-            raise UserError(f'batch_size must be at least 1, got {batch_size}')
-        card = card or ModelCard()
-        if card.class_names is not None and len(card.class_names) != num_classes:
-            raise UserError(f'the model records {len(card.class_names)} class names for its {num_classes} outputs; '
-                            f'export it again from its checkpoint')
-        self.card = card
-        self.run = run
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.batch_size = static_batch or batch_size
-        self.static_batch = static_batch
-        self.pad_to_seen = pad_to_seen
-        self.description = description
-        self.engine = engine
-        self.precision = precision
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f'batch_size must be at least 1, got {self.batch_size}')
+        self.card = self.card or ModelCard()
+        if self.card.class_names is not None and len(self.card.class_names) != self.num_classes:
+            raise UserError(f'the model records {len(self.card.class_names)} class names for its {self.num_classes} '
+                            f'outputs; export it again from its checkpoint')
+        self.batch_size = self.static_batch or self.batch_size
         self._seen_full = False
 
     @property
@@ -92,10 +81,12 @@ def check_image_size(path, file_size, requested, flag='--image_size'):
 
 
 def check_model_file(path, kind):
-    """``path`` as a Path; a UserError when it is not a file."""
+    """``path`` as a Path; a UserError when it is not a file (an ONNX file: not an .onnx)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'{kind} {path} does not exist')
+    if kind == 'ONNX file' and path.suffix.lower() != '.onnx':
+        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     return path
 
 
@@ -108,14 +99,9 @@ def batch_and_size(dims, path):
     return dims[0], dims[2]
 
 
-# ----------------------------------------------------------------------------- checkpoints
 def load_deploy_network(path, config):
-    """The network of checkpoint ``path``, loaded strictly, in eval mode and deploy form.
-
-    Arch, classes and preprocessing come from the checkpoint's card, settled with ``config``
-    (model_card.settle); the form (train or deploy) from its names; ``config.ema`` takes the EMA
-    copy (``ema.*``) that training writes with ``with_ema: 1``. Returns (net, description, card).
-    """
+    """(net, description, card): checkpoint ``path`` loaded strictly, in eval mode and deploy form; its
+    card settled with ``config``, whose ``ema`` takes the ``ema.*`` copy of a run with ``with_ema: 1``."""
     from src.repvgg import count_params, create_model, switch_net_to_deploy
     checkpoint = read_checkpoint(path)
     ema = config.ema
@@ -127,11 +113,8 @@ def load_deploy_network(path, config):
     deploy = is_deploy_form(checkpoint, prefix)
     card = replace(settle(ModelCard.read(checkpoint, source, 're-save it with this project'), config, source),
                    deploy=deploy)
-    arch = card.arch
-    try:
-        net = create_model(arch, num_classes=card.num_classes, deploy=deploy)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    arch = card.arch  # a known arch: the card and the config accept no other
+    net = create_model(arch, num_classes=card.num_classes, deploy=deploy)
     load_weights(net, checkpoint, prefix=prefix, source=source)
     net.set_train(False)
     params_before = count_params(net)
@@ -158,10 +141,9 @@ def network_predictor(net, card, batch_size, description=''):
                      pad_to_seen=True, description=description, card=card, engine=mindspore_engine())
 
 
-# ----------------------------------------------------------------------------- MINDIR
 def mindir_user_info(model):
-    """A MINDIR ModelProto's user_info as a dict. It is a map in MindSpore's schema, which newer
-    protobuf runtimes expose as a list of key/value entries."""
+    """A MINDIR ModelProto's user_info as a dict: a map in MindSpore's schema, which newer protobuf
+    runtimes expose as a list of key/value entries."""
     try:
         return dict(model.user_info)
     except TypeError:
@@ -178,12 +160,8 @@ def set_mindir_user_info(model, key, value):
 
 
 def read_mindir_signature(path):
-    """(input dims, output dims, model card) recorded in a MINDIR file (-1 marks a dynamic
-    dimension).
-
-    Parsing the file with MindSpore's own schema first turns a corrupt file into a one-line
-    error (mindspore.load would also print a C++ error log) and tells the input shape.
-    """
+    """(input dims, output dims (-1: dynamic), model card) of a MINDIR file, parsed with MindSpore's
+    schema first: a corrupt file is then one line (mindspore.load would also print a C++ log)."""
     from mindspore.train import mind_ir_pb2  # MindSpore's MINDIR schema
     model = mind_ir_pb2.ModelProto()
     try:
@@ -217,13 +195,10 @@ def load_mindir(path, batch_size, image_size=None):
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
-# ----------------------------------------------------------------------------- ONNX
 def onnx_providers(device_target):
     """ONNX Runtime execution providers for CPU or GPU; a UserError when CUDA is not available."""
     if device_target == 'CPU':
         return ['CPUExecutionProvider']
-    if device_target != 'GPU':
-        raise UserError(f"device_target must be CPU or GPU, got '{device_target}'")
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
@@ -232,9 +207,8 @@ def onnx_providers(device_target):
 
 
 def onnxruntime_cuda_works():
-    """Whether ONNX Runtime's CUDA provider starts on this machine. onnxruntime-gpu lists it as
-    available wherever it is installed; whether its libraries load and a GPU answers shows only when
-    a session asks for it, so a one-node session does (ONNX Runtime then falls back to CPU)."""
+    """Whether ONNX Runtime's CUDA provider starts here: onnxruntime-gpu lists it wherever it is
+    installed, so a one-node session asks for it (and falls back to CPU when it does not)."""
     import onnx
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
@@ -255,8 +229,7 @@ QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 
 
 
 def inspect_onnx(path):
-    """(precision, model card) of an ONNX file that its engine has read: 'int8' for a quantized file
-    (export.py --quantize int8 writes QDQ pairs), else 'fp32'; the card from its metadata_props."""
+    """(precision: 'int8' for a quantized file, else 'fp32'; model card) of an ONNX file."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     precision = 'int8' if any(node.op_type in QUANTIZED_OPS for node in model.graph.node) else 'fp32'
@@ -267,8 +240,6 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
     import onnxruntime as ort
     path = check_model_file(path, 'ONNX file')
-    if path.suffix.lower() != '.onnx':
-        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     providers = onnx_providers(device_target)
     options = ort.SessionOptions()
     if device_target == 'GPU':

@@ -1,22 +1,9 @@
 """OpenVINO, the CPU engine: runs the ONNX files export.py writes, fp32 and INT8 alike.
 
-``load_openvino`` gives the Predictor of model_files.py. Its ``precision``:
-
-- ``fp32``: what eval.py and eval_onnx.py report unless asked otherwise.
-- ``bf16``: the convolutions in bf16 (fp32 accumulation), on a CPU that computes bf16 natively (AMX
-  or AVX512_BF16); refused elsewhere, where OpenVINO would quietly run fp32.
-- ``auto`` (infer.py, infer_onnx.py): bf16 where the CPU has it, kept only when the first batch
-  gets the fp32 top-1 class for every image in bf16 too; otherwise fp32, with a note.
-
-An INT8 file (export.py --quantize int8, QDQ) runs its convolutions in int8 whatever the fp32/auto
-choice, and is reported as int8; bf16 asked for it is refused. The precision reported is the one
-the compiled model runs its convolutions in, read back from OpenVINO, not the one asked for.
-
-Threads: ``threads`` (0: ``default_threads()``, the CPUs this process may use). OpenVINO's own
-thread pinning is switched off, so several processes inferring at once share the CPUs through the
-OS scheduler instead of each pinning its threads to the same first cores (docs/deployment.md).
-
-Telemetry: see ``import_openvino``; nothing here reaches the network or writes outside the run.
+``load_openvino`` gives the Predictor of model_files.py. Its ``precision`` (fp32, bf16 on CPUs that
+compute it natively, auto: bf16 if the first batch keeps its fp32 top-1 classes) and ``threads``
+(unpinned, so that processes share the CPUs), and why nothing reaches the network: docs/deployment.md.
+The precision reported is the one the compiled model runs its convolutions in, read back from OpenVINO.
 """
 import os
 import platform
@@ -26,7 +13,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src.config import PRECISIONS
 from src.tools.base.cli import UserError
 from src.tools.checkpoints.model_card import ENTRY_NAMES, ModelCard
 from src.tools.deployment.model_files import Predictor, batch_and_size, check_image_size, check_model_file
@@ -45,7 +31,6 @@ _PRECISION_NAMES = {'f32': 'fp32', 'bf16': 'bf16', 'f16': 'fp16', 'u8': 'int8', 
 _COMPUTE_LAYERS = ('Convolution', 'FullyConnected')
 
 
-# ----------------------------------------------------------------------------- the machine
 @dataclass(frozen=True)
 class CpuFeatures:
     """The CPU's model name and which of INSTRUCTION_SETS it has, in that order."""
@@ -78,9 +63,8 @@ def cpu_features():
 
 
 def cgroup_cpu_limit():
-    """The whole CPUs that the cgroup v2 quotas (cpu.max) of this process's cgroup and its parents
-    allow (at least 1), or None without a quota: a container started with --cpus 2 sees all the
-    host's CPUs in its affinity, but gets the time of two."""
+    """The whole CPUs (at least 1) that the cgroup v2 cpu.max quotas of this process's cgroup and its
+    parents allow, or None: a container started with --cpus 2 sees all the host's CPUs, gets two."""
     try:
         lines = CGROUP_MEMBERSHIP.read_text(encoding='utf-8').splitlines()
     except OSError:
@@ -110,17 +94,9 @@ def default_threads():
     return min(cpus, limit) if limit else cpus
 
 
-# ----------------------------------------------------------------------------- OpenVINO
 def import_openvino():
-    """The openvino module, without its model converter; a UserError naming pip where it is missing.
-
-    ``import openvino`` also imports its converter, openvino.tools.ovc, and importing that sends a
-    usage event to Google Analytics through openvino_telemetry (from a child process) and writes a
-    client id under ~/intel, unless ~/intel/openvino_telemetry holds 0 or CI=true. The models here
-    are read by the ONNX front end, which needs no converter, so the converter is kept out of the
-    import: nothing is sent, nothing is written. An openvino that other code imported earlier is
-    used as it is.
-    """
+    """The openvino module without its model converter, whose import sends a usage event and writes a
+    client id under ~/intel (docs/deployment.md, "Telemetry"); a UserError naming pip where it is missing."""
     keep_out = 'openvino.tools.ovc' not in sys.modules
     if keep_out:
         sys.modules['openvino.tools.ovc'] = None  # openvino/__init__.py skips it on ImportError
@@ -172,10 +148,8 @@ def runtime_precision(compiled):
 
 
 def compile_settings(precision, threads):
-    """OpenVINO's CPU settings: one synchronous request at a time (the latency hint: one stream) on
-    ``threads`` threads, not pinned to cores (OpenVINO 2026.4 pins by default: processes that each
-    pin would crowd the same cores), in bf16 or fp32 (the hint; an INT8 model's convolutions stay
-    int8)."""
+    """OpenVINO's CPU settings: one request at a time on ``threads`` threads, not pinned (processes that
+    each pin crowd the same cores), in bf16 or fp32 (an INT8 model's convolutions stay int8)."""
     return {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32', 'PERFORMANCE_HINT': 'LATENCY',
             'INFERENCE_NUM_THREADS': threads, 'ENABLE_CPU_PINNING': False}
 
@@ -192,8 +166,6 @@ def _runner(compiled):
 
 def check_precision(precision, int8, cpu, path):
     """A UserError for a precision that cannot run: bf16 for an INT8 file or on a CPU without it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     if precision != 'bf16':
         return
     if int8:
@@ -205,12 +177,9 @@ def check_precision(precision, int8, cpu, path):
 
 
 def load_openvino(path, batch_size=32, image_size=None, precision='fp32', threads=0):
-    """A Predictor running ONNX file ``path`` in OpenVINO on the CPU (module docstring: ``precision``,
-    ``threads``). Its ``precision`` says what ran: for ``auto`` it is 'auto' until the first batch
-    decided, then bf16 or fp32; an INT8 file reports int8."""
+    """A Predictor running ONNX file ``path`` in OpenVINO on the CPU; its ``precision`` says what ran
+    ('auto' until the first batch decided, then bf16 or fp32; int8 for an INT8 file)."""
     path = check_model_file(path, 'ONNX file')
-    if path.suffix.lower() != '.onnx':
-        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
     ov = import_openvino()
     model = read_onnx(ov, path)
     static_batch, size, num_classes = _signature(model, path)
@@ -256,8 +225,7 @@ def _signature(model, path):
 
 class Bf16Check:
     """``auto``: the first batch runs in bf16 and in fp32; bf16 stays when every image keeps its fp32
-    top-1 class, fp32 runs from then on otherwise. The outcome is printed and goes into the
-    predictor's ``precision`` and ``engine`` (between ``prefix`` and ``suffix``)."""
+    top-1 class. The outcome is printed and goes into the predictor's ``precision`` and ``engine``."""
 
     def __init__(self, bf16, fp32, prefix, suffix):
         self.bf16, self.fp32, self.prefix, self.suffix = bf16, fp32, prefix, suffix

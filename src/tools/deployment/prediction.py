@@ -1,9 +1,6 @@
-"""Inference on an image or a folder of images: the reference's printout and a {path: class} JSON.
-
-infer.py (checkpoint, MINDIR, ONNX) and infer_onnx.py (ONNX) both go through ``run_inference``, so
-the same images give the same lines and the same file whatever the model format. The class is the
-class name the model was trained with (the index with ``with_index``); a model that records no
-class names gives indices, and says so.
+"""Inference on an image or a folder of images: the reference's printout and a {path: class} JSON,
+the same for infer.py and infer_onnx.py whatever the model format (class names, or indices for a
+model that records none).
 """
 import json
 import sys
@@ -45,10 +42,8 @@ def list_inputs(path):
 
 
 def predict_classes(predictor, paths, workers=None, model='the model'):
-    """{str(path): class index} for ``paths``, preprocessed as in evaluation (the predictor's card),
-    in batches; ``workers`` threads (default: one per CPU) decode and resize the next batches while
-    the model runs on this one (src/dataset.eval_batches). A non-finite logit is an error naming
-    ``model``, never a class."""
+    """{str(path): class index} for ``paths``, preprocessed as in evaluation by ``workers`` threads while
+    the model runs (src/dataset.eval_batches); a non-finite logit is an error naming ``model``."""
     predictions = {}
     with tqdm(total=len(paths), desc='infer', unit='img', leave=False) as bar:
         for chunk, images in eval_batches(paths, predictor.card.preprocessing, predictor.batch_size, workers):
@@ -67,19 +62,10 @@ def check_output_path(path):
     return check_writable_file(path, 'output', 'predictions.json')
 
 
-def write_json(data, path):
-    """Write ``data`` as JSON atomically: a temporary file beside ``path``, then a rename, so an
-    interrupted run never leaves a half-written file."""
-    write_text_atomic(path, json.dumps(data, indent=2) + '\n')
-
-
 def run_inference(predictor, inputs, output, with_index=False, workers=None, model='the model'):
-    """Predict the images of ``inputs`` (from ``list_inputs``), print the reference's lines, write
-    ``output``: {path: class name}, {path: index} for a model without names, or with
-    ``with_index`` {path: {'class': name, 'index': index}}. Every image is checked as training
-    checks it first; nothing is written unless every image was read and predicted. ``model`` names
-    the model file in errors.
-    """
+    """Predict the images of ``inputs`` (``list_inputs``), checked first as training checks them; print
+    the reference's lines and write ``output`` ({path: name, index, or with ``with_index`` both}) only
+    when every image was predicted. ``model`` names the model file in errors."""
     output = check_output_path(output)
     kind, paths = inputs
     turned = check_images(paths, show_progress=len(paths) > 1)
@@ -98,6 +84,6 @@ def run_inference(predictor, inputs, output, with_index=False, workers=None, mod
         label = names[index] if names is not None else index
         print(f'{path} (class: {label})')
         predictions[path] = {'class': label, 'index': index} if with_index else label
-    write_json(predictions, output)
+    write_text_atomic(output, json.dumps(predictions, indent=2) + '\n')
     print(f'=> {len(predictions)} prediction{"s" if len(predictions) != 1 else ""} written to {output}')
     return predictions

@@ -1,18 +1,7 @@
-"""INT8 export: the deploy network's ONNX file, statically quantized with ONNX Runtime's tooling.
-
-The fp32 ONNX export (checked against the network by export_network) is converted to opset 13,
-where QuantizeLinear/DequantizeLinear take per-channel scales, calibrated (MinMax) on images drawn
-evenly over the class folders of a folder and preprocessed with the eval transform, and written in
-the QDQ format: per-channel symmetric int8 weights, asymmetric ACTIVATION_TYPE activations. ONNX
-Runtime fuses every DequantizeLinear -> Conv -> QuantizeLinear into one QLinearConv (and the Gemm
-into a QGemm), which its VNNI kernels run.
-
-The file is checked before it is kept: it is loaded in ONNX Runtime through the loader eval_onnx.py
-uses, run on the calibration images beside the fp32 export, and the share of images whose top-1 class
-the two agree on must reach AGREEMENT_THRESHOLD; it is written under a temporary name and renamed
-into place, so a refused or interrupted export leaves nothing behind.
+"""INT8 export: the deploy network's ONNX file, statically quantized with ONNX Runtime's tooling (QDQ,
+per-channel int8 weights, MinMax-calibrated on images drawn evenly over the class folders), kept only
+when its top-1 class agrees with the fp32 export's on those images (docs/quantization.md).
 """
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -21,43 +10,35 @@ from pathlib import Path
 
 # MindSpore before onnx: importing it selects protobuf's Python implementation, which MindSpore's own
 # .proto modules need; onnx loaded first would fix the C++ one (benchmarks import this module first).
-import mindspore  # noqa: F401
+import mindspore  # noqa: F401  imported for its side effect (above)
 import numpy as np
 import onnx
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from src.dataset import scan_split
-from src.tools.base.cli import UserError, listed
+from src.tools.base.cli import UserError, listed, quiet_logger
 from src.tools.base.files import atomic_path, make_folder, partial_name
 from src.tools.deployment.export import check_export_target, export_network
 from src.tools.deployment.model_files import load_onnx
 
 QUANTIZE_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the 'axis' attribute) need opset >= 13
-# Activation type: uint8 and int8, with or without reduce_range, run equally fast (docs/performance.md,
-# "INT8: activation types"). Kept: uint8 activations (ReLU outputs are >= 0, so the zero point is 0 and all
-# 256 levels cover them) and no reduce_range, which would quantize the weights to 7 bits; it exists for
-# CPUs without VNNI, whose u8s8 instruction can overflow. Weights: int8, symmetric, per output channel.
+# uint8 activations (ReLU outputs: zero point 0) without reduce_range (7-bit weights, for CPUs without
+# VNNI): measured as fast as the other choices (docs/quantization.md, "INT8 export").
 ACTIVATION_TYPES = {'uint8': QuantType.QUInt8, 'int8': QuantType.QInt8}
 ACTIVATION_TYPE = 'uint8'
 REDUCE_RANGE = False
 INT8_SCHEME = f'QDQ, per-channel int8 weights, {ACTIVATION_TYPE} activations'
-# Top-1 agreement with the fp32 network on the calibration images below which the INT8 file is refused.
-# Measured: 100 % on 300 images for RepVGG-A0 and QARepVGG-A0 trained on the digits demo, whose INT8 top-1
-# on the validation set is within 0.3 points of fp32 (docs/quantization.md). A network that quantizes badly
-# (the paper's RepVGG-A0 on ImageNet loses 20 points of top-1, so at most 80 % agreement) is refused; 95 %
-# leaves room for images whose top two logits are closer than the quantization error.
+# Top-1 agreement with fp32 on the calibration images below which the INT8 file is refused (the digits
+# models reach 100 %; the paper's ImageNet A0, 20 points of top-1 lost, would not), and the fewest images
+# on which it means something (on fewer, one flip moves it by more than 3 points): docs/quantization.md.
 AGREEMENT_THRESHOLD = 0.95
-# Fewest calibration images accepted: the agreement above decides whether the INT8 file is kept, and on
-# fewer images one flipped prediction moves it by more than 3 points (100 % on a single image says nothing).
 MIN_CALIBRATION_IMAGES = 32
 CALIBRATION_BATCH = 16
 
 
-# ----------------------------------------------------------------------------- calibration images
 def pick_evenly(files_by_class, count):
-    """``count`` files spread over the classes as evenly as their sizes allow (round-robin quotas),
-    evenly spaced within each class; every file when ``count`` is at least their number."""
+    """``count`` files spread over the classes by round-robin quotas, evenly spaced within each class."""
     quotas = [0] * len(files_by_class)
     remaining = count
     while remaining > 0 and any(quota < len(files) for quota, files in zip(quotas, files_by_class, strict=True)):
@@ -72,9 +53,8 @@ def pick_evenly(files_by_class, count):
 
 
 def calibration_files(folder, count):
-    """The calibration images of ``folder`` (one sub-folder per class): a UserError, before any work,
-    when the folder is missing, has no class folders, or fewer than MIN_CALIBRATION_IMAGES images are
-    asked for or there; a note when it has fewer than ``count``, which are then all used."""
+    """The calibration images of ``folder`` (class folders), checked before any work: at least
+    MIN_CALIBRATION_IMAGES asked for and there; all of them, with a note, when fewer than ``count``."""
     if count < MIN_CALIBRATION_IMAGES:
         raise UserError(f'calibration_images must be at least {MIN_CALIBRATION_IMAGES}, got {count}: the INT8 '
                         f'model is kept only if it agrees with the fp32 one on them, and fewer images cannot show it')
@@ -99,8 +79,7 @@ def calibration_files(folder, count):
 
 def foreign_classes_note(files, class_names):
     """A note when calibration ``files`` come from class folders that are not among the model's
-    ``class_names`` (images unrelated to the model calibrate ranges its data never has), else None.
-    A model that records no class names cannot be checked."""
+    ``class_names`` (images unlike its data calibrate ranges it never has), else None."""
     if not class_names:
         return None
     folders = sorted({Path(path).parent.name for path in files})
@@ -113,8 +92,7 @@ def foreign_classes_note(files, class_names):
 
 
 def calibration_folder(file_format, calibration_path, data_url):
-    """The folder export.py --quantize int8 calibrates on (default: data_url/train); a UserError
-    before any work for a format other than ONNX."""
+    """The calibration folder (default: data_url/train); a UserError for a format other than ONNX."""
     if file_format != 'ONNX':
         raise UserError(f'--quantize int8 writes ONNX files (ONNX Runtime runs them); {file_format} has no '
                         f'INT8 export here: use --file_format ONNX, or drop --quantize')
@@ -127,9 +105,8 @@ def load_images(paths, preprocessing):
 
 
 class ImageBatches(CalibrationDataReader):
-    """Feeds ``images`` to ONNX Runtime's calibrator in batches of ``batch``, or of exactly
-    ``fixed_batch`` for a model exported with a fixed batch (its last batch filled up with the first
-    images again, so that no made-up input widens the calibrated ranges)."""
+    """Feeds ``images`` to ONNX Runtime's calibrator in batches of ``batch``, or of exactly ``fixed_batch``
+    (the last one filled up with the first images again: no made-up input widens the ranges)."""
 
     def __init__(self, images, input_name, batch=CALIBRATION_BATCH, fixed_batch=None):
         self.input_name = input_name
@@ -146,30 +123,8 @@ class ImageBatches(CalibrationDataReader):
         return {self.input_name: self.batches[self.position - 1]}
 
 
-# ----------------------------------------------------------------------------- quantization
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """ONNX Runtime's quantizer logs advice through the root logger (e.g. to run its pre-processing,
-    which only adds shape inference and graph optimisations this plain graph does not need)."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _batch_dim(model):
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField('dim_value') and dim.dim_value > 0 else None
-
-
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
-    """Write the INT8 QDQ model of the fp32 ONNX file at ``fp32_path`` to ``int8_path``, calibrated on
-    ``images``. The fp32 model's metadata (its model card) is copied onto the INT8 model.
-    ``activation_type`` ('uint8' or 'int8') and ``reduce_range`` are for the type study of
-    benchmarks/speed.py."""
+    """Write the INT8 QDQ model of ``fp32_path``, calibrated on ``images``, with its card, to ``int8_path``."""
     fp32 = onnx.load(str(fp32_path))
     opset = next(entry.version for entry in fp32.opset_import if entry.domain in ('', 'ai.onnx'))
     converted = version_converter.convert_version(fp32, QUANTIZE_OPSET) if opset < QUANTIZE_OPSET else fp32
@@ -177,8 +132,10 @@ def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVAT
     onnx.save(converted, str(source))
     # MinMax calibration adds ReduceMin/ReduceMax outputs to the graph and keeps only those per batch,
     # so memory stays small. (Its CalibMaxIntermediateOutputs option drops batches in ONNX Runtime 1.31.)
-    reader = ImageBatches(images, fp32.graph.input[0].name, fixed_batch=_batch_dim(fp32))
-    with _quiet_quantizer():
+    batch = fp32.graph.input[0].type.tensor_type.shape.dim[0]
+    reader = ImageBatches(images, fp32.graph.input[0].name,
+                          fixed_batch=batch.dim_value if batch.HasField('dim_value') and batch.dim_value > 0 else None)
+    with quiet_logger(logging.getLogger(), logging.ERROR):  # its advice does not apply to this plain graph
         quantize_static(str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
                         reduce_range=reduce_range,
@@ -189,11 +146,6 @@ def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVAT
         if prop.key not in present:
             int8.metadata_props.add(key=prop.key, value=prop.value)
     onnx.save(int8, str(int8_path))
-
-
-def top1_agreement(fp32_logits, int8_logits):
-    """Share of images on which both networks predict the same class."""
-    return float(np.mean(np.argmax(fp32_logits, axis=1) == np.argmax(int8_logits, axis=1)))
 
 
 @dataclass
@@ -208,11 +160,9 @@ class Int8Export:
 
 
 def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` as a statically quantized INT8 ONNX file at
-    ``export_path`` (suffix .onnx added), calibrated on the image ``files`` preprocessed as its settled
-    ``card`` says, carrying the card as the fp32 export does; refused (UserError, nothing written) when
-    its top-1 agreement with the fp32 network on those images is below ``threshold``. ``model`` is named
-    when the network's outputs are not finite."""
+    """Export the deploy-form, eval-mode ``net`` as an INT8 ONNX file at ``export_path``, calibrated on
+    ``files`` preprocessed as its ``card`` says; refused (nothing written) when its top-1 agreement with
+    fp32 on them is below ``threshold``. ``model`` is named when the network's outputs are not finite."""
     target = check_export_target(export_path, 'ONNX')
     image_size = card.image_size
     images = load_images(files, card.preprocessing)
@@ -226,7 +176,7 @@ def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, mo
             int8 = load_onnx(temporary, batch_size=CALIBRATION_BATCH, image_size=image_size)
             if int8.card != replace(card, deploy=True):
                 raise UserError('the INT8 file does not carry the model card; nothing was written')
-            agreement = top1_agreement(fp32_logits, int8(images))
+            agreement = float(np.mean(np.argmax(fp32_logits, axis=1) == np.argmax(int8(images), axis=1)))
             if agreement < threshold:
                 raise UserError(f'the INT8 model predicts the fp32 top-1 class on only {agreement:.1%} of the '
                                 f'{len(images)} calibration images (at least {threshold:.0%} required); nothing '

@@ -1,1 +1,0 @@
-"""train.py's machinery: the loop, optimizer, schedule, loss, mixed precision, ranks, run folder, resuming."""

@@ -1,19 +1,10 @@
-"""Training loss: soft-target, label-smoothing or plain cross-entropy (eval metrics:
-src/tools/deployment/evaluation.py).
-
-The loss is always computed in float32: logits are cast before the softmax, so AMP levels that
-run the network in float16 do not compute the log-sum-exp in float16.
-"""
+"""Training loss: cross-entropy in float32 (logits cast before the softmax, whatever the AMP level)."""
 import mindspore as ms
 from mindspore import nn, ops
 
 
 class CrossEntropy(nn.Cell):
-    """Mean cross-entropy in float32 for class indices (int) or soft targets (float, one row per image).
-
-    MindSpore's nn.CrossEntropyLoss already handles both target kinds and label smoothing
-    (off = s / C, on = 1 - s + s / C); this cell only adds the float32 cast.
-    """
+    """MindSpore's nn.CrossEntropyLoss (class indices or soft targets, label smoothing) in float32."""
 
     def __init__(self, label_smoothing=0.0, reduction='mean'):
         super().__init__()
@@ -24,8 +15,7 @@ class CrossEntropy(nn.Cell):
 
 
 def get_criterion(label_smoothing, soft_targets):
-    """Soft-target CE when the data gives mixup/cutmix targets (already smoothed by the mixing),
-    else label-smoothing CE when label_smoothing > 0, else plain CE."""
+    """Cross-entropy, label-smoothed unless the data gives mixup/cutmix targets (smoothed by the mixing)."""
     return CrossEntropy(0.0 if soft_targets else label_smoothing)
 
 

@@ -1,14 +1,7 @@
-"""What the ranks of a data-parallel run must agree on, beyond the gradients.
-
-- exact metrics: every rank scores its own part of the validation set; the sums of (loss, top-1,
-  top-5, count) over ranks give the metrics of the whole set.
-- one model: data parallel keeps the weights identical, but each rank's BN moving statistics
-  come from its own batches; they are averaged over ranks before each evaluation and checkpoint
-  (as timm's distribute_bn does), so every rank evaluates and saves the same model.
-- one run folder: rank 0's clock names it.
-- one decision: rank 0's integers (which checkpoint to resume, whether the schedule changed) are
-  broadcast to every rank.
-With one process every operation is the identity and no communication op is built.
+"""What the ranks of a data-parallel run must agree on beyond the gradients: exact metrics (sums over
+ranks), one model (BN moving statistics averaged before each evaluation and checkpoint, as timm's
+distribute_bn), one run folder and one decision (rank 0's integers broadcast). One process: no
+communication op is built.
 """
 import mindspore as ms
 import numpy as np
@@ -72,10 +65,8 @@ class Ranks:
             self.sum([0.0])
 
     def from_main(self, values):
-        """Rank 0's integers ``values`` (a list; each within int32) on every rank, exactly.
-
-        A broadcast of int32: an int64 tensor is narrowed to int32 on the way without a word
-        (measured on CPU, MindSpore 2.8 under msrun: 2**40 + 5 arrived as 5)."""
+        """Rank 0's integers ``values`` (each within int32) on every rank, exactly: MindSpore 2.8 narrows
+        a broadcast int64 to int32 without a word (2**40 + 5 arrived as 5)."""
         values = np.asarray(values, np.int64)
         if np.any(np.abs(values) >= 2 ** 31):
             raise ValueError(f'from_main sends int32 values, got {values}')
@@ -84,8 +75,7 @@ class Ranks:
         return self._broadcast(Tensor(values.astype(np.int32))).asnumpy().tolist()
 
     def average_params(self, key, params):
-        """Replace every rank's value of ``params`` by their mean over ranks (BN moving statistics);
-        ``key`` names the list so that its graph is compiled once."""
+        """Every rank's ``params`` replaced by their mean over ranks; ``key``: its graph is compiled once."""
         if self.group_size == 1 or not params:
             return
         if key not in self._average_cells:

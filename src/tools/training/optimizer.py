@@ -1,7 +1,5 @@
-"""Optimizers (momentum, adamw) with weight decay on conv and dense kernels only.
-
-BN scales and shifts and all biases are 1-D; decaying them only shrinks the network's affine
-freedom, so only parameters with two or more dimensions (conv and dense kernels) are decayed.
+"""Optimizers (momentum, adamw) with weight decay on conv and dense kernels only: BN scales and shifts
+and biases are 1-D, and decaying them only shrinks the network's affine freedom.
 """
 from mindspore import Tensor, nn
 
@@ -27,7 +25,5 @@ def get_optimizer(args, net, lr_values):
     learning_rate = Tensor(lr_values)
     if args.optimizer == 'momentum':
         return nn.Momentum(groups, learning_rate=learning_rate, momentum=args.momentum)
-    if args.optimizer == 'adamw':
-        return nn.AdamWeightDecay(groups, learning_rate=learning_rate, beta1=args.beta[0], beta2=args.beta[1],
-                                  eps=args.eps)
-    raise ValueError(f"unknown optimizer '{args.optimizer}'; choose momentum or adamw")
+    return nn.AdamWeightDecay(groups, learning_rate=learning_rate, beta1=args.beta[0], beta2=args.beta[1],
+                              eps=args.eps)  # adamw: the config allows no other

@@ -42,8 +42,7 @@ def augmented_draws(paths, stages, num_draws):
 
 
 def draw_preprocessing(folder, transform, output, seed=0, num_images=4, num_draws=5):
-    """Write the grid of ``transform`` (a TrainTransform), drawn with ``seed``, on images of the
-    class folders of ``folder`` to ``output`` (PNG); returns its Path."""
+    """Write the PNG grid of ``transform`` drawn with ``seed`` on images of ``folder``'s classes."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

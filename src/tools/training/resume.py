@@ -1,21 +1,6 @@
-"""Where a run starts, in one place: ``start_run`` returns the position, the state to restore,
-the run folder, its checkpoint saver and its metrics log; train.py calls it once.
-
-- ``continues RUN_FOLDER``: first the temporaries of dead processes are removed from the folder.
-  Then the newest periodic checkpoint at a position that every rank completed (agreed through a
-  collective, so each machine may keep its own copy of the folder); one that cannot be read
-  (truncated, failing its CRC) is passed over for the one before it, with a note; none at all (a
-  run killed before its first one was complete) is "nothing to resume yet". It must be of the
-  same arch and classes, and the learning-rate schedule must not change (unless
-  ``allow_schedule_change``). Weights, optimizer, loss scale and EMA are restored, training goes
-  on at its epoch and step (so at its learning rate) in the same folder; metrics rows and best
-  checkpoints of later epochs are dropped, to be redone. A checkpoint of an epoch's end carries
-  that epoch's metrics row (``epoch_metrics``), which the trainer writes again with the curves and
-  the best checkpoint: a kill right after that checkpoint loses none of them.
-- ``pretrained CKPT``: the weights; a classifier of another class count is dropped (transfer
-  learning). Unless ``exclude_epoch_state`` is set (or the head was dropped), the checkpoint's
-  epoch, step and optimizer/EMA state are taken too. A new run folder.
-- otherwise: fresh weights at ``start_epoch`` / ``start_step``, in a new run folder.
+"""Where a run starts, in one place: ``start_run`` returns the position, the state to restore, the
+run folder, its checkpoint saver and its metrics log; train.py calls it once. What ``continues``,
+``pretrained`` and a fresh start each do: docs/training.md, "Resuming"; several machines: docs/scale-out.md.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +61,7 @@ def check_continues(args):
 
 
 def start_run(args, net, steps_per_epoch, ranks=None, classes=None):
-    """Load what the run starts from into ``net``; the Start (where, from what, into which folder).
-
-    ``classes``: the class names of the training folder, in label order. A resumed run must train
-    on the classes it started with; a pretrained classifier kept for other classes is named in a
-    note. ``ranks`` (default: one process): with several, they agree on the checkpoint to resume.
-    """
+    """Load what the run starts from into ``net``; the Start: where, from what, into which folder."""
     ranks = ranks or Ranks()
     if args.continues is not None:
         return _resume(args, net, steps_per_epoch, ranks, classes)
@@ -104,7 +84,13 @@ def _resume(args, net, steps_per_epoch, ranks, classes):
     path, checkpoint = first_readable(candidates, ranks.sum, ranks.rank)
     source = f'checkpoint {path}'
     check_recorded_arch(checkpoint, args.arch, source)
-    _check_same_classes(checkpoint, classes, source, args.data_url)
+    recorded = _other_classes(checkpoint, classes, source)
+    if recorded is not None:
+        pairs = enumerate(zip(recorded, classes, strict=False))  # the counts may differ: said below
+        changed = [f'{index}: {old!r} -> {new!r}' for index, (old, new) in pairs if old != new][:3]
+        counts = f'{len(recorded)} classes then, {len(classes)} now' if len(recorded) != len(classes) else ''
+        raise UserError(f'{source} was trained on other classes than {args.data_url}/train holds now '
+                        f'({"; ".join(changed) or counts}); resume on the data it started with, or start a new run')
     load_weights(net, checkpoint, source=source)
     position = start_position(checkpoint, steps_per_epoch)
     if position is None:
@@ -124,34 +110,26 @@ def starting_point(args, net, steps_per_epoch, classes=None):
     if args.pretrained is None:
         return _checked(Start(args.start_epoch, args.start_step), args, steps_per_epoch)
     source = f'checkpoint {args.pretrained}'
-    checkpoint = read_training_checkpoint(args.pretrained, args.arch, source)
+    checkpoint = read_checkpoint(args.pretrained)
+    check_recorded_arch(checkpoint, args.arch, source)
     dropped = load_weights(net, checkpoint, drop_head_on_mismatch=True, source=source)
+    recorded = None if dropped else _other_classes(checkpoint, classes, source)
     if dropped:
         print(f'=> {source}: classifier of another class count dropped ({", ".join(dropped)}); '
               f'training starts at epoch 0 with a new {args.num_classes}-class head', flush=True)
-    else:
-        _note_other_classes(checkpoint, classes, source)
+    elif recorded is not None:
+        print(f'=> note: {source} was trained on other class names ({recorded[0]!r}, ... vs {classes[0]!r}, ...); '
+              f'its classifier is kept (same class count) and trained on the new classes', flush=True)
     position = None if (args.exclude_epoch_state or dropped) else start_position(checkpoint, steps_per_epoch)
     if position is None:
         return _checked(Start(args.start_epoch, args.start_step, source=source), args, steps_per_epoch)
     return _checked(Start(*position, checkpoint=checkpoint, source=source), args, steps_per_epoch)
 
 
-def _check_same_classes(checkpoint, classes, source, data_url):
+def _other_classes(checkpoint, classes, source):
+    """The class names the checkpoint records when they are not ``classes``, else None."""
     recorded = recorded_class_names(checkpoint, source)
-    if recorded is not None and classes is not None and recorded != list(classes):
-        pairs = enumerate(zip(recorded, classes, strict=False))  # the counts may differ: said below
-        changed = [f'{index}: {old!r} -> {new!r}' for index, (old, new) in pairs if old != new][:3]
-        counts = f'{len(recorded)} classes then, {len(classes)} now' if len(recorded) != len(classes) else ''
-        raise UserError(f'{source} was trained on other classes than {data_url}/train holds now '
-                        f'({"; ".join(changed) or counts}); resume on the data it started with, or start a new run')
-
-
-def _note_other_classes(checkpoint, classes, source):
-    recorded = recorded_class_names(checkpoint, source)
-    if recorded is not None and classes is not None and recorded != list(classes):
-        print(f'=> note: {source} was trained on other class names ({recorded[0]!r}, ... vs {classes[0]!r}, ...); '
-              f'its classifier is kept (same class count) and trained on the new classes', flush=True)
+    return recorded if recorded is not None and classes is not None and recorded != list(classes) else None
 
 
 def _checked(start, args, steps_per_epoch):
@@ -165,16 +143,13 @@ def _checked(start, args, steps_per_epoch):
     return start
 
 
-# ----------------------------------------------------------------------------- which checkpoint
 def resume_candidates(saver, group_size, ranks=None, count=None):
     """This rank's checkpoints at the positions that every rank reached, newest first; when the
     ranks share none (the group size changed), rank 0's newest, for every rank.
 
-    Without ``ranks`` (or with one rank) the folder holds every rank's files (one process, or a
-    shared folder). With ``ranks`` (``Ranks``: every rank calls this together) each rank looks only
-    at its own files, so that a run folder that each machine keeps for itself works too: rank 0
-    names its ``count`` newest positions (a broadcast) and every rank says which of them it has (a
-    sum of 0/1 per position: a count of ranks, exact in float32).
+    Without ``ranks`` one folder holds every rank's files. With ``ranks`` (all call this together)
+    each looks only at its own files, so each machine may keep its own folder: rank 0 broadcasts its
+    ``count`` newest positions and a sum over ranks counts who has each (exact in float32).
     """
     mine = saver.periodic()
     if ranks is None or group_size == 1:
@@ -221,13 +196,6 @@ def first_readable(candidates, total=None, rank=0):
                     f'start a new run, or restore the files')
 
 
-def read_training_checkpoint(path, arch, source):
-    """The checkpoint dict, checked to be of ``arch`` when it says which it is."""
-    checkpoint = read_checkpoint(path)
-    check_recorded_arch(checkpoint, arch, source)
-    return checkpoint
-
-
 def start_position(checkpoint, steps_per_epoch):
     """(epoch index, step) at which training continues after ``checkpoint``, or None if it has none."""
     if 'epoch_num' not in checkpoint or 'step_num' not in checkpoint:
@@ -239,10 +207,8 @@ def start_position(checkpoint, steps_per_epoch):
     return epoch_num - 1, min(step_num, steps_per_epoch - 1)
 
 
-# ----------------------------------------------------------------------------- the schedule
 def last_config(folder):
-    """The settings the run in ``folder`` last ran with (config.yaml or its newest
-    config_resumed_<n>.yaml), as a dict; {} when there is none (a machine other than rank 0's)."""
+    """The settings ``folder``'s run last ran with (its newest config copy); {} without one."""
     copies = sorted(Path(folder).glob('config_resumed_*.yaml'), key=lambda path: int(path.stem.rsplit('_', 1)[1])
                     if path.stem.rsplit('_', 1)[1].isdigit() else 0)
     for path in [*copies[::-1], Path(folder) / 'config.yaml']:
@@ -272,9 +238,8 @@ def schedule_changes(folder, args, saved_steps_per_epoch=None, steps_per_epoch=N
 
 
 def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
-    """Refuse a ``continues`` that would change the learning-rate schedule mid-run, naming what
-    changed, unless ``allow_schedule_change`` (then say so). Rank 0 decides for every rank: only
-    its machine is sure to hold the config copy."""
+    """Refuse a ``continues`` that would change the learning-rate schedule mid-run, unless
+    ``allow_schedule_change``. Rank 0 decides: only its machine is sure to hold the config copy."""
     changes = schedule_changes(folder, args, saved_steps_per_epoch, steps_per_epoch)
     (changed,) = ranks.from_main([int(bool(changes))])
     if not changed:
@@ -289,12 +254,8 @@ def check_schedule(folder, args, saved_steps_per_epoch, steps_per_epoch, ranks):
               flush=True)
 
 
-# ----------------------------------------------------------------------------- the state
 def restore_state(train_cell, checkpoint):
-    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``.
-
-    Returns the names restored; state the checkpoint lacks (e.g. it had no EMA) keeps its value.
-    """
+    """Copy optimizer, loss-scale and EMA state of ``checkpoint`` into ``train_cell``; the names."""
     restored = []
     for param in train_cell.get_parameters():
         name = param.name

@@ -1,11 +1,5 @@
-"""A training run's folder: its name, its config copy, its start-up log, its metrics file and curves.
-
-``<train_url>/<YYYYmmdd-HHMMSS>_<arch>[_<brief>]/`` holds config.yaml, class_names.json (the
-training classes in label order), startup.log (what each start's data start-up found and took),
-the checkpoints (src/tools/checkpoints/), metrics.csv (one row per epoch) and curves.png. Rank 0
-writes all of them but the periodic checkpoints, which every rank writes for itself; each machine
-of a run may keep its own folder of that name (docs/scale-out.md). Which folder a run uses, and
-what a resumed run keeps of it: src/tools/training/resume.py.
+"""A training run's folder: its name, config copy, start-up log, metrics file and curves (docs/training.md,
+"What a run writes"). Rank 0 writes all but the periodic checkpoints; which folder a run uses: resume.py.
 """
 import csv
 import json
@@ -31,11 +25,8 @@ def run_folder_name(stamp, arch, brief=None):
 
 
 def new_run_folder(train_url, arch, brief, ranks):
-    """Create a new run folder, named by rank 0's clock; every rank gets the name.
-
-    Rank 0 claims the name by creating the folder (``mkdir`` fails when another launch created it
-    first; then the next second is tried), so two runs started together never share a folder.
-    """
+    """Create a new run folder named by rank 0's clock, claimed by ``mkdir`` (taken: the next second),
+    so that two runs started together never share one; every rank gets the name."""
     train_url = Path(train_url)
     stamp = int(time.time())
     if ranks.is_main:
@@ -71,8 +62,7 @@ def save_class_names(folder, classes):
 
 
 def log_start_up(folder, lines):
-    """Add ``lines`` (the data sets' ``start_up`` details), time-stamped, to startup.log; a resumed
-    run adds its own below those of the starts before it."""
+    """Add ``lines`` (the data sets' ``start_up``), time-stamped, to startup.log."""
     path = Path(folder) / 'startup.log'
     before = path.read_text(encoding='utf-8') if path.exists() else ''
     stamp = time.strftime('%Y-%m-%d %H:%M:%S')
@@ -101,7 +91,8 @@ class MetricsLog:
         self.rows = [old for old in self.rows if old['epoch'] != row['epoch']] + [dict(row)]
         self.rows.sort(key=lambda item: item['epoch'])
         lines = [','.join(METRIC_FIELDS)]
-        lines += [','.join(_format(row.get(field, '')) for field in METRIC_FIELDS) for row in self.rows]
+        lines += [','.join(f'{value:.6g}' if isinstance(value, float) else str(value)
+                           for value in (row.get(field, '') for field in METRIC_FIELDS)) for row in self.rows]
         write_text_atomic(self.csv_path, '\n'.join(lines) + '\n')
         self.plot()
 
@@ -126,9 +117,3 @@ class MetricsLog:
         with atomic_path(self.png_path) as temporary:
             figure.savefig(temporary, dpi=90)
         plt.close(figure)
-
-
-def _format(value):
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    return str(value)

@@ -1,16 +1,5 @@
-"""Learning-rate schedules, one value per training step (pure functions of the fractional epoch).
-
-Step ``i`` of an epoch with ``steps_per_epoch`` steps is at epoch ``e = epoch + i / steps_per_epoch``.
-During the first ``warmup_length`` epochs the rate rises linearly from ``warmup_lr`` to ``base_lr``;
-after that the named schedule applies; every value is clipped below at ``min_lr``:
-
-- constant_lr:  base_lr
-- cosine_lr:    0.5 * (1 + cos(pi * (e - W) / (E - W))) * base_lr
-- exp_lr:       base_lr * gamma ** e
-- multistep_lr: base_lr * gamma ** (e / lr_adjust)   (continuous, as the reference computes it)
-
-The reference applies no warm-up to multistep_lr; here every schedule warms up the same way
-(identical when warmup_length is 0, the shipped configs' value).
+"""Learning-rate schedules, one value per training step: pure functions of the fractional epoch
+e = epoch + step / steps_per_epoch, with a linear warm-up and ``min_lr`` below (docs/training.md).
 """
 import math
 

@@ -1,18 +1,9 @@
 """The training loop: steps, loss lines, periodic checkpoints, per-epoch validation, best checkpoints.
 
-Why not ``mindspore.train.Model.train``: it starts only at an epoch boundary (``initial_epoch``),
-while a run killed mid-epoch must resume at its step; and validation here is sharded over ranks
-with exact summed metrics. The step itself is MindSpore's ``TrainOneStepWithLossScaleCell``
-(src/ema/train_one_step_with_ema.py); the log lines are those of the reference's LossMonitor,
-TimeMonitor and evaluation callback:
-
-    epoch: 1 step: 1000, loss is 6.1155386            (every save_every global steps)
-    Eval epoch time: 471432.161 ms, per step time: 9.429 ms
-    Result metrics epoch 1: {'acc': 0.20744, 'eval_loss': 4.5398, 'loss': 3.9532}
-    Train epoch time: 1501689.509 ms, per step time: 300.098 ms
-    Eval result: epoch 1, metrics: {'acc': 0.20744, 'top5': 0.4521, 'eval_loss': 4.5398, 'loss': 3.9532}
-
-('loss' is the epoch's mean training loss, 'acc' the validation top-1.)
+Not ``mindspore.train.Model.train``: it starts only at an epoch boundary, while a killed run resumes at
+its step, and validation here is sharded over ranks with exact summed metrics. The step is MindSpore's
+``TrainOneStepWithLossScaleCell`` (src/ema); the log lines are those of the reference's LossMonitor,
+TimeMonitor and evaluation callback (docs/training.md, "What a run writes").
 """
 import contextlib
 import hashlib
@@ -28,8 +19,7 @@ from src.tools.deployment.evaluation import partial_count_line, score
 
 
 def validate(net, num_classes, dataset, ranks, desc='eval', model='the network'):
-    """Validation over this rank's shard, summed over ranks (eval.py's scoring loop, so a checkpoint
-    scores the same in training and in eval.py; non-finite logits are an error naming ``model``)."""
+    """Validation over this rank's shard, summed over ranks, by eval.py's scoring loop."""
     net.set_train(False)
     batches = dataset.create_tuple_iterator(num_epochs=1)
     return score(lambda images: net(images).asnumpy(), ((images, labels.asnumpy()) for images, labels in batches),
@@ -71,7 +61,6 @@ class Trainer:
         self.bn_statistics = [p for p in train_cell.get_parameters()
                               if p.name.endswith(('moving_mean', 'moving_variance'))]
 
-    # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch_num, step_num, epoch_metrics=None):
         return train_state(self.train_cell, epoch_num, step_num, self.steps_per_epoch, self.card, epoch_metrics)
 
@@ -83,10 +72,8 @@ class Trainer:
         return self.saver.save_periodic(*self._state(epoch_num, step_num, epoch_metrics),
                                         all_written=self.ranks.barrier, writing=self._writing())
 
-    # ------------------------------------------------------------------ loop
     def fit(self, train_ds, val_ds, start_epoch, start_step, epoch_metrics=None):
-        """Train from (start_epoch, start_step); returns {'best': (top-1, epoch, path), 'last': metrics}.
-        ``epoch_metrics``: the row of the epoch whose end the run resumes from, recorded again first."""
+        """Train from (start_epoch, start_step), first recording ``epoch_metrics`` again; {'best', 'last'}."""
         args = self.args
         if epoch_metrics is not None and self.ranks.is_main:
             self.record_epoch(epoch_metrics)
@@ -132,9 +119,8 @@ class Trainer:
         return total / count, overflows, train_time, steps_run
 
     def _nothing_trained(self, epoch, steps_run):
-        """No step of the epoch updated the weights: an error, unless the dynamic loss scale is
-        still coming down from 2^24 (float16 overflows at the start of a run are expected) and the
-        run has epochs left; a run that ends without a single update is an error whatever the scale."""
+        """No step of the epoch updated the weights: the rule of docs/training.md (a note while the dynamic
+        loss scale comes down from 2^24 and the run may still update them, else an error)."""
         if steps_run == 0:
             raise UserError(f'epoch {epoch + 1}: the training data gave no batch (every image failed to decode? '
                             f'see the warnings above, which name the files)')
@@ -155,8 +141,8 @@ class Trainer:
                         f'overflowed or the loss was not finite){amp_hint}; nothing was saved from this epoch')
 
     def _end_epoch(self, epoch, val_ds, train_loss, overflows, train_time, steps_run):
-        """Validate and print the reference's lines; then write the epoch's end: its periodic
-        checkpoint (the resume point, carrying the metrics row) first, then its record."""
+        """Validate and print the reference's lines; then the epoch's periodic checkpoint (the resume
+        point, carrying the metrics row) first, its record after."""
         args = self.args
         # Each rank's BN statistics come from its own batches: one model for everyone first.
         self.ranks.average_params('bn', self.bn_statistics)
@@ -186,9 +172,8 @@ class Trainer:
         return metrics
 
     def record_epoch(self, row):
-        """metrics.csv and curves.png with the epoch's row, and its best checkpoint if it ranks.
-        Also on resuming at the end of that epoch: a kill after its periodic checkpoint may have
-        cut these short, and that checkpoint holds the validated state and the row."""
+        """metrics.csv and curves.png with the epoch's row, and its best checkpoint if it ranks; again
+        on resuming at that epoch's end, where a kill may have cut them short."""
         self.metrics_log.add(row)
         if not np.isfinite(row['train_loss']) or row.get('eval_ema') != int(bool(self.args.eval_ema)):
             return  # an epoch that updated no weights is no candidate; nor weights other than those validated
@@ -203,8 +188,7 @@ class Trainer:
         return self.ema.applied() if self.args.eval_ema else contextlib.nullcontext()
 
     def _check_finite(self, epoch):
-        """Stop when training diverged: a model with inf/NaN weights or BN statistics would be
-        validated, saved and reported as if it were a result."""
+        """Stop when training diverged, before inf/NaN weights are validated, saved and reported."""
         broken = [param.name for param in self.net.get_parameters() if not np.isfinite(param.asnumpy()).all()]
         if broken:
             raise UserError(f'epoch {epoch + 1}: training diverged: {len(broken)} tensors of the network are no '

@@ -1,24 +1,11 @@
 """A lost rank: when one process of a data-parallel run dies, the others stop, saying which it was.
 
-What MindSpore 2.8 and msrun do by themselves (measured on CPU with 2 workers, kill -9 of rank 1):
-- ranks on one machine: msrun sees the dead worker within its 1 s poll and SIGKILLs the others; their
-  logs end mid-line, msrun's own output names a process id, the scheduler's log 'node 1'.
-- ranks on two machines (two msrun launches): the survivor's msrun sees nothing; the survivor
-  waits in its next all-reduce until MindSpore's CPU ring gives up, about 30 s later, with
-  'Ring ReduceScatter wait receiving failed'; nothing in its log names the lost rank. (GPU/NCCL:
-  not measured here.)
-
-The watchdog: rank 0 listens on a TCP port (``watchdog_port``; default ``default_port``) and
-every other rank holds one connection to it. When a process ends in any way (kill -9, an
-out-of-memory kill, a crash), its kernel closes its connection and the other end sees it at once;
-a machine that vanishes is found by TCP keepalive probes after about ``watchdog_timeout`` seconds
-(the kernel sends them, so a busy Python thread cannot cause a false alarm). Rank 0 tells every
-rank which rank was lost; each prints one line,
-
-    error: rank 1 of 2 was lost (its connection closed: the process ended) at epoch 2 step 5; ...
-
-and exits with status 1 once any checkpoint it is writing is complete (``holding``). A rank that
-stops on an error sends the first line of it, so the others name the rank and the error.
+msrun and MindSpore's ring do not say (measured in docs/scale-out.md, "A lost worker"). Rank 0 listens
+on a TCP port and every other rank holds a connection to it: a process that ends in any way has its
+connection closed by its kernel, a machine that vanishes is found by kernel keepalive probes after
+about ``watchdog_timeout`` s (so a busy Python thread causes no false alarm). Rank 0 tells every rank
+which was lost; each prints one line and exits with status 1 once a checkpoint it is writing is
+complete (``holding``). A rank that stops on an error sends its first line on.
 """
 import contextlib
 import os
@@ -42,14 +29,12 @@ def _keepalive(sock, timeout):
 
 
 def default_port(scheduler_port):
-    """The watchdog's port beside msrun's scheduler: MASTER_PORT + 1, or MASTER_PORT - 1 when
-    MASTER_PORT is the last port, 65535."""
+    """MASTER_PORT + 1 (msrun's scheduler port), or MASTER_PORT - 1 when that is 65535."""
     return scheduler_port + 1 if scheduler_port < 65535 else scheduler_port - 1
 
 
 class Watchdog:
-    """Watches the ranks of one run (see the module docstring); use as a context manager around
-    the run, so that a clean end says goodbye and an error is passed on."""
+    """Watches the ranks of one run; a context manager around it passes a clean end or an error on."""
 
     def __init__(self, rank, group_size, host, port, timeout=60.0, resume_hint=''):
         self.rank, self.group_size = rank, group_size
@@ -67,9 +52,8 @@ class Watchdog:
 
     @classmethod
     def for_launcher(cls, rank, group_size, timeout, port=0):
-        """A started watchdog under msrun (which sets MS_SCHED_HOST / MS_SCHED_PORT) for more than
-        one rank and ``timeout`` > 0; otherwise None: one process, or mpirun (GPU only, not run
-        here: Open MPI documents that it aborts the whole job when one rank exits abnormally)."""
+        """A started watchdog under msrun (MS_SCHED_HOST / MS_SCHED_PORT) for several ranks and
+        ``timeout`` > 0; else None (mpirun: Open MPI aborts the job when a rank exits abnormally)."""
         host, scheduler_port = os.environ.get('MS_SCHED_HOST'), os.environ.get('MS_SCHED_PORT')
         if group_size < 2 or timeout <= 0 or not host or not scheduler_port:
             return None
@@ -77,7 +61,6 @@ class Watchdog:
         watchdog.start()
         return watchdog
 
-    # ------------------------------------------------------------------ starting
     def start(self, connect_within=None):
         """Rank 0 listens and waits (in the background) for the others; they connect to it."""
         connect_within = max(60.0, self.timeout) if connect_within is None else connect_within
@@ -134,7 +117,6 @@ class Watchdog:
             _keepalive(conn, self.timeout)
             self._thread(self._listen_to_peer, conn)
 
-    # ------------------------------------------------------------------ listening
     @staticmethod
     def _lines(conn):
         """The lines ``conn`` sends, until it closes (then None, with why)."""
@@ -186,17 +168,20 @@ class Watchdog:
                 rank, _, why = rest.partition(' ')
                 self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
 
-    # ------------------------------------------------------------------ stopping
     def _lost(self, rank, why):
         """Rank 0: tell the others which rank was lost, then stop this one."""
         if self._closing or self._stopping:
             return
+        self._tell_peers(f'lost {rank} {why}', but=rank)
+        self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
+
+    def _tell_peers(self, line, but=None):
+        """Rank 0: send ``line`` to every connected rank but ``but``."""
         with self._lock:
-            peers = [conn for peer, conn in self._peers.items() if peer != rank]
+            peers = [conn for peer, conn in self._peers.items() if peer != but]
         for conn in peers:
             with contextlib.suppress(OSError):
-                conn.sendall(f'lost {rank} {why}\n'.encode())
-        self._stop(f'rank {rank} of {self.group_size} was lost ({why})')
+                conn.sendall(f'{line}\n'.encode())
 
     def _stop(self, what):
         if self._closing or self._stopping:
@@ -210,7 +195,6 @@ class Watchdog:
         self._hold.acquire(timeout=600)  # let a checkpoint being written complete; never start another
         os._exit(EXIT_STATUS)  # the main thread may be blocked in a collective that will never return
 
-    # ------------------------------------------------------------------ the run's side
     @contextlib.contextmanager
     def holding(self):
         """While inside, a stop waits (a checkpoint is being written)."""
@@ -238,12 +222,7 @@ class Watchdog:
         self._closing = True
         if self.rank == 0:
             kind, _, detail = word.partition(' ')
-            notice = f'lost 0 it stopped on an error: {detail}' if kind == 'error' else 'done'
-            with self._lock:
-                peers = list(self._peers.values())
-            for conn in peers:
-                with contextlib.suppress(OSError):
-                    conn.sendall(f'{notice}\n'.encode())
+            self._tell_peers(f'lost 0 it stopped on an error: {detail}' if kind == 'error' else 'done')
             with contextlib.suppress(OSError):
                 self._server.close()
         elif self._hub is not None:
