@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from src.augment import (AugMix, AugmentOp, AutoAugment, Mixup, OpParams, RandAugment, RandomErasing,
-                         cutmix_box, parse_policy, policy_from_string, smoothed_one_hot)
+from src.augment import (
+    AugmentOp,
+    AugMix,
+    AutoAugment,
+    Mixup,
+    OpParams,
+    RandAugment,
+    RandomErasing,
+    cutmix_box,
+    parse_policy,
+    policy_from_string,
+    smoothed_one_hot,
+)
 from src.augment import auto_augment as aa
 from src.tools.base.cli import UserError
 

@@ -12,15 +12,17 @@ from tests.helpers import assert_one_line_error, run_main, run_process
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'src' / 'configs'
 REFERENCE_BLOCK = ROOT / 'tests' / 'data' / 'reference_parameters.yaml'
-REFERENCE_KEYS = (
-    'train_url data_url exclude_epoch_state pretrained continues keep_checkpoint_max save_every '
-    'keep_best_checkpoints_max arch num_classes image_size deploy epochs batch_size start_epoch '
-    'start_step optimizer warmup_length warmup_lr base_lr min_lr momentum beta lr_scheduler lr_adjust '
-    'lr_gamma weight_decay eps loss_scale is_dynamic_loss_scale with_ema ema_decay amp_level '
-    'device_target device_num device_id num_parallel_workers prefetch cache_session_id use_data_sink '
-    'aug_type auto_augment interpolation re_prob re_mode re_count mixup_prob mix_up cutmix switch_prob '
-    'mixup_mode label_smoothing brief seed').split()
-CLI_ONLY = 'config file_format export_path pred_output dataset_path'.split()
+REFERENCE_KEYS = [
+    'train_url', 'data_url', 'exclude_epoch_state', 'pretrained', 'continues', 'keep_checkpoint_max', 'save_every',
+    'keep_best_checkpoints_max', 'arch', 'num_classes', 'image_size', 'deploy', 'epochs', 'batch_size',
+    'start_epoch', 'start_step', 'optimizer', 'warmup_length', 'warmup_lr', 'base_lr', 'min_lr', 'momentum', 'beta',
+    'lr_scheduler', 'lr_adjust', 'lr_gamma', 'weight_decay', 'eps', 'loss_scale', 'is_dynamic_loss_scale',
+    'with_ema', 'ema_decay', 'amp_level', 'device_target', 'device_num', 'device_id', 'num_parallel_workers',
+    'prefetch', 'cache_session_id', 'use_data_sink', 'aug_type', 'auto_augment', 'interpolation', 're_prob',
+    're_mode', 're_count', 'mixup_prob', 'mix_up', 'cutmix', 'switch_prob', 'mixup_mode', 'label_smoothing',
+    'brief', 'seed',
+]
+CLI_ONLY = ['config', 'file_format', 'export_path', 'pred_output', 'dataset_path']
 
 
 def write(tmp_path, text):
@@ -93,8 +95,10 @@ def test_make_config_validates_overrides():
 
 def test_shipped_configs_hold_the_reference_recipe():
     b0 = make_config(CONFIGS / 'RepVGG-B0_experiment.yaml')
-    assert (b0.arch, b0.epochs, b0.batch_size, b0.device_num, b0.base_lr, b0.min_lr) == ('RepVGG-B0', 120, 32, 8, 0.1, 0.0)
-    assert (b0.lr_scheduler, b0.momentum, b0.weight_decay, b0.aug_type, b0.optimizer) == ('cosine_lr', 0.9, 1e-4, 'weak', 'momentum')
+    assert (b0.arch, b0.epochs, b0.batch_size, b0.device_num, b0.base_lr, b0.min_lr) == \
+        ('RepVGG-B0', 120, 32, 8, 0.1, 0.0)
+    assert (b0.lr_scheduler, b0.momentum, b0.weight_decay, b0.aug_type, b0.optimizer) == \
+        ('cosine_lr', 0.9, 1e-4, 'weak', 'momentum')
     finetune = make_config(CONFIGS / 'RepVGG-B0_finetune.yaml')
     assert (finetune.epochs, finetune.base_lr, finetune.exclude_epoch_state) == (50, 5e-4, True)
     for path in CONFIGS.glob('*.yaml'):

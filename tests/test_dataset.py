@@ -11,12 +11,20 @@ from PIL import Image
 
 from src import dataset as data
 from src import image_check
-from src.tools import demo_data
 from src.augment import Mixup
-from src.tools.base.device import set_seed
+from src.tools import demo_data
 from src.tools.base.cli import UserError
-from src.tools.image_folders import (ODD_FILES, colour_index, solid_colour, solid_folder, textured, textured_folder,
-                                     write_folder, write_odd_files)
+from src.tools.base.device import set_seed
+from src.tools.image_folders import (
+    ODD_FILES,
+    colour_index,
+    solid_colour,
+    solid_folder,
+    textured,
+    textured_folder,
+    write_folder,
+    write_odd_files,
+)
 from tests.helpers import batches, data_config, run_main
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -44,7 +52,7 @@ def test_train_pipeline_shapes_dtypes_normalisation(tmp_path, aug_type):
     for batch in got:
         assert batch['image'].shape == (4, 3, 16, 16) and batch['image'].dtype == np.float32
         assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
-        for image, label in zip(batch['image'], batch['label']):
+        for image, label in zip(batch['image'], batch['label'], strict=True):
             index = colour_index(image)  # solid colours survive crops, flips, the m0 policy
             assert labels[index] == label
             expected = _normalised(solid_colour(index))[:, None, None]
@@ -75,12 +83,12 @@ def _direct_pil_eval(path, size, interpolation):
 def test_eval_transform_matches_direct_pil(tmp_path, interpolation):
     rng = np.random.default_rng(1)
     sizes = [(50, 38), (38, 50), (120, 90), (17, 23), (64, 64)]  # landscape, portrait, 5x reduction, upscale
-    paths = write_folder(tmp_path / 'val', {'only': {f'{i}{suffix}': textured(rng, *size) for i, size in enumerate(sizes)
-                                                     for suffix in ('.jpg', '.png')}})['only']
+    pictures = {f'{i}{suffix}': textured(rng, *size) for i, size in enumerate(sizes) for suffix in ('.jpg', '.png')}
+    paths = write_folder(tmp_path / 'val', {'only': pictures})['only']
     config = data_config(tmp_path, interpolation=interpolation, batch_size=4, image_size=16)
     images = np.concatenate([batch['image'] for batch in batches(data.get_dataset(config, training=False))])
     assert len(images) == len(paths)
-    for path, image in zip(sorted(paths), images):  # sequential eval: file-name order
+    for path, image in zip(sorted(paths), images, strict=True):  # sequential eval: file-name order
         direct = _direct_pil_eval(path, 16, interpolation)
         assert np.abs(image - direct).max() < 1e-5, path  # float rounding only
         assert np.abs(data.Preprocessing(16, interpolation).image(path) - image).max() < 1e-5, path
@@ -95,7 +103,7 @@ def test_sharded_train_epochs_cover_each_image_once(tmp_path, group_size):
         dataset = data.get_dataset(data_config(tmp_path, batch_size=2, num_classes=2), True, rank, group_size)
         iterator = dataset.create_dict_iterator(output_numpy=True, num_epochs=2)
         for epoch in epochs:
-            epoch += _ids(list(iterator))  # one pass of the iterator = one epoch
+            epoch.extend(_ids(list(iterator)))  # one pass of the iterator = one epoch
     for ids in epochs:
         assert sorted(ids) == list(range(12))  # every image once, none twice
     assert epochs[0] != epochs[1]  # reshuffled between epochs
@@ -308,7 +316,7 @@ def test_the_data_sets_take_explicit_settings_and_the_config_only_names_them(tmp
     set_seed(3)
     theirs = batches(data.get_dataset(config, True))
     assert len(mine) == len(theirs) == 4
-    for ours, its in zip(mine, theirs):
+    for ours, its in zip(mine, theirs, strict=True):
         assert np.array_equal(ours['image'], its['image']) and np.array_equal(ours['label'], its['label'])
     assert mine[0]['label'].shape == (2, 2)  # soft targets: the mixing is on
 

@@ -32,8 +32,8 @@ def test_update_is_decay_times_average_plus_rest_times_weights():
         for param in net.get_parameters():
             param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
         ema()
-        expected = [0.9 * e + 0.1 * w for e, w in zip(expected, values(net.get_parameters()))]
-        for got, want in zip(values(ema.shadow), expected):
+        expected = [0.9 * e + 0.1 * w for e, w in zip(expected, values(net.get_parameters()), strict=True)]
+        for got, want in zip(values(ema.shadow), expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # BN moving statistics are averaged too.
     assert any(s.name.endswith('moving_variance') for s in ema.shadow)
@@ -47,7 +47,7 @@ def test_applied_swaps_the_average_in_and_restores_the_live_weights():
         shadow.set_data(Tensor(np.full(shadow.shape, 7.0, np.float32)))
     with ema.applied():
         assert all(np.all(v == 7.0) for v in values(net.get_parameters()))
-    for got, want in zip(values(net.get_parameters()), live):
+    for got, want in zip(values(net.get_parameters()), live, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -73,7 +73,7 @@ def test_successful_step_updates_weights_then_ema():
     assert not bool(overflow.asnumpy()) and np.isfinite(loss.asnumpy())
     assert float(scale.asnumpy()) == 2.0 ** 24
     after_weights = values(net.get_parameters())
-    for got, old, weight in zip(values(ema.shadow), before, after_weights):
+    for got, old, weight in zip(values(ema.shadow), before, after_weights, strict=True):
         np.testing.assert_allclose(got, 0.5 * old + 0.5 * weight, rtol=1e-5, atol=1e-6)
     assert int(optimizer.global_step.asnumpy()[0]) == 1
 
@@ -90,7 +90,7 @@ def test_overflowing_step_is_skipped_but_the_schedule_advances():
     assert bool(overflow.asnumpy())
     assert float(scale.asnumpy()) == 2.0 ** 23          # dynamic scale halves
     for got, want in zip(values(net.trainable_params()) + values(ema.shadow) + values(optimizer.moments),
-                         weights + [s for s in shadow] + moments):
+                         [*weights, *shadow, *moments], strict=True):
         np.testing.assert_array_equal(got, want)
     assert int(optimizer.global_step.asnumpy()[0]) == 2  # lr index stays aligned with the data
 

@@ -24,6 +24,7 @@ from PIL import Image
 from src.dataset import Preprocessing
 from src.repvgg import create_model, switch_net_to_deploy
 from src.tools.base.cli import UserError
+from src.tools.base.numerics import relative_difference
 from src.tools.checkpoints.format import save_checkpoint
 from src.tools.checkpoints.model_card import ModelCard
 from src.tools.deployment import backends
@@ -32,7 +33,6 @@ from src.tools.deployment.evaluation import ClassificationMetrics, parse_results
 from src.tools.deployment.export import make_onnx_batch_dynamic
 from src.tools.deployment.model_files import Predictor, load_mindir, load_onnx, onnxruntime_cuda_works
 from src.tools.image_folders import tinted_folder
-from src.tools.base.numerics import relative_difference
 from tests.helpers import assert_one_line_error, load_script, randomize_bn, run_main, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +79,8 @@ def work(tmp_path_factory):
     paths = dict(root=root, train=root / 'train_form.ckpt', deploy=root / 'deploy_form.ckpt',
                  ema=root / 'with_ema.ckpt', val=root / 'val', config=root / 'a0.yaml')
     # 10 class folders of 2 images (a PNG, a JPEG), non-square so that resize and crop matter
-    tinted_folder(paths['val'], [2] * NUM_CLASSES, (48, 40), names=[f'class_{label:02d}' for label in range(NUM_CLASSES)],
-                  suffixes=('.png', '.jpg'))
+    names = [f'class_{label:02d}' for label in range(NUM_CLASSES)]
+    tinted_folder(paths['val'], [2] * NUM_CLASSES, (48, 40), names=names, suffixes=('.png', '.jpg'))
     center_logits(net, sorted(paths['val'].glob('*/*')))
     ms.save_checkpoint(net, str(paths['train']))
     deploy = deploy_twin(net)
@@ -123,7 +123,7 @@ def test_metrics_by_hand():
     labels = np.array([0, 0, 1, 3])  # rank 0 (top-1), rank 5 (outside top-5), rank 4, a tie (rank 0)
     batches = [(logits[:2], labels[:2]), (logits[2:], labels[2:])]
     result = reference_results(score(lambda images: images, batches, 6))
-    expected_loss = np.mean([np.log(np.exp(row).sum()) - row[label] for row, label in zip(logits, labels)])
+    expected_loss = np.mean([np.log(np.exp(row).sum()) - row[label] for row, label in zip(logits, labels, strict=True)])
     assert result['Top1-Acc'] == 2 / 4 and result['Top5-Acc'] == 3 / 4
     assert abs(result['Loss'] - expected_loss) < 1e-12
     # the sums that training adds over ranks
@@ -191,7 +191,7 @@ def test_onnx_batch_stays_fixed_unless_every_op_is_per_sample():
 
 # ----------------------------------------------------------------------------- export
 @pytest.mark.slow
-def test_onnx_export_is_the_plain_conv_stack(work, exported):
+def test_onnx_export_is_the_plain_conv_stack(exported):
     model = onnx.load(str(exported['onnx']))
     ops = collections.Counter(node.op_type for node in model.graph.node)
     assert 'BatchNormalization' not in ops and 'Add' not in ops and 'Sum' not in ops
@@ -222,7 +222,8 @@ def test_exported_files_match_the_network_for_any_batch(work, exported):
 @pytest.mark.slow
 def test_export_ema_weights(work, tmp_path, capsys):
     status, _, err = run_main(capsys, 'export.py', '--config', work['paths']['config'], '--pretrained',
-                              work['paths']['ema'], '--file_format', 'ONNX', '--export_path', tmp_path / 'ema', '--ema', 1)
+                              work['paths']['ema'], '--file_format', 'ONNX', '--export_path', tmp_path / 'ema',
+                              '--ema', 1)
     assert status == 0, err
     images = np.random.default_rng(4).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     ema_logits = load_onnx(tmp_path / 'ema.onnx', 'CPU', 2)(images)
@@ -419,7 +420,7 @@ def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, expor
     batch = np.stack([Preprocessing(SIZE).image(path) for path in files])
     classes = work['net'](Tensor(batch)).asnumpy().argmax(axis=1)
     lines = [line for line in onnx_out.splitlines() if '(class:' in line]
-    assert lines == [f'{path} (class: {label})' for path, label in zip(files, classes)]
+    assert lines == [f'{path} (class: {label})' for path, label in zip(files, classes, strict=True)]
 
     single = files[0]
     status, out, err = run_main(capsys, 'infer_onnx.py', single, '-c', exported['onnx'],
@@ -484,7 +485,8 @@ def test_infer_notes_images_whose_exif_orientation_would_turn_them(work, exporte
     assert json.loads((tmp_path / 'onnx.json').read_text()) == json.loads((tmp_path / 'ckpt.json').read_text())
     for name in ('c_turned.jpg', 'd_turned.png'):
         (photos / name).unlink()
-    status, out, err = run_main(capsys, 'infer_onnx.py', photos, '-c', exported['onnx'], '-o', tmp_path / 'upright.json')
+    status, out, err = run_main(capsys, 'infer_onnx.py', photos, '-c', exported['onnx'], '-o',
+                                tmp_path / 'upright.json')
     assert status == 0 and 'EXIF' not in out, err + out
 
 

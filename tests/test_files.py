@@ -9,6 +9,7 @@ matter here), saved as a checkpoint and exported to ONNX once.
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -219,9 +220,14 @@ def test_a_link_is_written_through_to_its_file_and_stays(work, tmp_path, capsys)
 def test_a_special_file_that_appears_while_writing_is_not_replaced(tmp_path):
     """The up-front checks can be overtaken: atomic_path looks again just before its rename."""
     path = tmp_path / 'out.json'
-    with pytest.raises(UserError, match='out.json is a FIFO: only a regular file'), atomic_path(path) as temporary:
-        temporary.write_text('{}')
-        os.mkfifo(path)
+
+    def write_while_a_fifo_appears():
+        with atomic_path(path) as temporary:
+            temporary.write_text('{}')
+            os.mkfifo(path)
+
+    with pytest.raises(UserError, match=re.escape('out.json is a FIFO: only a regular file')):
+        write_while_a_fifo_appears()
     assert listing(tmp_path) == ['out.json'] and kind_of(path) == ['fifo']
 
 

@@ -55,7 +55,7 @@ def test_a_second_start_checks_only_new_or_changed_files(split, user_cache_folde
     (split / 'class_1' / 'new.png').write_bytes(b'not an image')
     with pytest.raises(UserError, match=r'^1 unreadable image\(s\): .*new\.png'):
         check_split(split, names(split))
-    with pytest.raises(UserError, match='new.png'):  # a bad file is never remembered as good
+    with pytest.raises(UserError, match=r'new\.png'):  # a bad file is never remembered as good
         check_split(split, names(split))
     assert 'class_1/new.png' not in read_manifest(folder) and len(read_manifest(folder)) == 9
 
@@ -115,7 +115,7 @@ def test_every_rank_stops_when_any_rank_found_an_unreadable_file(split):
     all_ranks = lambda found: [found[0] + 1]  # the all-reduce: rank 1 found one  # noqa: E731
     with pytest.raises(UserError, match=r"^1 unreadable image\(s\), listed in the logs of the other ranks"):
         check_split(split, names(split), rank=0, group_size=2, total=all_ranks)
-    with pytest.raises(UserError, match='zz.png'):
+    with pytest.raises(UserError, match=r'zz\.png'):
         check_split(split, names(split), rank=1, group_size=2, total=lambda found: found)
 
 

@@ -1,6 +1,7 @@
 """scripts/run_standalone_train_gpu.sh (issue 18, item 10): the launcher that trains in the background
 returns only once the run has passed its start-up checks, with a non-zero status and the run's error
 line when it failed them. (The mpirun and msrun launchers: tests/test_train_distributed.py.)"""
+import contextlib
 import os
 import re
 import signal
@@ -39,10 +40,8 @@ def fixture_launch():
 
     yield launch
     for group in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_a_run_that_fails_its_start_up_checks_is_reported_by_the_launcher(launch, config, tmp_path):

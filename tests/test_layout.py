@@ -53,10 +53,11 @@ def imported(path, known):
         else:
             continue
         for name in names:
-            while name and name not in known:
-                name = name.rpartition('.')[0]
-            if name.startswith('src'):
-                found.add(name)
+            module = name
+            while module and module not in known:
+                module = module.rpartition('.')[0]
+            if module.startswith('src'):
+                found.add(module)
     return found
 
 
@@ -74,9 +75,9 @@ def find_cycle(graph):
         state[node] = 'open'
         for other in sorted(graph.get(node, ())):
             if state.get(other) == 'open':
-                return path[path.index(other):] + [other]
+                return [*path[path.index(other):], other]
             if other not in state:
-                cycle = visit(other, path + [other])
+                cycle = visit(other, [*path, other])
                 if cycle:
                     return cycle
         state[node] = 'done'

@@ -89,7 +89,7 @@ def test_exports_record_the_card_in_their_metadata(model, exported):
                       'class_names': '["ant", "bee", "cow"]', 'image_size': '24', 'interpolation': 'bicubic',
                       'mean': '[0.5, 0.4, 0.3]', 'std': '[0.2, 0.25, 0.3]', 'crop_pct': '0.75'}
     assert {prop.key: prop.value for prop in onnx.load(str(exported['ONNX'])).metadata_props} == deploy
-    from mindspore.train import mind_ir_pb2  # pylint: disable=import-outside-toplevel
+    from mindspore.train import mind_ir_pb2
     mindir = mind_ir_pb2.ModelProto()
     mindir.ParseFromString(exported['MINDIR'].read_bytes())
     assert mindir_user_info(mindir) == deploy
@@ -121,7 +121,7 @@ def test_infer_and_infer_onnx_take_the_preprocessing_and_names_from_the_file(mod
              '--pred_output'),
             ('infer.py', '--pretrained', exported['MINDIR'], '--dataset_path', folder, *CPU, '--pred_output'),
             ('infer_onnx.py', folder, '-c', exported['ONNX'], '--precision', 'fp32', '-m', 'CPU', '-o'))
-    expected = {str(path): CLASSES[index] for path, index in zip(model['files'], model['classes'])
+    expected = {str(path): CLASSES[index] for path, index in zip(model['files'], model['classes'], strict=True)
                 if path.parent == folder}
     for number, (script, *argv) in enumerate(runs):
         output = tmp_path / f'{number}.json'
@@ -180,7 +180,7 @@ def test_image_size_and_interpolation_override_the_file_with_a_note(model, expor
     _, classes = reference(model['net'], paths, np.zeros(len(paths), int), replace(PREPROCESSING,
                                                                                    interpolation='bilinear'))
     assert json.loads((tmp_path / 'bilinear.json').read_text()) == {
-        str(path): CLASSES[index] for path, index in zip(paths, classes)}
+        str(path): CLASSES[index] for path, index in zip(paths, classes, strict=True)}
 
 
 @pytest.mark.slow

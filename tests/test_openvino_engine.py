@@ -209,8 +209,8 @@ def test_auto_precision_keeps_bf16_for_a_model_it_does_not_change(digits_files, 
     status, out, err = run_main(capsys, 'infer_onnx.py', folder, '-c', digits_files['fp32'], '-o', tmp_path / 'p.json')
     assert status == 0, err
     assert '=> bf16 checked: every image of the first batch (32) keeps its fp32 top-1 class: running bf16' in out
-    status, reference, err = run_main(capsys, 'infer_onnx.py', folder, '-c', digits_files['fp32'],
-                                      '-o', tmp_path / 'fp32.json', '--precision', 'fp32')
+    status, _, err = run_main(capsys, 'infer_onnx.py', folder, '-c', digits_files['fp32'],
+                              '-o', tmp_path / 'fp32.json', '--precision', 'fp32')
     assert status == 0, err
     bf16, fp32 = (json.loads((tmp_path / name).read_text()) for name in ('p.json', 'fp32.json'))
     assert list(bf16) == list(fp32) and len(fp32) > 32

@@ -6,7 +6,7 @@ from mindspore import Tensor
 
 from src.config import make_config
 from src.repvgg import create_model
-from src.tools.training.optimizer import param_groups, get_optimizer
+from src.tools.training.optimizer import get_optimizer, param_groups
 from tests.helpers import slow_except
 
 

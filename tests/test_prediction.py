@@ -89,7 +89,7 @@ def test_an_image_that_fails_while_predicting_stops_the_run_and_writes_nothing(m
     for path in model['paths'][:6]:
         (folder / path.name).write_bytes(path.read_bytes())
     victim = folder / model['paths'][5].name
-    from src.tools.deployment import prediction  # pylint: disable=import-outside-toplevel
+    from src.tools.deployment import prediction
     checked = prediction.check_images
 
     def check_then_break(paths, **kwargs):

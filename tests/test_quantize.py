@@ -24,8 +24,16 @@ from src.tools.base.numerics import relative_difference
 from src.tools.deployment.evaluation import parse_results
 from src.tools.deployment.model_files import load_deploy_network, load_onnx
 from src.tools.deployment.openvino_engine import load_openvino
-from src.tools.deployment.quantize import (AGREEMENT_THRESHOLD, MIN_CALIBRATION_IMAGES, ImageBatches, calibration_files,
-                                           export_int8, load_images, pick_evenly, quantize_onnx)
+from src.tools.deployment.quantize import (
+    AGREEMENT_THRESHOLD,
+    MIN_CALIBRATION_IMAGES,
+    ImageBatches,
+    calibration_files,
+    export_int8,
+    load_images,
+    pick_evenly,
+    quantize_onnx,
+)
 from src.tools.image_folders import tinted_folder
 from tests.helpers import assert_one_line_error, call_main, run_main
 from tests.train_helpers import REPO, environment

@@ -7,12 +7,25 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from src.repvgg import (ARCH_NAMES, ARCH_SPECS, QA_ARCH_NAMES, RepVGGBlock, count_macs, count_params, create_model,
-                        fuse_conv_bn, func_dict, get_model, get_RepVGG_func_by_name, identity_kernel,
-                        pad_1x1_to_3x3, switch_net_to_deploy)
 from src.config import make_config
-from src.tools.checkpoints.format import load_weights
+from src.repvgg import (
+    ARCH_NAMES,
+    ARCH_SPECS,
+    QA_ARCH_NAMES,
+    RepVGGBlock,
+    count_macs,
+    count_params,
+    create_model,
+    func_dict,
+    fuse_conv_bn,
+    get_model,
+    get_RepVGG_func_by_name,
+    identity_kernel,
+    pad_1x1_to_3x3,
+    switch_net_to_deploy,
+)
 from src.tools.base.numerics import relative_difference
+from src.tools.checkpoints.format import load_weights
 from tests.helpers import randomize_bn, slow_except
 
 # Trainable parameters at 1000 classes (train form, deploy form) of the variants as the RepVGG paper
@@ -37,7 +50,7 @@ def count_from_rules(depths, widths, groups, use_se, num_classes=1000, quantizat
     QARepVGG block (arXiv 2212.01593): 3x3 conv + BN, bias-free 1x1 conv, identity without BN,
     one BN after the sum; its deploy form is RepVGG's single 3x3 conv with bias.
     """
-    channels = [min(64, int(64 * widths[0]))] + [int(b * w) for b, w in zip((64, 128, 256, 512), widths)]
+    channels = [min(64, int(64 * widths[0]))] + [int(b * w) for b, w in zip((64, 128, 256, 512), widths, strict=True)]
     train = deploy = 0
     layer = 0
     blocks = [(3, channels[0], 2, 1)]
@@ -222,7 +235,7 @@ def test_conversion_is_exact_in_both_modes(arch, tmp_path):
     load_weights(deploy, tmp_path / 'deploy.ckpt')
     for mode in modes:
         for candidate in (net, deploy):
-            for got, want in zip(_logits(candidate, inputs, mode), reference[mode]):
+            for got, want in zip(_logits(candidate, inputs, mode), reference[mode], strict=True):
                 assert np.abs(want).max() > 1e-3
                 assert relative_difference(got, want) <= 1e-5, (arch, mode)
 
@@ -260,18 +273,19 @@ def test_features_only_backbone_survives_conversion(mode):
     net = randomize_bn(create_model('RepVGG-A0', features_only=True, out_indices=(0, 2, 4)), seed=6)
     net.set_train(False)
     assert not any(name.startswith('linear') for name, _ in net.parameters_and_names())
-    assert [(f['channels'], f['reduction']) for f in net.feature_info] == [(48, 2), (48, 4), (96, 8), (192, 16), (1280, 32)]
+    assert [(f['channels'], f['reduction']) for f in net.feature_info] == \
+        [(48, 2), (48, 4), (96, 8), (192, 16), (1280, 32)]
     x = Tensor(np.random.default_rng(6).normal(size=(1, 3, 64, 96)).astype(np.float32))
     before = [f.asnumpy() for f in net(x)]
     assert [f.shape for f in before] == [(1, 48, 32, 48), (1, 96, 8, 12), (1, 1280, 2, 3)]
     after = [f.asnumpy() for f in switch_net_to_deploy(net)(x)]
-    for got, want in zip(after, before):
+    for got, want in zip(after, before, strict=True):
         assert relative_difference(got, want) <= 1e-5
 
 
 def test_registry_names_and_errors():
     assert set(func_dict) == set(ARCH_NAMES) and len(ARCH_NAMES) == 27
-    assert QA_ARCH_NAMES == tuple('QA' + arch for arch in REPVGG_NAMES if arch != 'RepVGG-D2se')
+    assert tuple('QA' + arch for arch in REPVGG_NAMES if arch != 'RepVGG-D2se') == QA_ARCH_NAMES
     net = get_RepVGG_func_by_name('RepVGG-A0')(num_classes=7, deploy=True)
     assert net.linear.out_channels == 7 and net.deploy
     qa = get_RepVGG_func_by_name('QARepVGG-B1g4')(num_classes=7)

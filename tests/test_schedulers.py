@@ -26,10 +26,9 @@ def epoch_of(step):
 def test_cosine_matches_formula_after_warmup(step):
     args = config(warmup_length=2)
     e = epoch_of(step)
-    if e < 2:
-        expected = 0.001 + (0.1 - 0.001) * e / 2
-    else:
-        expected = 0.5 * (1 + math.cos(math.pi * (e - 2) / (6 - 2))) * 0.1
+    warmup = 0.001 + (0.1 - 0.001) * e / 2
+    cosine = 0.5 * (1 + math.cos(math.pi * (e - 2) / (6 - 2))) * 0.1
+    expected = warmup if e < 2 else cosine
     assert lr_schedule(args, STEPS)[step] == pytest.approx(expected, rel=1e-6)
 
 

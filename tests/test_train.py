@@ -12,6 +12,14 @@ import numpy as np
 import pytest
 
 from src.config import parse_config
+from src.ema.train_one_step_with_ema import TrainOneStepWithEMA
+from src.repvgg import create_model
+from src.tools.checkpoints.format import save_checkpoint, train_state
+from src.tools.checkpoints.model_card import ModelCard
+from src.tools.training.amp import loss_scale_cell
+from src.tools.training.criterion import CrossEntropy, NetWithLoss
+from src.tools.training.optimizer import get_optimizer
+from src.tools.training.run_folder import save_config
 from src.tools.training.schedulers import lr_schedule
 from tests.helpers import assert_ends_with_error, assert_one_line_error, run_main
 from tests.train_helpers import command, environment, make_image_folder, periodic, samples_by_step, train_args
@@ -113,7 +121,6 @@ def test_empty_class_folder_is_one_line(tmp_path, capsys):
 
 
 def test_checkpoint_of_another_arch_is_one_line(data, tmp_path, capsys):
-    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
     foreign = tmp_path / 'a1.ckpt'
     ms.save_checkpoint(create_model('RepVGG-A1', num_classes=3), str(foreign))
     line = refusal(train_args(data, tmp_path / 'runs', pretrained=foreign), capsys)
@@ -210,14 +217,6 @@ def test_training_on_a_read_only_mount_of_the_data(tmp_path):
 def interrupted_run(data, runs, positions, **settings):
     """A run folder as train.py leaves it after a kill: its config copy and rank 0's periodic
     checkpoints of a RepVGG-A0 (3 classes) at ``positions``."""
-    from src.ema.train_one_step_with_ema import TrainOneStepWithEMA  # pylint: disable=import-outside-toplevel
-    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
-    from src.tools.checkpoints.format import save_checkpoint, train_state  # pylint: disable=import-outside-toplevel
-    from src.tools.checkpoints.model_card import ModelCard  # pylint: disable=import-outside-toplevel
-    from src.tools.training.amp import loss_scale_cell  # pylint: disable=import-outside-toplevel
-    from src.tools.training.criterion import CrossEntropy, NetWithLoss  # pylint: disable=import-outside-toplevel
-    from src.tools.training.optimizer import get_optimizer  # pylint: disable=import-outside-toplevel
-    from src.tools.training.run_folder import save_config  # pylint: disable=import-outside-toplevel
     folder = runs / f'20250101-000000_{ARCH}_test'
     args = parse_config(train_args(data, runs, **settings))
     save_config(folder, args)
@@ -269,9 +268,6 @@ def test_validation_with_non_finite_logits_stops_the_run_and_saves_nothing(data,
     """Finite weights whose validation logits are not: the last block's BN moving means are so large
     that its two branches add up to inf in eval mode (training uses batch statistics, so the steps
     are fine and the weights stay finite)."""
-    from src.repvgg import create_model  # pylint: disable=import-outside-toplevel
-    from src.tools.checkpoints.format import save_checkpoint  # pylint: disable=import-outside-toplevel
-    from src.tools.checkpoints.model_card import ModelCard  # pylint: disable=import-outside-toplevel
     net = create_model(ARCH, num_classes=3)
     for name, param in net.parameters_and_names():
         if name.startswith('stage4') and name.endswith('moving_mean'):

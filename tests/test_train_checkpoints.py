@@ -22,13 +22,21 @@ from src.tools.base.files import remove_partial_files
 from src.tools.checkpoints import format as checkpoint_format
 from src.tools.checkpoints.format import load_weights, save_checkpoint, train_state
 from src.tools.checkpoints.model_card import ModelCard
-from src.tools.training.resume import (check_continues, first_readable, restore_state, resume_candidates,
-                                          schedule_changes, start_position, start_run, starting_point)
 from src.tools.checkpoints.saver import CheckpointSaver
 from src.tools.training.amp import loss_scale_cell
 from src.tools.training.criterion import CrossEntropy, NetWithLoss
 from src.tools.training.distributed import Ranks
 from src.tools.training.optimizer import get_optimizer
+from src.tools.training.resume import (
+    check_continues,
+    first_readable,
+    restore_state,
+    resume_candidates,
+    schedule_changes,
+    start_position,
+    start_run,
+    starting_point,
+)
 from src.tools.training.run_folder import MetricsLog, new_run_folder, run_folder_name, save_config
 
 ARCH = 'RepVGG-A0'
@@ -58,7 +66,7 @@ def test_save_atomic_writes_a_loadable_file_and_no_temporaries(tmp_path):
 def test_a_write_killed_midway_leaves_the_old_checkpoint_and_nothing_else(tmp_path, monkeypatch):
     target = save_checkpoint(tiny_entries(1.0), tmp_path / 'a.ckpt')
 
-    def dies_while_writing(entries, name, **_):
+    def dies_while_writing(_entries, name, **_):
         with open(name, 'wb') as handle:  # half a file, then the process "dies"
             handle.write(b'\x00' * 10)
         raise KeyboardInterrupt
@@ -114,7 +122,7 @@ def test_resume_takes_the_newest_position_that_every_rank_reached(tmp_path):
             (tmp_path / f'{ARCH}_{rank}-{epoch}_{step}.ckpt').write_bytes(b'x')
     assert resume_candidates(CheckpointSaver(tmp_path, ARCH, 1, 5, 1), 2)[0].name == f'{ARCH}_1-1_4.ckpt'
     assert resume_candidates(CheckpointSaver(tmp_path, ARCH, 0, 5, 1), 1)[0].name == f'{ARCH}_0-2_2.ckpt'
-    with pytest.raises(UserError, match='nothing to resume yet: .* holds no periodic checkpoint'):
+    with pytest.raises(UserError, match=r'nothing to resume yet: .* holds no periodic checkpoint'):
         resume_candidates(CheckpointSaver(tmp_path / 'nothing', ARCH, 0, 5, 1), 1)
 
 
@@ -127,7 +135,7 @@ def test_start_position_after_a_checkpoint(epoch_num, step_num, expected):
 
 # ----------------------------------------------------------------------------- state
 def test_train_state_round_trips_weights_optimizer_ema_and_loss_scale(tmp_path):
-    net, optimizer, ema, cell = train_cell()
+    _, optimizer, ema, cell = train_cell()
     rng = np.random.default_rng(0)
     for param in list(optimizer.moments) + list(ema.shadow):
         param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
@@ -143,7 +151,7 @@ def test_train_state_round_trips_weights_optimizer_ema_and_loss_scale(tmp_path):
     load_weights(net2, saved, prefix='ema.')  # the EMA copies load into a plain network too
     restored = restore_state(cell2, saved)
     assert 'scale_sense' in restored and float(cell2.scale_sense.asnumpy()) == 128.0
-    for a, b in zip(list(optimizer.moments) + list(ema.shadow), list(optimizer2.moments) + list(ema2.shadow)):
+    for a, b in zip([*optimizer.moments, *ema.shadow], [*optimizer2.moments, *ema2.shadow], strict=True):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 

@@ -14,8 +14,16 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from tests.train_helpers import (REPO, alive, environment, free_port, make_image_folder, periodic, samples_by_step,
-                                 worker_pid)
+from tests.train_helpers import (
+    REPO,
+    alive,
+    environment,
+    free_port,
+    make_image_folder,
+    periodic,
+    samples_by_step,
+    worker_pid,
+)
 
 ARCH = 'RepVGG-A0'
 
@@ -33,7 +41,7 @@ def test_two_cpu_workers_end_identical_after_disjoint_shards(tmp_path):
     env = environment()
     env['MASTER_PORT'] = str(free_port())
     done = subprocess.run(['bash', str(REPO / 'scripts/run_distribute_train_msrun.sh'), str(config), str(data), '2',
-                           'CPU'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                           'CPU'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     logs = {rank: (tmp_path / 'msrun_log' / f'worker_{rank}.log').read_text(errors='replace') for rank in (0, 1)}
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs[0][-3000:] + logs[1][-3000:]
     for rank in (0, 1):
@@ -208,7 +216,7 @@ def dry_run(script, *args, **env):
         environ.pop(name, None)
     environ.update(DRY_RUN='1', **env)
     done = subprocess.run(['bash', str(REPO / 'scripts' / script), *map(str, args)], env=environ,
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     return done.returncode, done.stdout.strip(), done.stderr.strip()
 
 
@@ -269,7 +277,8 @@ def test_mpirun_launcher_one_machine_as_before_several_from_a_host_file(tmp_path
 
     def launch(**env):
         return subprocess.run(['bash', str(REPO / 'scripts/run_distribute_train_gpu.sh'), str(config), str(tmp_path),
-                               '2'], env={**environ, **env}, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                               '2'], env={**environ, **env}, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              check=False)
 
     done = launch(STARTED='2')
     pid = int(re.search(r'\(pid (\d+)\)', done.stdout).group(1))
