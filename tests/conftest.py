@@ -3,7 +3,12 @@ for ``pynative``, with the user's cache folder in a temporary folder. Two traine
 once per session and shared (read-only: a test copies what it changes): ``qa_run``, a tiny
 QARepVGG-A0 on three named classes (seconds), and ``digits_run``, a RepVGG-A0 on the digits demo set
 that is a real classifier (minutes; its tests are marked slow)."""
+import os
 import subprocess
+
+# MindSpore reads GLOG_v as it loads: warnings stay at their default level whatever the shell sets
+# (test_dataset.py reads the warning that names a corrupt image; pytest keeps the rest out of sight).
+os.environ['GLOG_v'] = '2'  # noqa: SIM112 (MindSpore's spelling)
 
 import mindspore as ms
 import pytest

@@ -281,8 +281,6 @@ def test_config_errors(tmp_path):
     solid_folder(tmp_path / 'train', [2, 2, 2])
     with pytest.raises(UserError, match='num_classes: 3'):
         data.get_dataset(data_config(tmp_path, num_classes=2), True)
-    with pytest.raises(UserError, match='data_url'):
-        data.get_dataset(data_config(None), True)
     with pytest.raises(UserError, match="'q7'"):
         data.get_dataset(data_config(tmp_path, aug_type='auto', auto_augment='rand-q7'), True)
     with pytest.raises(UserError, match='less than one batch of 8 per device'):

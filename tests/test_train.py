@@ -108,6 +108,15 @@ def refusal(argv, capsys):
     return err.strip().splitlines()[-1]
 
 
+def test_unset_data_url_is_one_line_before_anything_is_written(tmp_path, capsys):
+    flags = train_args(tmp_path, tmp_path / 'runs')
+    at = flags.index('--data_url')
+    del flags[at:at + 2]  # the config's data_url: '' (not set)
+    status, _, err = train_here(capsys, flags)
+    assert_one_line_error(status, err, 'set data_url (a folder with train/ and val/ class folders), e.g. --data_url ')
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_data_folder_is_one_line(tmp_path, capsys):
     line = refusal(train_args(tmp_path / 'nowhere', tmp_path / 'runs'), capsys)
     assert 'nowhere/train does not exist' in line and '--data_url' in line
