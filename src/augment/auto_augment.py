@@ -105,12 +105,15 @@ def _random_sign(value):
     return -value if random.random() < 0.5 else value
 
 
-def rotate_arg(level, _params):          # [-30, 30] degrees
-    return _random_sign(level / LEVEL_DENOM * 30.0)
+def _signed(level, _params, top):
+    """[-top, top], the size growing with the level."""
+    return _random_sign(level / LEVEL_DENOM * top)
 
 
-def shear_arg(level, _params):           # [-0.3, 0.3]
-    return _random_sign(level / LEVEL_DENOM * 0.3)
+def _whole(level, _params, top, offset=0, increasing=False):
+    """0..top (+ offset) with the level, or top..0 when ``increasing`` (the op grows stronger)."""
+    value = int(level / LEVEL_DENOM * top)
+    return top - value if increasing else value + offset
 
 
 def translate_arg(level, params):        # [-0.45, 0.45] of the side
@@ -125,29 +128,14 @@ def enhance_increasing_arg(level, _params):  # 1.0 at level 0, away from 1 with 
     return max(0.1, 1.0 + _random_sign(level / LEVEL_DENOM * 0.9))
 
 
-def posterize_arg(level, _params):       # TPU EfficientNet: keep 0..4 bits
-    return int(level / LEVEL_DENOM * 4)
-
-
-def posterize_increasing_arg(level, _params):  # keep 4..0 bits: stronger with level
-    return 4 - int(level / LEVEL_DENOM * 4)
-
-
-def posterize_original_arg(level, _params):  # AutoAugment paper: keep 4..8 bits
-    return int(level / LEVEL_DENOM * 4) + 4
-
-
-def solarize_arg(level, _params):        # threshold 0..256: weaker with level
-    return int(level / LEVEL_DENOM * 256)
-
-
-def solarize_increasing_arg(level, _params):  # threshold 256..0: stronger with level
-    return 256 - int(level / LEVEL_DENOM * 256)
-
-
-def solarize_add_arg(level, _params):    # add 0..110
-    return int(level / LEVEL_DENOM * 110)
-
+rotate_arg = functools.partial(_signed, top=30.0)                             # degrees
+shear_arg = functools.partial(_signed, top=0.3)
+posterize_arg = functools.partial(_whole, top=4)                              # TPU EfficientNet: keep 0..4 bits
+posterize_increasing_arg = functools.partial(_whole, top=4, increasing=True)  # keep 4..0 bits
+posterize_original_arg = functools.partial(_whole, top=4, offset=4)           # AutoAugment paper: keep 4..8 bits
+solarize_arg = functools.partial(_whole, top=256)                             # threshold: weaker with level
+solarize_increasing_arg = functools.partial(_whole, top=256, increasing=True)
+solarize_add_arg = functools.partial(_whole, top=110)                         # add 0..110
 
 # name -> (image op, level -> argument or None for ops without a magnitude)
 OPS = {
