@@ -327,19 +327,23 @@ def read_yaml(path):
         raise UserError(f'config file {path} must be a mapping of key: value lines')
     values = {}
     for key, value in loaded.items():
-        option = OPTION_BY_NAME.get(key)
-        if option is None or not option.yaml:
-            if option is not None:
-                raise UserError(f"config file {path}: '{key}' is a command-line option; "
-                                f"remove it from the file and pass --{key}")
-            close = nearest_key(str(key))
-            hint = f"; did you mean '{close}'?" if close else ''
-            raise UserError(f"config file {path}: unknown key '{key}'{hint}")
-        try:
-            values[key] = option.convert(value)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"config file {path}: key '{key}': {error}") from None
+        if key in OPTION_BY_NAME and not OPTION_BY_NAME[key].yaml:
+            raise UserError(f"config file {path}: '{key}' is a command-line option; "
+                            f"remove it from the file and pass --{key}")
+        values[key] = _convert(key, value, f'config file {path}: ')
     return values
+
+
+def _convert(key, value, where):
+    """``value`` converted as option ``key`` says; a UserError starting with ``where`` otherwise."""
+    option = OPTION_BY_NAME.get(key)
+    if option is None:
+        close = nearest_key(str(key))
+        raise UserError(f"{where}unknown key '{key}'" + (f"; did you mean '{close}'?" if close else ''))
+    try:
+        return option.convert(value)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where}key '{key}': {error}") from None
 
 
 def parse_config(argv=None, script='train.py', description='RepVGG'):
@@ -370,15 +374,7 @@ def make_config(yaml_path=None, **overrides):
         from_yaml = read_yaml(yaml_path)
         vars(config).update(from_yaml)
     config.given = frozenset(from_yaml) | frozenset(overrides)
-    for key, value in overrides.items():
-        option = OPTION_BY_NAME.get(key)
-        if option is None:
-            close = nearest_key(key)
-            raise UserError(f"unknown config key '{key}'" + (f"; did you mean '{close}'?" if close else ''))
-        try:
-            setattr(config, key, option.convert(value))
-        except (TypeError, ValueError) as error:
-            raise UserError(f"config key '{key}': {error}") from None
+    vars(config).update({key: _convert(key, value, 'config: ') for key, value in overrides.items()})
     return config
 
 
