@@ -4,6 +4,7 @@ The file is written in a temporary folder beside the target, loaded back and run
 images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
 import errno
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -24,7 +25,6 @@ from src.tools.base.files import (
     reason,
     regular_target,
     remove_partial_files,
-    replace_file,
 )
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.checkpoints.model_card import ModelCard
@@ -36,13 +36,6 @@ FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 # with any batch size.
 PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add', 'Mul', 'Sigmoid',
                             'Identity'})
-
-
-def check_export_format(file_format, device_target):
-    """A UserError for formats this device cannot write (AIR is written only on Ascend)."""
-    if file_format == 'AIR':
-        raise UserError(f'MindSpore writes AIR files only on Ascend devices and this run targets '
-                        f'{device_target}: use --file_format MINDIR or ONNX (AIR is for the Ascend toolchain)')
 
 
 def export_file_path(export_path, file_format):
@@ -133,7 +126,7 @@ def export_network(net, image_size, file_format, export_path, card=None, model='
         if predictor.card != card:
             raise UserError(f'the exported {file_format} file does not carry the model card; nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)
-        replace_file(written, target)
+        os.replace(written, regular_target(target))
     except (OSError, RuntimeError) as error:
         raise UserError(f'could not write {target}: {_write_failure(error, workdir, needed)}') from None
     finally:
