@@ -1,13 +1,7 @@
 """Model files behind one interface, the Predictor: float32 logits for a batch of preprocessed images.
 
-A ``.ckpt`` is loaded strictly and re-parameterized, so everything runs the deploy form; a ``.mindir``
-runs as a GraphCell; an ``.onnx`` in ONNX Runtime here or in OpenVINO (openvino_engine.py). Which
-engine runs which file: backends.py; what a file records about itself (``card``): model_card.py.
-
-MindSpore, ONNX and ONNX Runtime are imported where used, so an OpenVINO run never loads them. One
-order matters: onnx imported before MindSpore fixes protobuf's C++ implementation, with which
-MindSpore's .proto modules fail to import; a process that loads an ONNX file and then a checkpoint
-imports MindSpore first (as quantize.py does).
+A ``.ckpt`` runs re-parameterized, a ``.mindir`` as a GraphCell, an ``.onnx`` in ONNX Runtime or OpenVINO
+(openvino_engine.py). Which engine runs which file, and the order of imports: docs/deployment.md.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path

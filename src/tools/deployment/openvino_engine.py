@@ -1,9 +1,5 @@
-"""OpenVINO, the CPU engine: runs the ONNX files export.py writes, fp32 and INT8 alike.
-
-``load_openvino`` gives the Predictor of model_files.py. Its ``precision`` (fp32, bf16 on CPUs that
-compute it natively, auto: bf16 if the first batch keeps its fp32 top-1 classes) and ``threads``
-(unpinned, so that processes share the CPUs), and why nothing reaches the network: docs/deployment.md.
-The precision reported is the one the compiled model runs its convolutions in, read back from OpenVINO.
+"""OpenVINO, the CPU engine: runs the ONNX files export.py writes, fp32 and INT8 alike, as a Predictor
+(model_files.py). Its precision, threads and why nothing reaches the network: docs/deployment.md.
 """
 import os
 import platform
