@@ -15,6 +15,7 @@ from src.tools import demo_data
 from src.augment import Mixup
 from src.tools.base.device import set_seed
 from src.tools.base.cli import UserError
+from tests.helpers import assert_one_line_error, run_main
 from tests.image_folders import (batches, colour_index, data_config, solid_colour, solid_folder, textured,
                                  textured_folder)
 
@@ -288,12 +289,15 @@ def test_class_folder_errors(tmp_path, layout, expected):
         data.class_names(split)
 
 
-def test_config_errors(tmp_path):
+def test_config_errors(tmp_path, capsys):
     solid_folder(tmp_path / 'train', [2, 2, 2])
     with pytest.raises(UserError, match='num_classes: 3'):
         data.get_dataset(data_config(tmp_path, num_classes=2), True)
-    with pytest.raises(UserError, match='data_url'):
-        data.get_dataset(data_config(None), True)
+    config = tmp_path / 'no_data.yaml'
+    config.write_text(f'device_target: CPU\ntrain_url: {tmp_path / "runs"}\n')
+    status, _, err = run_main(capsys, 'train.py', '--config', config)  # train.py checks data_url first
+    assert_one_line_error(status, err, 'set data_url')
+    assert not (tmp_path / 'runs').exists()
     with pytest.raises(UserError, match="'q7'"):
         data.get_dataset(data_config(tmp_path, aug_type='auto', auto_augment='rand-q7'), True)
     with pytest.raises(UserError, match='less than one batch of 8 per device'):
