@@ -43,26 +43,19 @@ def choose_engine(backend, suffix, device_target):
     return backend
 
 
-def check_engine_options(engine, precision, threads):
-    """``--precision bf16`` and ``--threads`` set OpenVINO; a UserError when another engine runs."""
-    if engine == 'openvino':
-        return
-    if precision == 'bf16':
-        raise UserError(f'--precision bf16 runs in the openvino back-end (CPU) only, and this run uses {engine}: '
-                        f'drop --precision, or pass --backend openvino')
-    if threads:
-        raise UserError(f'--threads sets the threads of the openvino back-end, and this run uses {engine}: drop '
-                        f'--threads, or pass --backend openvino')
-
-
 def resolve_engine(backend, suffix, device_target, precision, threads):
     """The engine for a ``suffix`` file, checked before any work: the pair can run, OpenVINO is
-    installed where it runs, bf16 is asked only of a CPU that computes it."""
+    installed where it runs, bf16 is asked only of a CPU that computes it, --threads only of OpenVINO."""
     engine = choose_engine(backend, suffix, device_target)
-    check_engine_options(engine, precision, threads)
     if engine == 'openvino':
         import_openvino()
         check_precision(precision, False, cpu_features(), 'the model')
+    elif precision == 'bf16':
+        raise UserError(f'--precision bf16 runs in the openvino back-end (CPU) only, and this run uses {engine}: '
+                        f'drop --precision, or pass --backend openvino')
+    elif threads:
+        raise UserError(f'--threads sets the threads of the openvino back-end, and this run uses {engine}: drop '
+                        f'--threads, or pass --backend openvino')
     return engine
 
 
