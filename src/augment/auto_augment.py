@@ -43,32 +43,23 @@ def rotate(img, degrees, params):
     return img.rotate(degrees, resample=params.resample, fillcolor=params.fill)
 
 
-def shear_x(img, factor, params):
-    return _affine(img, (1, factor, 0, 0, 1, 0), params)
+def _shear(img, factor, params, axis):
+    return _affine(img, (1, factor, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, factor, 1, 0), params)
 
 
-def shear_y(img, factor, params):
-    return _affine(img, (1, 0, 0, factor, 1, 0), params)
+def _translate(img, fraction, params, axis):
+    shift = fraction * img.size[axis]
+    return _affine(img, (1, 0, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, 0, 1, shift), params)
 
 
-def translate_x(img, fraction, params):
-    return _affine(img, (1, 0, fraction * img.size[0], 0, 1, 0), params)
+def _plain(img, _params, op):
+    return op(img)
 
 
-def translate_y(img, fraction, params):
-    return _affine(img, (1, 0, 0, 0, 1, fraction * img.size[1]), params)
-
-
-def auto_contrast(img, _params):
-    return ImageOps.autocontrast(img)
-
-
-def equalize(img, _params):
-    return ImageOps.equalize(img)
-
-
-def invert(img, _params):
-    return ImageOps.invert(img)
+shear_x, shear_y = (functools.partial(_shear, axis=axis) for axis in (0, 1))
+translate_x, translate_y = (functools.partial(_translate, axis=axis) for axis in (0, 1))
+auto_contrast, equalize, invert = (functools.partial(_plain, op=op) for op in (
+    ImageOps.autocontrast, ImageOps.equalize, ImageOps.invert))
 
 
 def posterize(img, bits, _params):
