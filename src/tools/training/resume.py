@@ -67,19 +67,16 @@ def start_run(args, net, steps_per_epoch, ranks=None, classes=None):
         return _resume(args, net, steps_per_epoch, ranks, classes)
     start = starting_point(args, net, steps_per_epoch, classes)
     start.folder = new_run_folder(args.train_url, args.arch, args.brief, ranks)
-    start.saver = _saver(args, start.folder, ranks.rank)
+    start.saver = CheckpointSaver(start.folder, args.arch, ranks.rank, args.keep_checkpoint_max,
+                                  args.keep_best_checkpoints_max)
     start.metrics_log = MetricsLog(start.folder)
     return start
-
-
-def _saver(args, folder, rank):
-    return CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
 
 def _resume(args, net, steps_per_epoch, ranks, classes):
     folder = Path(args.continues)
     remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{ranks.rank}-')  # each machine its own
-    saver = _saver(args, folder, ranks.rank)
+    saver = CheckpointSaver(folder, args.arch, ranks.rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
     candidates = resume_candidates(saver, ranks.group_size, ranks, count=args.keep_checkpoint_max)
     path, checkpoint = first_readable(candidates, ranks.sum, ranks.rank)
     source = f'checkpoint {path}'
