@@ -347,12 +347,9 @@ def _convert(key, value, where):
 
 
 def parse_config(argv=None, script='train.py', description='RepVGG'):
-    """Parse ``argv`` (default: sys.argv) for ``script`` into the config Namespace: defaults < YAML < CLI.
-
-    ``config.given`` names the keys the YAML file or the command line set: a model file's own values
-    yield only to those (src/tools/checkpoints/model_card.py). Flags that ``script`` does not read
-    are accepted, with one note naming them.
-    """
+    """``argv`` (default: sys.argv) for ``script`` as the config Namespace: defaults < YAML < CLI. ``given``
+    names the keys the YAML file or the command line set: a model file's own values yield only to those
+    (model_card.py). Flags ``script`` does not read are accepted, with one note naming them."""
     config = build_parser(script, description).parse_args(argv)
     explicit = vars(build_parser(script, description, suppress_defaults=True).parse_args(argv))
     from_yaml = read_yaml(config.config) if config.config is not None else {}

@@ -76,8 +76,7 @@ def class_names(folder):
 
 # ----------------------------------------------------------------------------- reading images
 def read_image_rgb(path):
-    """The image at ``path`` as RGB, as MindSpore's Decode gives it (16-bit scaled to 8-bit, alpha
-    dropped); a UserError naming the path if unreadable."""
+    """RGB as MindSpore's Decode gives it (16-bit scaled to 8-bit, alpha dropped); a UserError if unreadable."""
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -325,12 +324,9 @@ def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='ca
 def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *, classes=None, num_classes=None,
                             rank=0, group_size=1, total=None, workers=1, prefetch=15, seed=0, cache=None,
                             image_check='cached', image_check_cache=None, mixup=None):
-    """The batched dataset of one split folder: image float32 (B, 3, S, S) through ``transform``
-    (TrainTransform, or Preprocessing), label int32 (B,) or, with a ``mixup``, float32 soft targets.
-
-    ``total`` sums numbers over ranks, so that all ranks stop together on unreadable images. Rank 0
-    prints a start-up line; the details are the data set's ``start_up`` (train.py's startup.log).
-    """
+    """The batched dataset of one split folder: image float32 (B, 3, S, S) through ``transform``, label int32
+    (B,) or, with a ``mixup``, float32 soft targets. ``total`` sums numbers over ranks, so that all ranks
+    stop together on unreadable images; ``start_up`` holds the details for train.py's startup.log."""
     import mindspore as ms
     import mindspore.dataset as ds
     from mindspore.dataset import transforms
@@ -388,9 +384,8 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
 
 
 def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
-    """An iterator over the batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step``
-    of the first (one pass is one epoch). The skipped steps are neither read nor decoded
-    (``set_init_step`` with fast recovery; docs/scale-out.md, "Fast resume")."""
+    """The batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step`` of the first; the skipped
+    steps are neither read nor decoded (``set_init_step``; docs/scale-out.md, "Fast resume")."""
     skipped = start_epoch * dataset.get_dataset_size() + start_step
     if skipped:
         dataset.set_init_step(skipped)

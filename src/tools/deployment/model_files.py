@@ -16,13 +16,9 @@ from src.tools.checkpoints.model_card import ModelCard, settle
 
 @dataclass(eq=False)
 class Predictor:
-    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``.
-
-    ``static_batch``: the file takes exactly that many images (short chunks are padded with zeros).
-    ``pad_to_seen``: pad a short last chunk once a full one has run, so that a GRAPH_MODE network
-    compiles no second graph. ``description``, ``engine``: the model and what runs it, for the
-    printout; ``precision`` of its convolutions: fp32, bf16 or int8; ``card``: what the file records.
-    """
+    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``. ``static_batch``: the file
+    takes exactly that many images (short chunks padded with zeros); ``pad_to_seen``: pad a short last chunk
+    once a full one has run, so that a GRAPH_MODE network compiles no second graph."""
     run: object
     image_size: int
     num_classes: int

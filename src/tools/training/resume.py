@@ -141,13 +141,9 @@ def _checked(start, args, steps_per_epoch):
 
 
 def resume_candidates(saver, group_size, ranks=None, count=None):
-    """This rank's checkpoints at the positions that every rank reached, newest first; when the
-    ranks share none (the group size changed), rank 0's newest, for every rank.
-
-    Without ``ranks`` one folder holds every rank's files. With ``ranks`` (all call this together)
-    each looks only at its own files, so each machine may keep its own folder: rank 0 broadcasts its
-    ``count`` newest positions and a sum over ranks counts who has each (exact in float32).
-    """
+    """This rank's checkpoints at the positions every rank reached, newest first, else rank 0's newest (the
+    group size changed). Without ``ranks`` one folder holds every rank's files; with them each rank looks
+    at its own (docs/scale-out.md, "Resuming"), a sum over ranks counting who has each (exact in float32)."""
     mine = saver.periodic()
     if ranks is None or group_size == 1:
         per_rank = [saver.periodic(rank) for rank in range(group_size)]
