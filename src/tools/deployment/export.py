@@ -32,8 +32,7 @@ from src.tools.deployment.evaluation import check_finite_logits
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
-# Operators that work on each sample independently: a graph of only these keeps its meaning
-# with any batch size.
+# Operators that work on each sample alone: a graph of only these means the same at any batch size.
 PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add', 'Mul', 'Sigmoid',
                             'Identity'})
 
