@@ -156,7 +156,6 @@ class Int8Export:
     batch: str               # 'batch' (dynamic) or the fixed batch
     images: int              # calibration images
     agreement: float         # top-1 agreement INT8 vs fp32 on those images
-    description: str         # of the INT8 file, as ONNX Runtime loaded it
 
 
 def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, model='the network'):
@@ -184,5 +183,4 @@ def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, mo
                                 f'calibrate on more images (--calibration_images)')
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    description = int8.description.replace(str(temporary), str(target))
-    return Int8Export(target, difference, batch, len(images), agreement, description)
+    return Int8Export(target, difference, batch, len(images), agreement)
