@@ -109,18 +109,14 @@ class ImageBatches(CalibrationDataReader):
     (the last one filled up with the first images again: no made-up input widens the ranges)."""
 
     def __init__(self, images, input_name, batch=CALIBRATION_BATCH, fixed_batch=None):
-        self.input_name = input_name
         size = fixed_batch or batch
-        self.batches = [images[start:start + size] for start in range(0, len(images), size)]
-        if fixed_batch and len(self.batches[-1]) < fixed_batch:
-            self.batches[-1] = np.resize(np.concatenate([self.batches[-1], images]), (fixed_batch, *images.shape[1:]))
-        self.position = 0
+        batches = [images[start:start + size] for start in range(0, len(images), size)]
+        if fixed_batch and len(batches[-1]) < fixed_batch:
+            batches[-1] = np.resize(np.concatenate([batches[-1], images]), (fixed_batch, *images.shape[1:]))
+        self.feeds = iter([{input_name: batch} for batch in batches])
 
     def get_next(self):
-        if self.position == len(self.batches):
-            return None
-        self.position += 1
-        return {self.input_name: self.batches[self.position - 1]}
+        return next(self.feeds, None)
 
 
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
