@@ -123,9 +123,8 @@ def validation_folder(dataset_path, data_url=None):
 
 def evaluate_folder(predictor, folder, workers=None, image_check='cached', image_check_cache=None,
                     with_loss=True, report_dir=None, model='the model'):
-    """The reference's result dict of ``predictor`` on ``folder``, preprocessed as its card says and read
-    by ``eval_batches`` threads, not a MindSpore pipeline (less CPU time, and ONNX Runtime or OpenVINO
-    never load MindSpore: docs/performance.md); the per-class report into ``report_dir``."""
+    """The reference's result dict of ``predictor`` on ``folder``, read by ``eval_batches`` threads, not a
+    MindSpore pipeline (less CPU time; ONNX Runtime and OpenVINO never load MindSpore: docs/performance.md)."""
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
         for name in REPORT_FILES:

@@ -105,9 +105,8 @@ def check_export_target(export_path, file_format):
 
 
 def export_network(net, image_size, file_format, export_path, card=None, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` (fp32, Nx3xSxS) with ``card`` in its metadata, written
-    beside the target and renamed into place once checked; (path, max relative difference, 'batch' or
-    the fixed batch). ``model`` is named when the network's own outputs are not finite."""
+    """Export the deploy-form, eval-mode ``net`` with ``card`` in its metadata, renamed into place once checked;
+    (path, max relative difference, 'batch' or the fixed batch)."""
     card = replace(card or ModelCard(), image_size=image_size, deploy=True)
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to

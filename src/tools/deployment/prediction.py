@@ -56,10 +56,8 @@ def predict_classes(predictor, paths, workers=None, model='the model'):
 
 
 def run_inference(predictor, inputs, output, with_index=False, workers=None, model='the model'):
-    """Predict the images of ``inputs`` (``list_inputs``), checked first as training checks them; print
-    the reference's lines and write ``output`` ({path: name, index, or with ``with_index`` both}) only
-    when every image was predicted (the scripts checked ``output`` before any work: check_writable_file).
-    ``model`` names the model file in errors."""
+    """Predict the images of ``inputs`` (``list_inputs``), checked first as training checks them; print the
+    reference's lines and write ``output`` ({path: class name or index}) only when every image was predicted."""
     kind, paths = inputs
     turned = check_images(paths, show_progress=len(paths) > 1)
     if turned:

@@ -155,9 +155,8 @@ class Int8Export:
 
 
 def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` as an INT8 ONNX file at ``export_path``, calibrated on
-    ``files`` preprocessed as its ``card`` says; refused (nothing written) when its top-1 agreement with
-    fp32 on them is below ``threshold``. ``model`` is named when the network's outputs are not finite."""
+    """Export the deploy-form, eval-mode ``net`` as an INT8 ONNX file calibrated on ``files``; refused (nothing
+    written) when its top-1 agreement with fp32 on them is below ``threshold``."""
     target = check_export_target(export_path, 'ONNX')
     image_size = card.image_size
     images = load_images(files, card.preprocessing)
