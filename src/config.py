@@ -287,20 +287,19 @@ class _Retired(argparse.Action):
         raise UserError(f'{option_string} is gone: {message}')
 
 
-def build_parser(script='train.py', description='RepVGG', suppress_defaults=False):
-    """``script``'s parser: it accepts every option, its help lists those it reads."""
+def build_parser(script='train.py', description='RepVGG'):
+    """``script``'s parser: it accepts every option, its help lists those it reads; its namespace holds
+    only the flags given (the defaults are the config's)."""
     reads = SCRIPT_OPTIONS[script]
     parser = OneLineParser(prog=script if script.endswith('.py') else None, description=description,
-                           allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress_defaults else None)
+                           allow_abbrev=False, argument_default=argparse.SUPPRESS)
     for option in OPTIONS:
         kwargs = dict(dest=option.name, type=_argparse_type(option),
                       help=_help_with_default(option, script) if option.name in reads else argparse.SUPPRESS)
         if option.nargs:
             kwargs['nargs'] = option.nargs
-        if not suppress_defaults:
-            kwargs['default'] = option.default
         if option.name == 'config':
-            kwargs['required'] = script in CONFIG_REQUIRED and not suppress_defaults
+            kwargs['required'] = script in CONFIG_REQUIRED
         parser.add_argument(f'--{option.name}', *option.aliases, **kwargs)
     for flag, (scripts, _) in RETIRED_FLAGS.items():
         if script in scripts:
@@ -350,12 +349,8 @@ def parse_config(argv=None, script='train.py', description='RepVGG'):
     """``argv`` (default: sys.argv) for ``script`` as the config Namespace: defaults < YAML < CLI. ``given``
     names the keys the YAML file or the command line set: a model file's own values yield only to those
     (model_card.py). Flags ``script`` does not read are accepted, with one note naming them."""
-    config = build_parser(script, description).parse_args(argv)
-    explicit = vars(build_parser(script, description, suppress_defaults=True).parse_args(argv))
-    from_yaml = read_yaml(config.config) if config.config is not None else {}
-    vars(config).update(from_yaml)
-    vars(config).update(explicit)
-    config.given = frozenset(from_yaml) | (frozenset(explicit) - {'config'})
+    explicit = vars(build_parser(script, description).parse_args(argv))
+    config = make_config(explicit.pop('config', None), **explicit)
     ignored = [f'--{name}' for name in explicit if name not in SCRIPT_OPTIONS[script]]
     if ignored:
         print(f"=> note: {script} does not read {', '.join(ignored)} (options of other scripts); ignored")
