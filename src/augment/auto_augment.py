@@ -325,33 +325,27 @@ class AugMix:
 
 # ----------------------------------------------------------------------------- policy strings
 _OPTION = re.compile(r'([a-z]+)(\d+(?:\.\d*)?|\.\d+)$')
-_FAMILY_OPTIONS = {
-    'rand': ('m', 'n', 'w', 'p', 'mstd', 'mmax', 'inc'),
-    'augmix': ('m', 'w', 'd', 'a', 'b', 'mstd', 'mmax'),
-    'auto': ('mstd', 'mmax'),
+_FAMILIES = {  # policy family -> (name in errors, its options)
+    'rand': ('RandAugment', ('m', 'n', 'w', 'p', 'mstd', 'mmax', 'inc')),
+    'augmix': ('AugMix', ('m', 'w', 'd', 'a', 'b', 'mstd', 'mmax')),
+    'auto': ('AutoAugment', ('mstd', 'mmax')),
 }
-_FAMILY_NAMES = {'rand': 'RandAugment', 'augmix': 'AugMix', 'auto': 'AutoAugment'}
 _EXAMPLES = 'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original-mstd0.5'
 
 
 def parse_policy(policy):
     """``'rand-m9-mstd0.5'`` -> ``('rand', {'m': 9.0, 'mstd': 0.5})``; a bad token is a UserError."""
     text = str(policy).strip()
-    tokens = text.split('-')
-    head = tokens[0]
-    if head in ('rand', 'augmix'):
-        family = head
-    elif head in AUTO_AUGMENT_POLICIES:
-        family = 'auto'
-    else:
+    head, *tokens = text.split('-')
+    if head not in ('rand', 'augmix', *AUTO_AUGMENT_POLICIES):
         raise UserError(f"auto_augment {text!r}: unknown policy {head!r}; start with 'rand', 'augmix' "
                         f"or an AutoAugment policy ({', '.join(AUTO_AUGMENT_POLICIES)}), e.g. {_EXAMPLES}")
-    allowed = _FAMILY_OPTIONS[family]
+    family, allowed = _FAMILIES[head if head in ('rand', 'augmix') else 'auto']
     options = {}
-    for token in tokens[1:]:
+    for token in tokens:
         match = _OPTION.fullmatch(token)
         if not match or match.group(1) not in allowed:
-            raise UserError(f"auto_augment {text!r}: bad option {token!r} for {_FAMILY_NAMES[family]}; "
+            raise UserError(f"auto_augment {text!r}: bad option {token!r} for {family}; "
                             f"options are {', '.join(allowed)}, each followed by a number (e.g. m9)")
         key = match.group(1)
         if key in options:
