@@ -255,11 +255,6 @@ RETIRED_FLAGS = {'onnx_path': (('eval.py', 'infer.py'), '{script} takes an .onnx
 
 
 # ----------------------------------------------------------------------------- parsing
-def nearest_key(name):
-    close = difflib.get_close_matches(name, OPTION_BY_NAME, n=1, cutoff=0.5)
-    return close[0] if close else None
-
-
 def _argparse_type(option):
     def convert(text):
         try:
@@ -337,8 +332,8 @@ def _convert(key, value, where):
     """``value`` converted as option ``key`` says; a UserError starting with ``where`` otherwise."""
     option = OPTION_BY_NAME.get(key)
     if option is None:
-        close = nearest_key(str(key))
-        raise UserError(f"{where}unknown key '{key}'" + (f"; did you mean '{close}'?" if close else ''))
+        close = difflib.get_close_matches(str(key), OPTION_BY_NAME, n=1, cutoff=0.5)
+        raise UserError(f"{where}unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ''))
     try:
         return option.convert(value)
     except (TypeError, ValueError) as error:
