@@ -3,22 +3,13 @@
 python eval_onnx.py DATASET -c/--onnx_path ONNX [--image_size S] [-m/--device_target auto|CPU|GPU] [--prefetch N]
                     [--backend auto|onnxruntime|openvino] [--precision auto|fp32|bf16] [--threads N]
 """
-import argparse
 from pathlib import Path
 
 from src.config import make_config
-from src.tools.base.cli import OneLineParser, user_entry_point
+from src.tools.base.cli import OneLineParser, at_least, user_entry_point
 from src.tools.base.files import check_outputs_apart
 from src.tools.deployment.backends import add_onnx_arguments, announce, load_onnx_engine, onnx_device
 from src.tools.deployment.evaluation import evaluate_folder, format_results, validation_folder
-
-
-def _at_least_one(text):
-    """A whole number of at least 1 (argparse type), as the config's batch_size and num_parallel_workers."""
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {text}')
-    return value
 
 
 def parse_args(argv=None):
@@ -27,10 +18,10 @@ def parse_args(argv=None):
     parser.add_argument('dataset_path', metavar='DATASET', type=Path,
                         help='validation folder, one sub-folder per class')
     add_onnx_arguments(parser, default_precision='fp32')
-    parser.add_argument('--prefetch', type=_at_least_one, default=16,
+    parser.add_argument('--prefetch', type=at_least(1), default=16,
                         help='accepted as in the reference; no effect: the images of two batches are read ahead')
-    parser.add_argument('-b', '--batch_size', type=_at_least_one, default=32, help='images per batch')
-    parser.add_argument('-j', '--num_parallel_workers', type=_at_least_one, default=4,
+    parser.add_argument('-b', '--batch_size', type=at_least(1), default=32, help='images per batch')
+    parser.add_argument('-j', '--num_parallel_workers', type=at_least(1), default=4,
                         help='threads reading the images (at most one per CPU)')
     parser.add_argument('--report_dir', type=Path, default=None,
                         help='also write per_class_top1.csv and confusion_matrix.png there')

@@ -10,7 +10,7 @@ from src.config import parse_config
 from src.tools.base.cli import UserError, user_entry_point
 from src.tools.base.device import set_device
 from src.tools.base.files import check_outputs_apart
-from src.tools.deployment.export import check_export_format, check_export_target, export_file_path, export_network
+from src.tools.deployment.export import check_export_target, export_file_path, export_network
 from src.tools.deployment.model_files import load_deploy_network
 from src.tools.deployment.quantize import (
     AGREEMENT_THRESHOLD,
@@ -27,7 +27,9 @@ def main(argv=None):
     config = parse_config(argv, 'export.py', 'Export a RepVGG checkpoint, re-parameterized to its deploy form, '
                                              'as MINDIR or ONNX (input Nx3xSxS float32), or as INT8 ONNX '
                                              '(--quantize int8).')
-    check_export_format(config.file_format, config.device_target)
+    if config.file_format == 'AIR':  # MindSpore writes AIR files only on Ascend, which no device_target is
+        raise UserError(f'MindSpore writes AIR files only on Ascend devices and this run targets '
+                        f'{config.device_target}: use --file_format MINDIR or ONNX (AIR is for the Ascend toolchain)')
     if config.pretrained is None:
         raise UserError('pass --pretrained with the .ckpt file to export (an untrained network is useless)')
     folder = None

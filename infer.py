@@ -6,9 +6,9 @@ The model file says what it is and how its images are preprocessed (src/tools/ch
 """
 from src.config import parse_config
 from src.tools.base.cli import user_entry_point
-from src.tools.base.files import check_outputs_apart
+from src.tools.base.files import check_outputs_apart, check_writable_file
 from src.tools.deployment.backends import announce, load_predictor
-from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
+from src.tools.deployment.prediction import list_inputs, run_inference
 
 
 @user_entry_point
@@ -17,7 +17,7 @@ def main(argv=None):
                                             'checkpoint, MINDIR or ONNX file; writes {path: class} JSON.')
     check_outputs_apart({'pred_output': config.pred_output},
                         {'config': config.config, 'pretrained': config.pretrained, 'dataset_path': config.dataset_path})
-    check_output_path(config.pred_output)
+    check_writable_file(config.pred_output, 'output', 'predictions.json')
     inputs = list_inputs(config.dataset_path)
     predictor = load_predictor(config, default_precision='auto')
     announce(predictor, config.device_target)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from src.config import make_config
 from src.tools.base.cli import OneLineParser, user_entry_point
-from src.tools.base.files import check_outputs_apart
+from src.tools.base.files import check_outputs_apart, check_writable_file
 from src.tools.deployment.backends import add_onnx_arguments, announce, load_onnx_engine, onnx_device
-from src.tools.deployment.prediction import check_output_path, list_inputs, run_inference
+from src.tools.deployment.prediction import list_inputs, run_inference
 
 
 def parse_args(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_outputs_apart({'--output': args.output},
                         {'--onnx_path': args.onnx_path, 'dataset_path': args.dataset_path})
-    check_output_path(args.output)
+    check_writable_file(args.output, 'output', 'predictions.json')
     inputs = list_inputs(args.dataset_path)
     args.device_target = onnx_device(args.device_target, args.backend)
     given = {key: getattr(args, key) for key in ('image_size', 'interpolation') if getattr(args, key) is not None}

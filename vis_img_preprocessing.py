@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 from src.config import parse_config
-from src.tools.base.cli import OneLineParser, UserError, user_entry_point
+from src.tools.base.cli import OneLineParser, UserError, at_least, user_entry_point
 from src.tools.base.files import check_outputs_apart, check_writable_file
 
 
 def _extra_flags(argv):
     parser = OneLineParser(add_help=False, allow_abbrev=False)
     parser.add_argument('--output', default='preprocessing.png', help='PNG file to write.')
-    parser.add_argument('--num_images', type=int, default=4, help='Images to show (rows).')
-    parser.add_argument('--num_draws', type=int, default=5, help='Augmented draws per image (columns).')
+    parser.add_argument('--num_images', type=at_least(1), default=4, help='Images to show (rows).')
+    parser.add_argument('--num_draws', type=at_least(1), default=5, help='Augmented draws per image (columns).')
     return parser.parse_known_args(argv)
 
 
@@ -26,8 +26,6 @@ def _extra_flags(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     extra, rest = _extra_flags(argv)
-    if extra.num_images < 1 or extra.num_draws < 1:
-        raise UserError('--num_images and --num_draws must be at least 1')
     config = parse_config(rest, 'vis_img_preprocessing.py', __doc__.split('\n', 1)[0] + ' Also: --output, '
                           '--num_images, --num_draws.')
     if config.data_url is None:

@@ -255,11 +255,6 @@ RETIRED_FLAGS = {'onnx_path': (('eval.py', 'infer.py'), '{script} takes an .onnx
 
 
 # ----------------------------------------------------------------------------- parsing
-def nearest_key(name):
-    close = difflib.get_close_matches(name, OPTION_BY_NAME, n=1, cutoff=0.5)
-    return close[0] if close else None
-
-
 def _argparse_type(option):
     def convert(text):
         try:
@@ -287,20 +282,19 @@ class _Retired(argparse.Action):
         raise UserError(f'{option_string} is gone: {message}')
 
 
-def build_parser(script='train.py', description='RepVGG', suppress_defaults=False):
-    """``script``'s parser: it accepts every option, its help lists those it reads."""
+def build_parser(script='train.py', description='RepVGG'):
+    """``script``'s parser: it accepts every option, its help lists those it reads; its namespace holds
+    only the flags given (the defaults are the config's)."""
     reads = SCRIPT_OPTIONS[script]
     parser = OneLineParser(prog=script if script.endswith('.py') else None, description=description,
-                           allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress_defaults else None)
+                           allow_abbrev=False, argument_default=argparse.SUPPRESS)
     for option in OPTIONS:
         kwargs = dict(dest=option.name, type=_argparse_type(option),
                       help=_help_with_default(option, script) if option.name in reads else argparse.SUPPRESS)
         if option.nargs:
             kwargs['nargs'] = option.nargs
-        if not suppress_defaults:
-            kwargs['default'] = option.default
         if option.name == 'config':
-            kwargs['required'] = script in CONFIG_REQUIRED and not suppress_defaults
+            kwargs['required'] = script in CONFIG_REQUIRED
         parser.add_argument(f'--{option.name}', *option.aliases, **kwargs)
     for flag, (scripts, _) in RETIRED_FLAGS.items():
         if script in scripts:
@@ -327,34 +321,31 @@ def read_yaml(path):
         raise UserError(f'config file {path} must be a mapping of key: value lines')
     values = {}
     for key, value in loaded.items():
-        option = OPTION_BY_NAME.get(key)
-        if option is None or not option.yaml:
-            if option is not None:
-                raise UserError(f"config file {path}: '{key}' is a command-line option; "
-                                f"remove it from the file and pass --{key}")
-            close = nearest_key(str(key))
-            hint = f"; did you mean '{close}'?" if close else ''
-            raise UserError(f"config file {path}: unknown key '{key}'{hint}")
-        try:
-            values[key] = option.convert(value)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"config file {path}: key '{key}': {error}") from None
+        if key in OPTION_BY_NAME and not OPTION_BY_NAME[key].yaml:
+            raise UserError(f"config file {path}: '{key}' is a command-line option; "
+                            f"remove it from the file and pass --{key}")
+        values[key] = _convert(key, value, f'config file {path}: ')
     return values
 
 
-def parse_config(argv=None, script='train.py', description='RepVGG'):
-    """Parse ``argv`` (default: sys.argv) for ``script`` into the config Namespace: defaults < YAML < CLI.
+def _convert(key, value, where):
+    """``value`` converted as option ``key`` says; a UserError starting with ``where`` otherwise."""
+    option = OPTION_BY_NAME.get(key)
+    if option is None:
+        close = difflib.get_close_matches(str(key), OPTION_BY_NAME, n=1, cutoff=0.5)
+        raise UserError(f"{where}unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ''))
+    try:
+        return option.convert(value)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where}key '{key}': {error}") from None
 
-    ``config.given`` names the keys the YAML file or the command line set: a model file's own values
-    yield only to those (src/tools/checkpoints/model_card.py). Flags that ``script`` does not read
-    are accepted, with one note naming them.
-    """
-    config = build_parser(script, description).parse_args(argv)
-    explicit = vars(build_parser(script, description, suppress_defaults=True).parse_args(argv))
-    from_yaml = read_yaml(config.config) if config.config is not None else {}
-    vars(config).update(from_yaml)
-    vars(config).update(explicit)
-    config.given = frozenset(from_yaml) | (frozenset(explicit) - {'config'})
+
+def parse_config(argv=None, script='train.py', description='RepVGG'):
+    """``argv`` (default: sys.argv) for ``script`` as the config Namespace: defaults < YAML < CLI. ``given``
+    names the keys the YAML file or the command line set: a model file's own values yield only to those
+    (model_card.py). Flags ``script`` does not read are accepted, with one note naming them."""
+    explicit = vars(build_parser(script, description).parse_args(argv))
+    config = make_config(explicit.pop('config', None), **explicit)
     ignored = [f'--{name}' for name in explicit if name not in SCRIPT_OPTIONS[script]]
     if ignored:
         print(f"=> note: {script} does not read {', '.join(ignored)} (options of other scripts); ignored")
@@ -370,15 +361,7 @@ def make_config(yaml_path=None, **overrides):
         from_yaml = read_yaml(yaml_path)
         vars(config).update(from_yaml)
     config.given = frozenset(from_yaml) | frozenset(overrides)
-    for key, value in overrides.items():
-        option = OPTION_BY_NAME.get(key)
-        if option is None:
-            close = nearest_key(key)
-            raise UserError(f"unknown config key '{key}'" + (f"; did you mean '{close}'?" if close else ''))
-        try:
-            setattr(config, key, option.convert(value))
-        except (TypeError, ValueError) as error:
-            raise UserError(f"config key '{key}': {error}") from None
+    vars(config).update({key: _convert(key, value, 'config: ') for key, value in overrides.items()})
     return config
 
 

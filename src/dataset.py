@@ -76,8 +76,7 @@ def class_names(folder):
 
 # ----------------------------------------------------------------------------- reading images
 def read_image_rgb(path):
-    """The image at ``path`` as RGB, as MindSpore's Decode gives it (16-bit scaled to 8-bit, alpha
-    dropped); a UserError naming the path if unreadable."""
+    """RGB as MindSpore's Decode gives it (16-bit scaled to 8-bit, alpha dropped); a UserError if unreadable."""
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -124,8 +123,6 @@ def normalize_chw(image, mean=MEAN, std=STD):
     """HWC uint8 -> CHW float32 normalised with ``mean`` and ``std`` (on [0, 1]), looked up in a table:
     the same numbers as computing them per pixel, in less time (docs/performance.md)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f'normalize_chw takes uint8 images, got {image.dtype}')
     table = _normalized(tuple(mean), tuple(std))
     return np.stack([table[channel][image[..., channel]] for channel in range(3)])
 
@@ -147,8 +144,9 @@ class Preprocessing:
 
     def stages(self):
         """The same transform as pipeline stages, raw file bytes -> CHW float32."""
+        from mindspore.dataset import vision
         resize = ResizeCenterCrop(eval_resize_size(self.image_size, self.crop_pct), self.image_size, self.interpolation)
-        return [Stage([_vision().Decode(), resize, *_normalize_ops(self.mean, self.std)])]
+        return [Stage([vision.Decode(), resize, *_normalize_ops(self.mean, self.std)])]
 
     def describe(self):
         return f'eval transform, {self.image_size}x{self.image_size}, {self.interpolation}'
@@ -218,13 +216,8 @@ class Stage:
     processes: bool = False
 
 
-def _vision():
-    from mindspore.dataset import vision
-    return vision
-
-
 def _normalize_ops(mean=MEAN, std=STD):
-    vision = _vision()
+    from mindspore.dataset import vision
     return [vision.Normalize(mean=[m * 255 for m in mean], std=[s * 255 for s in std]), vision.HWC2CHW()]
 
 
@@ -241,7 +234,7 @@ class TrainTransform:
 
     def stages(self):
         """Raw file bytes -> CHW float32, as pipeline stages; a UserError for settings that cannot work."""
-        vision = _vision()
+        from mindspore.dataset import vision
         size, interpolation = self.image_size, self.interpolation
         if self.re_prob > 0 and self.aug_type != 'auto':
             _warn(f're_prob {self.re_prob} has no effect with aug_type {self.aug_type}: random erasing is part '
@@ -253,8 +246,6 @@ class TrainTransform:
                      vision.RandomHorizontalFlip(0.5)]
         if self.aug_type == 'weak':
             return [Stage(crop_flip + _normalize_ops())]
-        if self.aug_type != 'auto':
-            raise UserError(f"aug_type {self.aug_type!r}: choose none, weak or auto")
         if not self.auto_augment:
             raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
         from src.augment import RandomErasing, policy_from_string
@@ -333,18 +324,13 @@ def labelled_images(dataset_dir, classes=None, num_classes=None, image_check='ca
 def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *, classes=None, num_classes=None,
                             rank=0, group_size=1, total=None, workers=1, prefetch=15, seed=0, cache=None,
                             image_check='cached', image_check_cache=None, mixup=None):
-    """The batched dataset of one split folder: image float32 (B, 3, S, S) through ``transform``
-    (TrainTransform, or Preprocessing), label int32 (B,) or, with a ``mixup``, float32 soft targets.
-
-    ``total`` sums numbers over ranks, so that all ranks stop together on unreadable images. Rank 0
-    prints a start-up line; the details are the data set's ``start_up`` (train.py's startup.log).
-    """
+    """The batched dataset of one split folder: image float32 (B, 3, S, S) through ``transform``, label int32
+    (B,) or, with a ``mixup``, float32 soft targets. ``total`` sums numbers over ranks, so that all ranks
+    stop together on unreadable images; ``start_up`` holds the details for train.py's startup.log."""
     import mindspore as ms
     import mindspore.dataset as ds
     from mindspore.dataset import transforms
 
-    if not 0 <= rank < group_size:
-        raise ValueError(f'rank {rank} outside group of {group_size}')
     if training and seed == _MINDSPORE_DEFAULT_SEED:
         _warn(f'seed {seed} is MindSpore\'s "unset" value: Python augmentation workers then share one random '
               f'stream; choose another seed')
@@ -398,11 +384,9 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
 
 
 def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
-    """An iterator over the batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step``
-    of the first (one pass is one epoch). The skipped steps are neither read nor decoded
-    (``set_init_step`` with fast recovery; docs/scale-out.md, "Fast resume")."""
-    steps_per_epoch = dataset.get_dataset_size()
-    skipped = start_epoch * steps_per_epoch + start_step
+    """The batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step`` of the first; the skipped
+    steps are neither read nor decoded (``set_init_step``; docs/scale-out.md, "Fast resume")."""
+    skipped = start_epoch * dataset.get_dataset_size() + start_step
     if skipped:
         dataset.set_init_step(skipped)
     return dataset.create_tuple_iterator(num_epochs=epochs)

@@ -5,6 +5,7 @@ check is spread over the ranks and remembered in a manifest per split in the use
 never beside the data (``image_check``: cached, full, off); docs/data.md, "Unreadable images", and
 docs/scale-out.md for its cost at ImageNet size. Inference also reads the EXIF orientation.
 """
+import contextlib
 import functools
 import hashlib
 import os
@@ -177,10 +178,8 @@ def read_manifest(folder):
         for line in lines:
             fields = line.split('\t')
             if len(fields) == 3 and not line.startswith('#'):
-                try:
+                with contextlib.suppress(ValueError):  # a damaged line only costs a re-check
                     known[fields[0]] = (int(fields[1]), int(fields[2]))
-                except ValueError:
-                    continue
     return known
 
 

@@ -43,32 +43,23 @@ def rotate(img, degrees, params):
     return img.rotate(degrees, resample=params.resample, fillcolor=params.fill)
 
 
-def shear_x(img, factor, params):
-    return _affine(img, (1, factor, 0, 0, 1, 0), params)
+def _shear(img, factor, params, axis):
+    return _affine(img, (1, factor, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, factor, 1, 0), params)
 
 
-def shear_y(img, factor, params):
-    return _affine(img, (1, 0, 0, factor, 1, 0), params)
+def _translate(img, fraction, params, axis):
+    shift = fraction * img.size[axis]
+    return _affine(img, (1, 0, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, 0, 1, shift), params)
 
 
-def translate_x(img, fraction, params):
-    return _affine(img, (1, 0, fraction * img.size[0], 0, 1, 0), params)
+def _plain(img, _params, op):
+    return op(img)
 
 
-def translate_y(img, fraction, params):
-    return _affine(img, (1, 0, 0, 0, 1, fraction * img.size[1]), params)
-
-
-def auto_contrast(img, _params):
-    return ImageOps.autocontrast(img)
-
-
-def equalize(img, _params):
-    return ImageOps.equalize(img)
-
-
-def invert(img, _params):
-    return ImageOps.invert(img)
+shear_x, shear_y = (functools.partial(_shear, axis=axis) for axis in (0, 1))
+translate_x, translate_y = (functools.partial(_translate, axis=axis) for axis in (0, 1))
+auto_contrast, equalize, invert = (functools.partial(_plain, op=op) for op in (
+    ImageOps.autocontrast, ImageOps.equalize, ImageOps.invert))
 
 
 def posterize(img, bits, _params):
@@ -105,12 +96,15 @@ def _random_sign(value):
     return -value if random.random() < 0.5 else value
 
 
-def rotate_arg(level, _params):          # [-30, 30] degrees
-    return _random_sign(level / LEVEL_DENOM * 30.0)
+def _signed(level, _params, top):
+    """[-top, top], the size growing with the level."""
+    return _random_sign(level / LEVEL_DENOM * top)
 
 
-def shear_arg(level, _params):           # [-0.3, 0.3]
-    return _random_sign(level / LEVEL_DENOM * 0.3)
+def _whole(level, _params, top, offset=0, increasing=False):
+    """0..top (+ offset) with the level, or top..0 when ``increasing`` (the op grows stronger)."""
+    value = int(level / LEVEL_DENOM * top)
+    return top - value if increasing else value + offset
 
 
 def translate_arg(level, params):        # [-0.45, 0.45] of the side
@@ -125,29 +119,14 @@ def enhance_increasing_arg(level, _params):  # 1.0 at level 0, away from 1 with 
     return max(0.1, 1.0 + _random_sign(level / LEVEL_DENOM * 0.9))
 
 
-def posterize_arg(level, _params):       # TPU EfficientNet: keep 0..4 bits
-    return int(level / LEVEL_DENOM * 4)
-
-
-def posterize_increasing_arg(level, _params):  # keep 4..0 bits: stronger with level
-    return 4 - int(level / LEVEL_DENOM * 4)
-
-
-def posterize_original_arg(level, _params):  # AutoAugment paper: keep 4..8 bits
-    return int(level / LEVEL_DENOM * 4) + 4
-
-
-def solarize_arg(level, _params):        # threshold 0..256: weaker with level
-    return int(level / LEVEL_DENOM * 256)
-
-
-def solarize_increasing_arg(level, _params):  # threshold 256..0: stronger with level
-    return 256 - int(level / LEVEL_DENOM * 256)
-
-
-def solarize_add_arg(level, _params):    # add 0..110
-    return int(level / LEVEL_DENOM * 110)
-
+rotate_arg = functools.partial(_signed, top=30.0)                             # degrees
+shear_arg = functools.partial(_signed, top=0.3)
+posterize_arg = functools.partial(_whole, top=4)                              # TPU EfficientNet: keep 0..4 bits
+posterize_increasing_arg = functools.partial(_whole, top=4, increasing=True)  # keep 4..0 bits
+posterize_original_arg = functools.partial(_whole, top=4, offset=4)           # AutoAugment paper: keep 4..8 bits
+solarize_arg = functools.partial(_whole, top=256)                             # threshold: weaker with level
+solarize_increasing_arg = functools.partial(_whole, top=256, increasing=True)
+solarize_add_arg = functools.partial(_whole, top=110)                         # add 0..110
 
 # name -> (image op, level -> argument or None for ops without a magnitude)
 OPS = {
@@ -346,33 +325,27 @@ class AugMix:
 
 # ----------------------------------------------------------------------------- policy strings
 _OPTION = re.compile(r'([a-z]+)(\d+(?:\.\d*)?|\.\d+)$')
-_FAMILY_OPTIONS = {
-    'rand': ('m', 'n', 'w', 'p', 'mstd', 'mmax', 'inc'),
-    'augmix': ('m', 'w', 'd', 'a', 'b', 'mstd', 'mmax'),
-    'auto': ('mstd', 'mmax'),
+_FAMILIES = {  # policy family -> (name in errors, its options)
+    'rand': ('RandAugment', ('m', 'n', 'w', 'p', 'mstd', 'mmax', 'inc')),
+    'augmix': ('AugMix', ('m', 'w', 'd', 'a', 'b', 'mstd', 'mmax')),
+    'auto': ('AutoAugment', ('mstd', 'mmax')),
 }
-_FAMILY_NAMES = {'rand': 'RandAugment', 'augmix': 'AugMix', 'auto': 'AutoAugment'}
 _EXAMPLES = 'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original-mstd0.5'
 
 
 def parse_policy(policy):
     """``'rand-m9-mstd0.5'`` -> ``('rand', {'m': 9.0, 'mstd': 0.5})``; a bad token is a UserError."""
     text = str(policy).strip()
-    tokens = text.split('-')
-    head = tokens[0]
-    if head in ('rand', 'augmix'):
-        family = head
-    elif head in AUTO_AUGMENT_POLICIES:
-        family = 'auto'
-    else:
+    head, *tokens = text.split('-')
+    if head not in ('rand', 'augmix', *AUTO_AUGMENT_POLICIES):
         raise UserError(f"auto_augment {text!r}: unknown policy {head!r}; start with 'rand', 'augmix' "
                         f"or an AutoAugment policy ({', '.join(AUTO_AUGMENT_POLICIES)}), e.g. {_EXAMPLES}")
-    allowed = _FAMILY_OPTIONS[family]
+    family, allowed = _FAMILIES[head if head in ('rand', 'augmix') else 'auto']
     options = {}
-    for token in tokens[1:]:
+    for token in tokens:
         match = _OPTION.fullmatch(token)
         if not match or match.group(1) not in allowed:
-            raise UserError(f"auto_augment {text!r}: bad option {token!r} for {_FAMILY_NAMES[family]}; "
+            raise UserError(f"auto_augment {text!r}: bad option {token!r} for {family}; "
                             f"options are {', '.join(allowed)}, each followed by a number (e.g. m9)")
         key = match.group(1)
         if key in options:

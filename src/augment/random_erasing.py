@@ -15,8 +15,6 @@ class RandomErasing:
                  min_aspect=0.3, max_aspect=None, attempts=10):
         if mode not in MODES:
             raise ValueError(f'random erasing mode {mode!r}; choose one of {", ".join(MODES)}')
-        if count < 1:
-            raise ValueError(f'random erasing count must be >= 1, got {count}')
         self.probability, self.mode, self.count = probability, mode, count
         self.min_area, self.max_area, self.attempts = min_area, max_area, attempts
         max_aspect = max_aspect or 1.0 / min_aspect

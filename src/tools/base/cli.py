@@ -65,6 +65,16 @@ def listed(names, limit=6):
     return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
+def at_least(minimum):
+    """An argparse type: a whole number of at least ``minimum``, as the config's ranges say it."""
+    def convert(text):
+        value = int(text) if text.strip().isdigit() else -1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {text}')
+        return value
+    return convert
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that raises a one-line UserError, with the closest known flag for an unknown one."""
 

@@ -152,11 +152,6 @@ def partial_name(path, tag=''):
     return path.with_name(f'.{path.name}.{os.getpid()}{PARTIAL_MARK}{tag}')
 
 
-def replace_file(source, path):
-    """Rename ``source`` onto ``path`` (through a link), checked again: something may have appeared there."""
-    os.replace(source, regular_target(path, 'output'))
-
-
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a hidden temporary path beside ``path`` (through a link), renamed onto it on success; on an
@@ -169,7 +164,7 @@ def atomic_path(path, suffix=None):
         make_folder(target.parent)
         yield temporary
         kill_point_for_tests(path, 'written')
-        replace_file(temporary, path)
+        os.replace(temporary, regular_target(path))  # checked again: something may have appeared there
         kill_point_for_tests(path, 'renamed')
     except OSError as error:
         raise UserError(f'could not write {path}: {reason(error)}') from None

@@ -18,10 +18,8 @@ NOT_SAVED = ('learning_rate',)
 
 
 def save_checkpoint(entries, path, append_dict=None, verify=None):
-    """``mindspore.save_checkpoint`` of ``entries`` ({'name', 'data'} list or {name: array}) to ``path``,
-    all or nothing: a temporary, checked by ``verify(temporary)`` when given, renamed onto ``path``
-    (MindSpore's own writer first deletes the old file). Returns what ``verify`` returned, else the path.
-    """
+    """``mindspore.save_checkpoint`` to ``path`` all or nothing (its own writer first deletes the old file): a
+    temporary, checked by ``verify(temporary)`` when given, renamed onto ``path``; ``verify``'s result or path."""
     import mindspore as ms
     path = Path(path)
     if isinstance(entries, dict):

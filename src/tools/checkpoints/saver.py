@@ -39,9 +39,8 @@ class CheckpointSaver:
         return found
 
     def save_periodic(self, entries, append_dict, all_written=None, writing=None):
-        """Write this rank's checkpoint, then delete its old ones beyond ``keep_last``;
-        ``all_written()`` (a barrier over ranks) returns once every rank has written its own.
-        ``writing``: a context held during the write only (the training watchdog's)."""
+        """Write this rank's checkpoint (inside ``writing``, the watchdog's hold), then, once ``all_written()``
+        (a barrier over ranks) returns, delete its old ones beyond ``keep_last``."""
         with writing or contextlib.nullcontext():
             path = save_checkpoint(entries, self.periodic_path(append_dict['epoch_num'], append_dict['step_num']),
                                    append_dict)

@@ -244,18 +244,12 @@ def signature_of(tensors):
     return depths, widths, groups, use_se, quantization_friendly
 
 
-def matching_archs(tensors):
-    """Every arch whose shapes the tensors have (a deploy-form file fits RepVGG and QARepVGG alike)."""
-    signature = signature_of(tensors)
-    if signature is None:
-        return []
-    return [arch for arch in ARCH_NAMES if arch_signature(arch)[:4] == signature[:4]
-            and signature[4] in (None, arch_signature(arch)[4])]
-
-
 def resolve_arch(tensors, arch, source):
-    """The arch to build: ``arch`` if the shapes agree, else a UserError naming the right one."""
-    matching = matching_archs(tensors)
+    """The arch to build: ``arch`` if the shapes agree, else a UserError naming the right one (the first
+    whose shapes the tensors have: a deploy-form file fits RepVGG and QARepVGG alike)."""
+    signature = signature_of(tensors)
+    matching = [] if signature is None else [name for name in ARCH_NAMES if arch_signature(name)[:4] == signature[:4]
+                                             and signature[4] in (None, arch_signature(name)[4])]
     detected = next(iter(matching), None)
     if arch is None:
         if detected is None:

@@ -2,12 +2,11 @@
 engine runs which file, and ``--precision`` / ``--threads`` of OpenVINO: docs/deployment.md). Every
 run prints the model, the engine with its precision and, on CPU, the instruction sets (``announce``).
 """
-import argparse
 import tempfile
 from pathlib import Path
 
 from src.config import PRECISIONS
-from src.tools.base.cli import UserError
+from src.tools.base.cli import UserError, at_least
 from src.tools.checkpoints.model_card import given, settle
 from src.tools.deployment.model_files import (
     load_deploy_network,
@@ -43,26 +42,19 @@ def choose_engine(backend, suffix, device_target):
     return backend
 
 
-def check_engine_options(engine, precision, threads):
-    """``--precision bf16`` and ``--threads`` set OpenVINO; a UserError when another engine runs."""
-    if engine == 'openvino':
-        return
-    if precision == 'bf16':
-        raise UserError(f'--precision bf16 runs in the openvino back-end (CPU) only, and this run uses {engine}: '
-                        f'drop --precision, or pass --backend openvino')
-    if threads:
-        raise UserError(f'--threads sets the threads of the openvino back-end, and this run uses {engine}: drop '
-                        f'--threads, or pass --backend openvino')
-
-
 def resolve_engine(backend, suffix, device_target, precision, threads):
     """The engine for a ``suffix`` file, checked before any work: the pair can run, OpenVINO is
-    installed where it runs, bf16 is asked only of a CPU that computes it."""
+    installed where it runs, bf16 is asked only of a CPU that computes it, --threads only of OpenVINO."""
     engine = choose_engine(backend, suffix, device_target)
-    check_engine_options(engine, precision, threads)
     if engine == 'openvino':
         import_openvino()
         check_precision(precision, False, cpu_features(), 'the model')
+    elif precision == 'bf16':
+        raise UserError(f'--precision bf16 runs in the openvino back-end (CPU) only, and this run uses {engine}: '
+                        f'drop --precision, or pass --backend openvino')
+    elif threads:
+        raise UserError(f'--threads sets the threads of the openvino back-end, and this run uses {engine}: drop '
+                        f'--threads, or pass --backend openvino')
     return engine
 
 
@@ -130,15 +122,8 @@ def add_onnx_arguments(parser, default_precision):
                         help='openvino only: fp32; bf16 (CPUs with AMX or AVX512_BF16); or auto: bf16 where the CPU '
                              'has it and the first batch keeps its fp32 top-1 classes in bf16, else fp32. An INT8 '
                              f'model runs in int8 (default: {default_precision})')
-    parser.add_argument('--threads', type=_threads, default=0,
+    parser.add_argument('--threads', type=at_least(0), default=0,
                         help='openvino only: inference threads; 0: the CPUs this process may use (default: 0)')
-
-
-def _threads(text):
-    value = int(text) if text.strip().isdigit() else -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected a whole number, at least 0, got {text!r}')
-    return value
 
 
 def onnx_device(device_target, backend):

@@ -44,9 +44,6 @@ class ClassificationMetrics:
     def update(self, logits, labels):
         logits = np.asarray(logits, np.float64)
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
-        if logits.shape != (len(labels), self.num_classes):
-            raise ValueError(f'logits of shape {logits.shape} for {len(labels)} labels and '
-                             f'{self.num_classes} classes')
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise UserError(f'label {labels.max()} is outside the {self.num_classes} classes of the model')
         rows = np.arange(len(labels))
@@ -126,9 +123,8 @@ def validation_folder(dataset_path, data_url=None):
 
 def evaluate_folder(predictor, folder, workers=None, image_check='cached', image_check_cache=None,
                     with_loss=True, report_dir=None, model='the model'):
-    """The reference's result dict of ``predictor`` on ``folder``, preprocessed as its card says and read
-    by ``eval_batches`` threads, not a MindSpore pipeline (less CPU time, and ONNX Runtime or OpenVINO
-    never load MindSpore: docs/performance.md); the per-class report into ``report_dir``."""
+    """The reference's result dict of ``predictor`` on ``folder``, read by ``eval_batches`` threads, not a
+    MindSpore pipeline (less CPU time; ONNX Runtime and OpenVINO never load MindSpore: docs/performance.md)."""
     if report_dir is not None:
         check_writable(report_dir, 'report folder')
         for name in REPORT_FILES:
@@ -158,33 +154,21 @@ def evaluate_folder(predictor, folder, workers=None, image_check='cached', image
     return reference_results(result, with_loss)
 
 
-def per_class_rows(confusion, names):
-    """One row per class with images: name, images, top-1, and the class it is most often taken for."""
-    rows = []
+def write_report(folder, confusion, names):
+    """per_class_top1.csv (per class with images: its top-1 and the class it is most often taken for) and
+    confusion_matrix.png in ``folder``; returns their paths."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator='\n')
+    writer.writerow(['index', 'class', 'images', 'top1', 'most_confused_with', 'times'])
     for index, name in enumerate(names):
         images = int(confusion[index].sum())
-        if images == 0:
-            continue
-        wrong = confusion[index].copy()
-        wrong[index] = 0
-        confused = int(wrong.argmax())
-        rows.append({'index': index, 'class': name, 'images': images,
-                     'top1': confusion[index, index] / images,
-                     'most_confused_with': names[confused] if wrong[confused] else '',
-                     'times': int(wrong[confused])})
-    return rows
-
-
-def write_report(folder, confusion, names):
-    """per_class_top1.csv and confusion_matrix.png in ``folder``; returns their paths."""
-    folder = Path(folder)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, ['index', 'class', 'images', 'top1', 'most_confused_with', 'times'],
-                            lineterminator='\n')
-    writer.writeheader()
-    for row in per_class_rows(confusion, names):
-        writer.writerow({**row, 'top1': f"{row['top1']:.4f}"})
-    csv_path, png_path = (folder / name for name in REPORT_FILES)
+        if images:
+            wrong = confusion[index].copy()
+            wrong[index] = 0
+            confused = int(wrong.argmax())
+            writer.writerow([index, name, images, f'{confusion[index, index] / images:.4f}',
+                             names[confused] if wrong[confused] else '', int(wrong[confused])])
+    csv_path, png_path = (Path(folder) / file for file in REPORT_FILES)
     write_text_atomic(csv_path, text.getvalue())
     _plot_confusion(confusion, names, png_path)
     return csv_path, png_path

@@ -4,6 +4,7 @@ The file is written in a temporary folder beside the target, loaded back and run
 images against the network; only a file that agrees (BACKEND_TOLERANCE) is renamed into place.
 """
 import errno
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -24,7 +25,6 @@ from src.tools.base.files import (
     reason,
     regular_target,
     remove_partial_files,
-    replace_file,
 )
 from src.tools.base.numerics import BACKEND_TOLERANCE, relative_difference
 from src.tools.checkpoints.model_card import ModelCard
@@ -32,17 +32,9 @@ from src.tools.deployment.evaluation import check_finite_logits
 from src.tools.deployment.model_files import load_mindir, load_onnx, set_mindir_user_info
 
 FORMAT_SUFFIXES = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
-# Operators that work on each sample independently: a graph of only these keeps its meaning
-# with any batch size.
+# Operators that work on each sample alone: a graph of only these means the same at any batch size.
 PER_SAMPLE_OPS = frozenset({'Conv', 'Relu', 'ReduceMean', 'Gemm', 'MatMul', 'Add', 'Mul', 'Sigmoid',
                             'Identity'})
-
-
-def check_export_format(file_format, device_target):
-    """A UserError for formats this device cannot write (AIR is written only on Ascend)."""
-    if file_format == 'AIR':
-        raise UserError(f'MindSpore writes AIR files only on Ascend devices and this run targets '
-                        f'{device_target}: use --file_format MINDIR or ONNX (AIR is for the Ascend toolchain)')
 
 
 def export_file_path(export_path, file_format):
@@ -113,9 +105,8 @@ def check_export_target(export_path, file_format):
 
 
 def export_network(net, image_size, file_format, export_path, card=None, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` (fp32, Nx3xSxS) with ``card`` in its metadata, written
-    beside the target and renamed into place once checked; (path, max relative difference, 'batch' or
-    the fixed batch). ``model`` is named when the network's own outputs are not finite."""
+    """Export the deploy-form, eval-mode ``net`` with ``card`` in its metadata, renamed into place once checked;
+    (path, max relative difference, 'batch' or the fixed batch)."""
     card = replace(card or ModelCard(), image_size=image_size, deploy=True)
     target = check_export_target(export_path, file_format)
     folder = make_folder(regular_target(target).parent)  # beside the file a link leads to
@@ -133,7 +124,7 @@ def export_network(net, image_size, file_format, export_path, card=None, model='
         if predictor.card != card:
             raise UserError(f'the exported {file_format} file does not carry the model card; nothing was written')
         batch = 'batch' if predictor.static_batch is None else str(predictor.static_batch)
-        replace_file(written, target)
+        os.replace(written, regular_target(target))
     except (OSError, RuntimeError) as error:
         raise UserError(f'could not write {target}: {_write_failure(error, workdir, needed)}') from None
     finally:

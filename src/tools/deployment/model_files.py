@@ -1,13 +1,7 @@
 """Model files behind one interface, the Predictor: float32 logits for a batch of preprocessed images.
 
-A ``.ckpt`` is loaded strictly and re-parameterized, so everything runs the deploy form; a ``.mindir``
-runs as a GraphCell; an ``.onnx`` in ONNX Runtime here or in OpenVINO (openvino_engine.py). Which
-engine runs which file: backends.py; what a file records about itself (``card``): model_card.py.
-
-MindSpore, ONNX and ONNX Runtime are imported where used, so an OpenVINO run never loads them. One
-order matters: onnx imported before MindSpore fixes protobuf's C++ implementation, with which
-MindSpore's .proto modules fail to import; a process that loads an ONNX file and then a checkpoint
-imports MindSpore first (as quantize.py does).
+A ``.ckpt`` runs re-parameterized, a ``.mindir`` as a GraphCell, an ``.onnx`` in ONNX Runtime or OpenVINO
+(openvino_engine.py). Which engine runs which file, and the order of imports: docs/deployment.md.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,13 +16,9 @@ from src.tools.checkpoints.model_card import ModelCard, settle
 
 @dataclass(eq=False)
 class Predictor:
-    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``.
-
-    ``static_batch``: the file takes exactly that many images (short chunks are padded with zeros).
-    ``pad_to_seen``: pad a short last chunk once a full one has run, so that a GRAPH_MODE network
-    compiles no second graph. ``description``, ``engine``: the model and what runs it, for the
-    printout; ``precision`` of its convolutions: fp32, bf16 or int8; ``card``: what the file records.
-    """
+    """Logits (N, C) for images (N, 3, S, S), in chunks of at most ``batch_size``. ``static_batch``: the file
+    takes exactly that many images (short chunks padded with zeros); ``pad_to_seen``: pad a short last chunk
+    once a full one has run, so that a GRAPH_MODE network compiles no second graph."""
     run: object
     image_size: int
     num_classes: int
@@ -73,11 +63,11 @@ class Predictor:
         return np.concatenate(outputs)
 
 
-def check_image_size(path, file_size, requested, flag='--image_size'):
+def check_image_size(path, file_size, requested):
     """A UserError when a model file's input size differs from the one asked for."""
     if requested is not None and requested != file_size:
         raise UserError(f'{path} takes {file_size}x{file_size} images, but image_size is {requested}: '
-                        f'set {flag} {file_size}, or leave it out (the file says it)')
+                        f'set --image_size {file_size}, or leave it out (the file says it)')
 
 
 def check_model_file(path, kind):
@@ -128,17 +118,11 @@ def load_deploy_network(path, config):
     return net, f'{arch} {weights} from {path} ({form})', card
 
 
-def mindspore_engine():
-    """The engine words of a Predictor run by MindSpore."""
-    import mindspore as ms
-    return f'MindSpore {ms.__version__}, fp32'
-
-
 def network_predictor(net, card, batch_size, description=''):
     """A Predictor running a MindSpore network (already in eval mode) described by a settled ``card``."""
-    from mindspore import Tensor
-    return Predictor(lambda images: net(Tensor(images)).asnumpy(), card.image_size, card.num_classes, batch_size,
-                     pad_to_seen=True, description=description, card=card, engine=mindspore_engine())
+    import mindspore as ms
+    return Predictor(lambda images: net(ms.Tensor(images)).asnumpy(), card.image_size, card.num_classes, batch_size,
+                     pad_to_seen=True, description=description, card=card, engine=f'MindSpore {ms.__version__}, fp32')
 
 
 def mindir_user_info(model):
@@ -191,19 +175,8 @@ def load_mindir(path, batch_size, image_size=None):
         raise UserError(f'{path} cannot be loaded as MINDIR: {str(error).strip().splitlines()[0]}') from None
     batch = 'batch' if static_batch is None else str(static_batch)
     return Predictor(lambda images: cell(Tensor(images)).asnumpy(), size, int(output_dims[-1]), batch_size,
-                     static_batch=static_batch, card=card, engine=mindspore_engine(),
+                     static_batch=static_batch, card=card, engine=f'MindSpore {ms.__version__}, fp32',
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
-
-
-def onnx_providers(device_target):
-    """ONNX Runtime execution providers for CPU or GPU; a UserError when CUDA is not available."""
-    if device_target == 'CPU':
-        return ['CPUExecutionProvider']
-    import onnxruntime as ort
-    if 'CUDAExecutionProvider' not in ort.get_available_providers():
-        raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
-                        '(matching your CUDA), or run with device target CPU')
-    return ['CUDAExecutionProvider', 'CPUExecutionProvider']
 
 
 def onnxruntime_cuda_works():
@@ -240,12 +213,15 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
     import onnxruntime as ort
     path = check_model_file(path, 'ONNX file')
-    providers = onnx_providers(device_target)
-    options = ort.SessionOptions()
+    providers = ['CPUExecutionProvider']
     if device_target == 'GPU':
+        if 'CUDAExecutionProvider' not in ort.get_available_providers():
+            raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
+                            '(matching your CUDA), or run with device target CPU')
+        providers.insert(0, 'CUDAExecutionProvider')
         ort.set_default_logger_severity(4)  # a CUDA provider that cannot start is reported below, in one line
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), providers=providers)
     except Exception as error:  # ONNX Runtime has its own error types
         raise UserError(f'{path} cannot be loaded by ONNX Runtime: '
                         f'{str(error).strip().splitlines()[0]}') from None

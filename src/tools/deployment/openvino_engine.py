@@ -1,10 +1,7 @@
-"""OpenVINO, the CPU engine: runs the ONNX files export.py writes, fp32 and INT8 alike.
-
-``load_openvino`` gives the Predictor of model_files.py. Its ``precision`` (fp32, bf16 on CPUs that
-compute it natively, auto: bf16 if the first batch keeps its fp32 top-1 classes) and ``threads``
-(unpinned, so that processes share the CPUs), and why nothing reaches the network: docs/deployment.md.
-The precision reported is the one the compiled model runs its convolutions in, read back from OpenVINO.
+"""OpenVINO, the CPU engine: runs the ONNX files export.py writes, fp32 and INT8 alike, as a Predictor
+(model_files.py). Its precision, threads and why nothing reaches the network: docs/deployment.md.
 """
+import contextlib
 import os
 import platform
 import sys
@@ -74,16 +71,13 @@ def cgroup_cpu_limit():
         return None
     folder = CGROUP_ROOT / member.strip().lstrip('/')
     limits = []
-    while True:
-        try:
-            quota, period = (folder / 'cpu.max').read_text(encoding='utf-8').split()[:2]
+    for level in (folder, *folder.parents):
+        if level != CGROUP_ROOT and CGROUP_ROOT not in level.parents:
+            break
+        with contextlib.suppress(OSError, ValueError):
+            quota, period = (level / 'cpu.max').read_text(encoding='utf-8').split()[:2]
             if quota != 'max':
                 limits.append(max(1, int(quota) // int(period)))
-        except (OSError, ValueError):
-            pass
-        if folder == CGROUP_ROOT or CGROUP_ROOT not in folder.parents:
-            break
-        folder = folder.parent
     return min(limits) if limits else None
 
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from src.dataset import IMAGE_SUFFIXES, eval_batches, list_images
 from src.image_check import check_images
 from src.tools.base.cli import UserError
-from src.tools.base.files import check_writable_file, write_text_atomic
+from src.tools.base.files import write_text_atomic
 from src.tools.deployment.evaluation import check_finite_logits
 
 BANNERS = {'directory': '===== Load directory =====', 'single': '===== Load single image ====='}
@@ -55,18 +55,9 @@ def predict_classes(predictor, paths, workers=None, model='the model'):
     return predictions
 
 
-def check_output_path(path):
-    """A UserError now, before any work, if the JSON cannot be written at ``path``."""
-    if path is None:
-        raise UserError('pass the output JSON file')
-    return check_writable_file(path, 'output', 'predictions.json')
-
-
 def run_inference(predictor, inputs, output, with_index=False, workers=None, model='the model'):
-    """Predict the images of ``inputs`` (``list_inputs``), checked first as training checks them; print
-    the reference's lines and write ``output`` ({path: name, index, or with ``with_index`` both}) only
-    when every image was predicted. ``model`` names the model file in errors."""
-    output = check_output_path(output)
+    """Predict the images of ``inputs`` (``list_inputs``), checked first as training checks them; print the
+    reference's lines and write ``output`` ({path: class name or index}) only when every image was predicted."""
     kind, paths = inputs
     turned = check_images(paths, show_progress=len(paths) > 1)
     if turned:

@@ -109,18 +109,14 @@ class ImageBatches(CalibrationDataReader):
     (the last one filled up with the first images again: no made-up input widens the ranges)."""
 
     def __init__(self, images, input_name, batch=CALIBRATION_BATCH, fixed_batch=None):
-        self.input_name = input_name
         size = fixed_batch or batch
-        self.batches = [images[start:start + size] for start in range(0, len(images), size)]
-        if fixed_batch and len(self.batches[-1]) < fixed_batch:
-            self.batches[-1] = np.resize(np.concatenate([self.batches[-1], images]), (fixed_batch, *images.shape[1:]))
-        self.position = 0
+        batches = [images[start:start + size] for start in range(0, len(images), size)]
+        if fixed_batch and len(batches[-1]) < fixed_batch:
+            batches[-1] = np.resize(np.concatenate([batches[-1], images]), (fixed_batch, *images.shape[1:]))
+        self.feeds = iter([{input_name: batch} for batch in batches])
 
     def get_next(self):
-        if self.position == len(self.batches):
-            return None
-        self.position += 1
-        return {self.input_name: self.batches[self.position - 1]}
+        return next(self.feeds, None)
 
 
 def quantize_onnx(fp32_path, int8_path, images, workdir, activation_type=ACTIVATION_TYPE, reduce_range=REDUCE_RANGE):
@@ -156,13 +152,11 @@ class Int8Export:
     batch: str               # 'batch' (dynamic) or the fixed batch
     images: int              # calibration images
     agreement: float         # top-1 agreement INT8 vs fp32 on those images
-    description: str         # of the INT8 file, as ONNX Runtime loaded it
 
 
 def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, model='the network'):
-    """Export the deploy-form, eval-mode ``net`` as an INT8 ONNX file at ``export_path``, calibrated on
-    ``files`` preprocessed as its ``card`` says; refused (nothing written) when its top-1 agreement with
-    fp32 on them is below ``threshold``. ``model`` is named when the network's outputs are not finite."""
+    """Export the deploy-form, eval-mode ``net`` as an INT8 ONNX file calibrated on ``files``; refused (nothing
+    written) when its top-1 agreement with fp32 on them is below ``threshold``."""
     target = check_export_target(export_path, 'ONNX')
     image_size = card.image_size
     images = load_images(files, card.preprocessing)
@@ -184,5 +178,4 @@ def export_int8(net, card, export_path, files, threshold=AGREEMENT_THRESHOLD, mo
                                 f'calibrate on more images (--calibration_images)')
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    description = int8.description.replace(str(temporary), str(target))
-    return Int8Export(target, difference, batch, len(images), agreement, description)
+    return Int8Export(target, difference, batch, len(images), agreement)

@@ -1,5 +1,6 @@
 """A picture of the training preprocessing (vis_img_preprocessing.py): originals next to augmented,
 de-normalised draws."""
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,9 @@ from src.tools.base.files import atomic_path
 
 def pick_images(folder, count):
     """Up to ``count`` (path, class name) pairs, taking the classes in turn."""
-    folder = Path(folder)
     names, images = scan_split(folder)
-    by_class = [[folder / name / image for image in images[name]] for name in names]
-    chosen = []
-    for rank in range(max(len(paths) for paths in by_class)):
-        for index, paths in enumerate(by_class):
-            if rank < len(paths) and len(chosen) < count:
-                chosen.append((paths[rank], names[index]))
-    return chosen
+    by_class = [[(Path(folder) / name / image, name) for image in images[name]] for name in names]
+    return [pair for row in itertools.zip_longest(*by_class) for pair in row if pair is not None][:count]
 
 
 def denormalize(chw):

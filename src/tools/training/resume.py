@@ -67,19 +67,16 @@ def start_run(args, net, steps_per_epoch, ranks=None, classes=None):
         return _resume(args, net, steps_per_epoch, ranks, classes)
     start = starting_point(args, net, steps_per_epoch, classes)
     start.folder = new_run_folder(args.train_url, args.arch, args.brief, ranks)
-    start.saver = _saver(args, start.folder, ranks.rank)
+    start.saver = CheckpointSaver(start.folder, args.arch, ranks.rank, args.keep_checkpoint_max,
+                                  args.keep_best_checkpoints_max)
     start.metrics_log = MetricsLog(start.folder)
     return start
-
-
-def _saver(args, folder, rank):
-    return CheckpointSaver(folder, args.arch, rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
 
 
 def _resume(args, net, steps_per_epoch, ranks, classes):
     folder = Path(args.continues)
     remove_partial_files(folder, '.' if ranks.is_main else f'.{args.arch}_{ranks.rank}-')  # each machine its own
-    saver = _saver(args, folder, ranks.rank)
+    saver = CheckpointSaver(folder, args.arch, ranks.rank, args.keep_checkpoint_max, args.keep_best_checkpoints_max)
     candidates = resume_candidates(saver, ranks.group_size, ranks, count=args.keep_checkpoint_max)
     path, checkpoint = first_readable(candidates, ranks.sum, ranks.rank)
     source = f'checkpoint {path}'
@@ -144,13 +141,9 @@ def _checked(start, args, steps_per_epoch):
 
 
 def resume_candidates(saver, group_size, ranks=None, count=None):
-    """This rank's checkpoints at the positions that every rank reached, newest first; when the
-    ranks share none (the group size changed), rank 0's newest, for every rank.
-
-    Without ``ranks`` one folder holds every rank's files. With ``ranks`` (all call this together)
-    each looks only at its own files, so each machine may keep its own folder: rank 0 broadcasts its
-    ``count`` newest positions and a sum over ranks counts who has each (exact in float32).
-    """
+    """This rank's checkpoints at the positions every rank reached, newest first, else rank 0's newest (the
+    group size changed). Without ``ranks`` one folder holds every rank's files; with them each rank looks
+    at its own (docs/scale-out.md, "Resuming"), a sum over ranks counting who has each (exact in float32)."""
     mine = saver.periodic()
     if ranks is None or group_size == 1:
         per_rank = [saver.periodic(rank) for rank in range(group_size)]

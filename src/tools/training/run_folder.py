@@ -79,9 +79,8 @@ class MetricsLog:
         self.rows = []
         if self.csv_path.exists():
             with self.csv_path.open(encoding='utf-8', newline='') as handle:
-                self.rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
-            for row in self.rows:
-                row['epoch'] = int(row['epoch'])
+                self.rows = [{key: int(value) if key == 'epoch' else float(value) for key, value in row.items()}
+                             for row in csv.DictReader(handle)]
 
     def keep_until(self, epoch):
         """Drop rows of epochs after ``epoch`` (a resumed run redoes them)."""

@@ -1,11 +1,6 @@
-"""A lost rank: when one process of a data-parallel run dies, the others stop, saying which it was.
-
-msrun and MindSpore's ring do not say (measured in docs/scale-out.md, "A lost worker"). Rank 0 listens
-on a TCP port and every other rank holds a connection to it: a process that ends in any way has its
-connection closed by its kernel, a machine that vanishes is found by kernel keepalive probes after
-about ``watchdog_timeout`` s (so a busy Python thread causes no false alarm). Rank 0 tells every rank
-which was lost; each prints one line and exits with status 1 once a checkpoint it is writing is
-complete (``holding``). A rank that stops on an error sends its first line on.
+"""A lost rank: when one process of a data-parallel run dies, the others stop, saying which it was
+(msrun and MindSpore's ring do not). Rank 0 listens on a TCP port, every other rank holds a connection
+to it, kernel keepalive finds a vanished machine: docs/scale-out.md, "A lost worker".
 """
 import contextlib
 import os
@@ -26,11 +21,6 @@ def _keepalive(sock, timeout):
     for name, value in (('TCP_KEEPIDLE', idle), ('TCP_KEEPINTVL', max(1, int(timeout / 9))), ('TCP_KEEPCNT', 3)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-def default_port(scheduler_port):
-    """MASTER_PORT + 1 (msrun's scheduler port), or MASTER_PORT - 1 when that is 65535."""
-    return scheduler_port + 1 if scheduler_port < 65535 else scheduler_port - 1
 
 
 class Watchdog:
@@ -57,7 +47,9 @@ class Watchdog:
         host, scheduler_port = os.environ.get('MS_SCHED_HOST'), os.environ.get('MS_SCHED_PORT')
         if group_size < 2 or timeout <= 0 or not host or not scheduler_port:
             return None
-        watchdog = cls(rank, group_size, host, port or default_port(int(scheduler_port)), timeout)
+        scheduler_port = int(scheduler_port)  # msrun's MASTER_PORT; ours: the one above (below for 65535)
+        port = port or (scheduler_port + 1 if scheduler_port < 65535 else scheduler_port - 1)
+        watchdog = cls(rank, group_size, host, port, timeout)
         watchdog.start()
         return watchdog
 
@@ -207,15 +199,11 @@ class Watchdog:
     def __exit__(self, kind, error, _traceback):
         """A clean end says 'done'; an error is passed on in one line."""
         if kind is None:
-            self.finish()
+            self._leave('done')  # after this rank's last collective
         elif not self._stopping:
             text = str(error).strip().splitlines()[0] if str(error).strip() else ''
             self._leave(f'error {kind.__name__}{": " + text if text else ""}')
         return False
-
-    def finish(self):
-        """The run ended normally on this rank (after its last collective)."""
-        self._leave('done')
 
     def _leave(self, word):
         """Say goodbye ('done', or 'error <first line>') and stop watching."""
