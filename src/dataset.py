@@ -1,7 +1,7 @@
 """ImageNet-folder data pipeline on ``mindspore.dataset``: split/<class>/<image>, labels by sorted class name.
 
 What each pipeline does, why the eval resize is PIL's, bad images, several devices and seeds:
-docs/data.md; start-up and resume at ImageNet size: docs/scale-out.md. Transforms and data sets take
+docs/data.md; start-up at ImageNet size: docs/scale-out.md; resume: docs/training.md. Transforms and data sets take
 their settings as arguments; ``get_dataset`` is the one place that reads them from the config.
 """
 import functools
@@ -250,10 +250,10 @@ class TrainTransform:
             raise UserError('aug_type auto needs a policy: set auto_augment, e.g. rand-m9-mstd0.5-inc1')
         from src.augment import RandomErasing, policy_from_string
         policy = policy_from_string(self.auto_augment, interpolation=interpolation)
-        stages = [Stage(crop_flip), Stage([OnPIL(policy)], processes=True), Stage(_normalize_ops())]
-        if self.re_prob > 0:
-            stages.append(Stage([RandomErasing(self.re_prob, self.re_mode, self.re_count)], processes=True))
-        return stages
+        # the policy and random erasing draw from one random stream, so they share one map: in two, their
+        # threads would take turns in it in no fixed order, and one seed would not give one run
+        erasing = [RandomErasing(self.re_prob, self.re_mode, self.re_count)] if self.re_prob > 0 else []
+        return [Stage(crop_flip), Stage([OnPIL(policy), *_normalize_ops(), *erasing], processes=True)]
 
     def describe(self):
         text = f'aug_type {self.aug_type}, {self.image_size}x{self.image_size}, {self.interpolation}'
@@ -385,7 +385,7 @@ def create_dataset_imagenet(dataset_dir, transform, batch_size, training=True, *
 
 def resume_batches(dataset, epochs, start_epoch=0, start_step=0):
     """The batches of epochs ``start_epoch``..``epochs - 1`` from step ``start_step`` of the first; the skipped
-    steps are neither read nor decoded (``set_init_step``; docs/scale-out.md, "Fast resume")."""
+    steps are neither read nor decoded (``set_init_step``; docs/training.md, "Resuming")."""
     skipped = start_epoch * dataset.get_dataset_size() + start_step
     if skipped:
         dataset.set_init_step(skipped)

@@ -392,6 +392,18 @@ def test_onnx_device_auto_is_gpu_where_cuda_starts(monkeypatch, capsys):
     assert onnx_device('auto', 'onnxruntime') == 'CPU' and AUTO_NOTE in capsys.readouterr().out
 
 
+def test_the_cuda_probe_loads_the_pip_cuda_libraries_first_and_prints_nothing(monkeypatch, capsys):
+    """onnxruntime-gpu takes CUDA 13 and cuDNN 9 from pip packages off the loader's path (README): they are
+    loaded before the probe session, and preload_dlls' list of what it could not find is not shown."""
+    import onnxruntime as ort
+    calls = []
+    real = ort.preload_dlls
+    monkeypatch.setattr(ort, 'preload_dlls', lambda **kw: calls.append(kw) or real(**kw))
+    works = onnxruntime_cuda_works()
+    assert calls == [{'directory': ''}] or 'CUDAExecutionProvider' not in ort.get_available_providers()
+    assert capsys.readouterr().out == '' and isinstance(works, bool)
+
+
 # ----------------------------------------------------------------------------- inference
 @pytest.mark.slow
 def test_infer_ckpt_mindir_onnx_write_identical_json_in_every_engine(work, exported, capsys):

@@ -3,6 +3,8 @@
 A ``.ckpt`` runs re-parameterized, a ``.mindir`` as a GraphCell, an ``.onnx`` in ONNX Runtime or OpenVINO
 (openvino_engine.py). Which engine runs which file, and the order of imports: docs/deployment.md.
 """
+import contextlib
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -179,6 +181,14 @@ def load_mindir(path, batch_size, image_size=None):
                      description=f'MINDIR {path} (input {batch}x3x{size}x{size}, {output_dims[-1]} classes)')
 
 
+def load_cuda_libraries(ort):
+    """onnxruntime-gpu's CUDA 13 and cuDNN 9 come as pip packages, off the loader's path (README, set-up): load
+    them before a CUDA session. What is missing shows as a CUDA provider that does not start, which the
+    callers report in one line, so the list of files preload_dlls prints is not shown."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ort.preload_dlls(directory='')
+
+
 def onnxruntime_cuda_works():
     """Whether ONNX Runtime's CUDA provider starts here: onnxruntime-gpu lists it wherever it is
     installed, so a one-node session asks for it (and falls back to CPU when it does not)."""
@@ -186,6 +196,7 @@ def onnxruntime_cuda_works():
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
         return False
+    load_cuda_libraries(ort)
     x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in 'xy')
     graph = onnx.helper.make_graph([onnx.helper.make_node('Identity', ['x'], ['y'])], 'probe', [x], [y])
     probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 13)], ir_version=8)
@@ -219,6 +230,7 @@ def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
             raise UserError('this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu '
                             '(matching your CUDA), or run with device target CPU')
         providers.insert(0, 'CUDAExecutionProvider')
+        load_cuda_libraries(ort)
         ort.set_default_logger_severity(4)  # a CUDA provider that cannot start is reported below, in one line
     try:
         session = ort.InferenceSession(str(path), providers=providers)

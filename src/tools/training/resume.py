@@ -1,6 +1,6 @@
 """Where a run starts, in one place: ``start_run`` returns the position, the state to restore, the
 run folder, its checkpoint saver and its metrics log; train.py calls it once. What ``continues``,
-``pretrained`` and a fresh start each do: docs/training.md, "Resuming"; several machines: docs/scale-out.md.
+``pretrained`` and a fresh start each do: docs/training.md, "Resuming"; several ranks too.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +143,7 @@ def _checked(start, args, steps_per_epoch):
 def resume_candidates(saver, group_size, ranks=None, count=None):
     """This rank's checkpoints at the positions every rank reached, newest first, else rank 0's newest (the
     group size changed). Without ``ranks`` one folder holds every rank's files; with them each rank looks
-    at its own (docs/scale-out.md, "Resuming"), a sum over ranks counting who has each (exact in float32)."""
+    at its own (docs/training.md, "Resuming"), a sum over ranks counting who has each (exact in float32)."""
     mine = saver.periodic()
     if ranks is None or group_size == 1:
         per_rank = [saver.periodic(rank) for rank in range(group_size)]
