@@ -392,6 +392,15 @@ def test_onnx_device_auto_is_gpu_where_cuda_starts(monkeypatch, capsys):
     assert onnx_device('auto', 'onnxruntime') == 'CPU' and AUTO_NOTE in capsys.readouterr().out
 
 
+def test_both_onnx_loaders_refuse_a_file_that_is_not_an_onnx(tmp_path):
+    from src.tools.deployment.openvino_engine import load_openvino
+    model = tmp_path / 'model.bin'
+    model.write_bytes(b'not a model')
+    for load in (load_onnx, load_openvino):
+        with pytest.raises(UserError, match=r'model\.bin is not an \.onnx file; export one'):
+            load(model)
+
+
 def test_the_cuda_probe_loads_the_pip_cuda_libraries_first_and_prints_nothing(monkeypatch, capsys):
     """onnxruntime-gpu takes CUDA 13 and cuDNN 9 from pip packages off the loader's path (README): they are
     loaded before the probe session, and preload_dlls' list of what it could not find is not shown."""

@@ -72,13 +72,13 @@ def check_image_size(path, file_size, requested):
                         f'set --image_size {file_size}, or leave it out (the file says it)')
 
 
-def check_model_file(path, kind):
-    """``path`` as a Path; a UserError when it is not a file (an ONNX file: not an .onnx)."""
+def check_model_file(path, kind, suffix=None):
+    """``path`` as a Path; a UserError when it is not a file, or not one with ``suffix``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'{kind} {path} does not exist')
-    if kind == 'ONNX file' and path.suffix.lower() != '.onnx':
-        raise UserError(f'{path} is not an .onnx file; export one with export.py --file_format ONNX')
+    if suffix and path.suffix.lower() != suffix:
+        raise UserError(f'{path} is not an {suffix} file; export one with export.py --file_format ONNX')
     return path
 
 
@@ -223,7 +223,7 @@ def inspect_onnx(path):
 def load_onnx(path, device_target='CPU', batch_size=32, image_size=None):
     """A Predictor running an ONNX file in ONNX Runtime on CPU or (CUDA) GPU."""
     import onnxruntime as ort
-    path = check_model_file(path, 'ONNX file')
+    path = check_model_file(path, 'ONNX file', '.onnx')
     providers = ['CPUExecutionProvider']
     if device_target == 'GPU':
         if 'CUDAExecutionProvider' not in ort.get_available_providers():

@@ -173,7 +173,7 @@ def check_precision(precision, int8, cpu, path):
 def load_openvino(path, batch_size=32, image_size=None, precision='fp32', threads=0):
     """A Predictor running ONNX file ``path`` in OpenVINO on the CPU; its ``precision`` says what ran
     ('auto' until the first batch decided, then bf16 or fp32; int8 for an INT8 file)."""
-    path = check_model_file(path, 'ONNX file')
+    path = check_model_file(path, 'ONNX file', '.onnx')
     ov = import_openvino()
     model = read_onnx(ov, path)
     static_batch, size, num_classes = _signature(model, path)
